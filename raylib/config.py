@@ -1,0 +1,227 @@
+"""Typed Hydra configs. Registered in Hydra's ConfigStore so that a typo in an override is an error.
+
+`conf/config.yaml` puts `config_schema` first in its defaults list, so every group file is merged
+into these dataclasses and checked against them. Value checks (k > 0, min_score in [0, 1], ...) run
+in `__post_init__`, i.e. when `to_config` turns the Hydra node into objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
+STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random")
+ORACLES = ("simulate", "external")
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key and the allowed values."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class SyntheticConfig:
+    """The bundled generated pool (raylib/synthetic.py): VOC layout, no downloads."""
+
+    num_pool: int = 240
+    num_test: int = 60
+    classes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle", "star"])
+    imbalance_rho: float = 0.5  # class c appears with weight rho**c (geometric imbalance)
+    empty_fraction: float = 0.1
+    duplicate_fraction: float = 0.05
+    min_size: int = 160
+    max_size: int = 320
+    max_objects: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.num_pool > 0 and self.num_test > 0, "data.synthetic.num_pool/num_test must be > 0")
+        _require(0 < self.imbalance_rho <= 1, "data.synthetic.imbalance_rho must be in (0, 1]")
+        _require(0 <= self.empty_fraction < 1, "data.synthetic.empty_fraction must be in [0, 1)")
+        _require(0 <= self.duplicate_fraction < 1, "data.synthetic.duplicate_fraction must be in [0, 1)")
+        _require(16 <= self.min_size <= self.max_size, "data.synthetic: need 16 <= min_size <= max_size")
+        _require(len(self.classes) > 0, "data.synthetic.classes must not be empty")
+
+
+@dataclass
+class DataConfig:
+    """Where the pool and the fixed performance test set come from.
+
+    kind=synthetic generates a VOC-layout dataset under `root` (default: `<run_root>/../data`).
+    kind=voc reads a VOCdevkit-style root: JPEGImages/, Annotations/, ImageSets/Main/<set>.txt.
+    """
+
+    kind: str = "synthetic"
+    root: Optional[str] = None
+    pool_sets: list[str] = field(default_factory=lambda: ["trainval"])
+    test_sets: list[str] = field(default_factory=lambda: ["test"])
+    classes: list[str] = field(default_factory=list)  # empty: taken from data.synthetic.classes
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("synthetic", "voc"), f"data.kind must be synthetic or voc, got '{self.kind}'")
+        _require(self.kind == "synthetic" or bool(self.root), "data.root is required when data.kind=voc")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes) if self.classes else list(self.synthetic.classes)
+
+
+@dataclass
+class ModelConfig:
+    size: str = "nano"
+    input_size: int = 256  # square letterbox side, a multiple of 32
+    weights: Optional[str] = None  # path or s3:// URI of a state dict; never downloaded
+
+    def __post_init__(self) -> None:
+        _require(self.size in MODEL_SIZES, f"model.size must be one of {MODEL_SIZES}, got '{self.size}'")
+        _require(self.input_size >= 64 and self.input_size % 32 == 0, "model.input_size must be a multiple of 32, >= 64")
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "cls_iou"
+    k: int = 100  # lowest-score detections kept per class
+    min_score: float = 0.2  # detections at or below are not saved (pseudo-code 1)
+    budget: Optional[int] = None  # max images per round; None: no cap
+    seed: int = 0  # for `random` and tie-breaking
+
+    def __post_init__(self) -> None:
+        _require(self.name in STRATEGIES, f"strategy.name must be one of {STRATEGIES}, got '{self.name}'")
+        _require(self.k > 0, f"strategy.k must be > 0, got {self.k}")
+        _require(0.0 <= self.min_score < 1.0, f"strategy.min_score must be in [0, 1), got {self.min_score}")
+        _require(self.budget is None or self.budget > 0, f"strategy.budget must be > 0 or null, got {self.budget}")
+
+
+@dataclass
+class ScoreConfig:
+    batch_size: int = 16
+    num_actors: int = 1
+    num_cpus_per_actor: float = 0.5  # fractional on small machines, else the pipeline can starve
+    num_gpus_per_actor: float = 0.0
+    decode_num_cpus: float = 0.5
+    fp16: bool = True  # only on GPU
+    channels_last: bool = True  # only on GPU
+    nms_threshold: float = 0.45
+    candidate_conf: float = 0.01  # YOLOX's own pre-NMS filter on obj x cls
+    max_detections: int = 100  # per image, after NMS
+    max_pixels: int = 40_000_000  # larger images become error rows (decompression bombs)
+    keep_class_probs: bool = True  # needed by margin/entropy
+    rows_per_file: int = 200_000
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "score.batch_size must be > 0")
+        _require(self.num_actors > 0, "score.num_actors must be > 0")
+        _require(0 < self.nms_threshold <= 1, "score.nms_threshold must be in (0, 1]")
+        _require(self.max_pixels > 0, "score.max_pixels must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 8  # global; split over workers
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    basic_lr_per_img: float = 0.01 / 64  # YOLOX: lr = basic_lr_per_img * batch_size
+    warmup_epochs: int = 1
+    warmup_lr: float = 0.0
+    min_lr_ratio: float = 0.05
+    no_aug_epochs: int = 1  # strong augmentation (mosaic, mixup) off for the last epochs
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    ema: bool = True
+    amp: bool = True  # only on GPU
+    mosaic_prob: float = 1.0
+    mixup_prob: float = 1.0
+    hsv_prob: float = 1.0
+    flip_prob: float = 0.5
+    degrees: float = 10.0
+    translate: float = 0.1
+    mosaic_scale: tuple[float, float] = (0.5, 1.5)
+    mixup_scale: tuple[float, float] = (0.5, 1.5)
+    shear: float = 2.0
+    eval_interval: int = 2
+    max_failures: int = 2
+    num_loader_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
+        _require(self.batch_size > 0, "train.batch_size must be > 0")
+        _require(self.num_workers > 0, "train.num_workers must be > 0")
+        _require(0 <= self.no_aug_epochs <= self.epochs, "train.no_aug_epochs must be in [0, epochs]")
+        _require(self.eval_interval > 0, "train.eval_interval must be > 0")
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = 3
+    seed_size: int = 60
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test of the labelled set
+    oracle: str = "simulate"
+    labels_in: Optional[str] = None  # external oracle: folder/prefix of corrected VOC XML
+    last_round_takes_all: bool = True  # seed 6.6
+    stop_min_gain: Optional[float] = None  # stop when mAP50 gains less than this ...
+    stop_patience: int = 2  # ... over this many rounds
+
+    def __post_init__(self) -> None:
+        _require(self.rounds > 0, f"loop.rounds must be > 0, got {self.rounds}")
+        _require(self.seed_size > 0, f"loop.seed_size must be > 0, got {self.seed_size}")
+        _require(abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0, "loop.split must be 3 fractions summing to 1")
+        _require(self.oracle in ORACLES, f"loop.oracle must be one of {ORACLES}, got '{self.oracle}'")
+        _require(self.oracle != "external" or bool(self.labels_in), "loop.labels_in is required for the external oracle")
+
+
+@dataclass
+class StorageConfig:
+    endpoint_url: Optional[str] = None  # S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS
+    region: Optional[str] = None
+
+
+@dataclass
+class ClusterConfig:
+    address: str = "local"  # "local" starts a private Ray; "auto" joins a running cluster
+    num_cpus: Optional[int] = None  # local only
+
+
+@dataclass
+class Config:
+    run_root: str = "outputs/run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    round_idx: int = 0  # for single-stage jobs (score/select/export/train/evaluate)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.run_root), "run_root must not be empty")
+        _require(self.round_idx >= 0, "round_idx must be >= 0")
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def to_config(cfg: Any) -> Config:
+    """Turn a Hydra/OmegaConf node into a validated `Config` (raises ConfigError on bad values)."""
+    if isinstance(cfg, Config):
+        return cfg
+    if isinstance(cfg, (DictConfig, dict)):
+        node = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        return OmegaConf.to_object(node)  # type: ignore[return-value]
+    raise TypeError(f"expected a Hydra config, got {type(cfg).__name__}")
+
+
+register()

@@ -1,0 +1,73 @@
+"""Every file of a run, in one place. A round's outputs live under `<run_root>/round=NN/`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raylib import storage
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    run_root: str
+    round_idx: int
+
+    @property
+    def root(self) -> str:
+        return storage.join(self.run_root, f"round={self.round_idx:02d}")
+
+    def _in(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    @property
+    def checkpoint(self) -> str:
+        """Weights trained on the labels of this round (`model.pt`) and Ray Train's checkpoints."""
+        return self._in("train")
+
+    @property
+    def weights(self) -> str:
+        return self._in("train", "model.pt")
+
+    @property
+    def metrics(self) -> str:
+        return self._in("metrics.json")
+
+    @property
+    def detections(self) -> str:
+        return self._in("detections")
+
+    @property
+    def image_status(self) -> str:
+        return self._in("image_status")
+
+    @property
+    def selection(self) -> str:
+        return self._in("selection.parquet")
+
+    @property
+    def thresholds(self) -> str:
+        return self._in("thresholds.parquet")
+
+    @property
+    def preannotations(self) -> str:
+        return self._in("preannotations")
+
+    @property
+    def labels(self) -> str:
+        """The labelled set after this round's oracle answered (input of round + 1)."""
+        return self._in("labels.parquet")
+
+    def marker(self, stage: str) -> str:
+        """Written last by a stage: its outputs are complete."""
+        return self._in("_done", stage)
+
+
+def pool_manifest(run_root: str) -> str:
+    return storage.join(run_root, "pool.parquet")
+
+
+def seed_labels(run_root: str) -> str:
+    return storage.join(run_root, "labels_seed.parquet")
+
+
+def report_dir(run_root: str) -> str:
+    return storage.join(run_root, "report")
