@@ -71,3 +71,33 @@ def seed_labels(run_root: str) -> str:
 
 def report_dir(run_root: str) -> str:
     return storage.join(run_root, "report")
+
+
+def test_manifest(run_root: str) -> str:
+    """Manifest of the fixed performance test set (never scored for selection)."""
+    return storage.join(run_root, "test_pool.parquet")
+
+
+class UnsafeIdError(ValueError):
+    """An image id or class name that would escape its output directory."""
+
+
+def safe_relpath(image_id: str) -> str:
+    """Validate an image id for use as a relative file path under an output directory.
+
+    Ids are relative keys like `2007_000017` or `street/cam1/0001.jpg`; anything absolute, with
+    `..`, backslashes, control characters or empty parts is refused rather than rewritten, so two
+    different ids can never map to the same file.
+    """
+    if not isinstance(image_id, str) or not image_id:
+        raise UnsafeIdError(f"image id {image_id!r} is empty or not a string")
+    if len(image_id) > 1024:
+        raise UnsafeIdError(f"image id {image_id[:40]!r}... is longer than 1024 characters")
+    if image_id.startswith("/") or "\\" in image_id or ":" in image_id.split("/")[0]:
+        raise UnsafeIdError(f"image id {image_id!r} is absolute or has a drive/backslash; ids must be relative keys")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in image_id):
+        raise UnsafeIdError(f"image id {image_id!r} contains control characters")
+    parts = image_id.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeIdError(f"image id {image_id!r} has an empty, '.' or '..' path part")
+    return image_id
