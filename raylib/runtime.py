@@ -1,0 +1,53 @@
+"""What every job does before its stage: start/join Ray, make sure the dataset and manifests exist."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from raylib import paths, storage
+from raylib.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: Config) -> None:
+    """`address=local` starts a private Ray (embedded defaults); `auto` joins the cluster of a Ray job.
+
+    AWS_* variables travel to workers in the runtime env, so S3 URIs resolve the same everywhere.
+    """
+    import ray
+
+    storage.configure_s3(cfg.storage.endpoint_url, cfg.storage.region)
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"runtime_env": {"env_vars": storage.s3_env()}, "log_to_driver": True}
+    if cfg.cluster.address == "local":
+        kwargs.update(include_dashboard=False, num_cpus=cfg.cluster.num_cpus)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(address=cfg.cluster.address, **kwargs)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    voc_root: str  # VOCdevkit-style root: JPEGImages/, Annotations/, ImageSets/Main/
+    pool_manifest: str
+    test_manifest: str
+    class_names: list[str]
+
+
+def ensure_dataset(cfg: Config) -> Dataset:
+    """Generate the synthetic data if needed and index the pool and test sets into manifests (once)."""
+    from raylib import pool, synthetic
+
+    voc_root = cfg.data.root or storage.join(os.path.dirname(os.path.abspath(cfg.run_root)), "data")
+    if cfg.data.kind == "synthetic":
+        synthetic.generate(cfg.data.synthetic, voc_root)
+    pool_manifest, test_manifest = paths.pool_manifest(cfg.run_root), paths.test_manifest(cfg.run_root)
+    if not storage.exists(pool_manifest):
+        n = pool.index_voc(voc_root, list(cfg.data.pool_sets), pool_manifest)
+        log.info("indexed %d pool images into %s", n, pool_manifest)
+    if not storage.exists(test_manifest):
+        n = pool.index_voc(voc_root, list(cfg.data.test_sets), test_manifest)
+        log.info("indexed %d test images into %s", n, test_manifest)
+    return Dataset(voc_root, pool_manifest, test_manifest, cfg.data.class_names)
