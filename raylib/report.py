@@ -1,0 +1,202 @@
+"""Markdown + PNG report of a run, reproducing the seed's figures 6.4-6.8 for our rounds, and a
+comparison of several runs (a Hydra multirun over `strategy=` and `seed=`).
+
+Reads only committed round outputs (labels, thresholds, metrics), so it can be rerun at any time.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+
+from raylib import paths, storage  # noqa: E402
+from raylib.paths import RoundPaths  # noqa: E402
+
+
+@dataclass
+class RunHistory:
+    """What the report shows, per training round (index = round)."""
+
+    classes: list[str]
+    strategy: str = ""
+    seed: int = 0
+    pool_size: int = 0
+    splits: list[dict[str, int]] = field(default_factory=list)  # 6.4
+    objects_per_class: list[list[int]] = field(default_factory=list)  # 6.7
+    thresholds: list[list[float | None]] = field(default_factory=list)  # 6.5 (selection after round r)
+    ap50: list[list[float | None]] = field(default_factory=list)  # 6.6
+    map50: list[float] = field(default_factory=list)  # 6.8
+    labelled: list[int] = field(default_factory=list)
+
+
+def _labels_for_round(run_root: str, round_idx: int) -> str:
+    return paths.seed_labels(run_root) if round_idx == 0 else RoundPaths(run_root, round_idx - 1).labels
+
+
+def load_history(run_root: str) -> RunHistory:
+    run = json.loads(storage.read_text(storage.join(run_root, "run.json")))
+    history = RunHistory(classes=run["classes"], strategy=run["strategy"], seed=run["seed"])
+    manifest = paths.pool_manifest(run_root)
+    if storage.exists(manifest):
+        history.pool_size = storage.read_table(manifest, columns=["image_id"]).num_rows
+    num_classes = len(history.classes)
+    round_idx = 0
+    while storage.exists(RoundPaths(run_root, round_idx).metrics):
+        rp = RoundPaths(run_root, round_idx)
+        labels = storage.read_table(_labels_for_round(run_root, round_idx), columns=["split", "objects"])
+        split_counts = {item["values"]: item["counts"] for item in labels.column("split").value_counts().to_pylist()}
+        history.splits.append(split_counts)
+        history.labelled.append(labels.num_rows)
+        class_ids = pc.list_flatten(labels.column("objects")).field("class_id").to_numpy(zero_copy_only=False)
+        history.objects_per_class.append(np.bincount(class_ids.astype(int), minlength=num_classes).tolist())
+        metrics = json.loads(storage.read_text(rp.metrics))
+        history.map50.append(float(metrics["map50"]))
+        history.ap50.append([metrics["ap50_per_class"].get(name) for name in history.classes])
+        thresholds: list[float | None] = [None] * num_classes
+        if storage.exists(rp.thresholds):
+            for row in storage.read_table(rp.thresholds).to_pylist():
+                if 0 <= row["class_id"] < num_classes:
+                    thresholds[row["class_id"]] = row["threshold"]
+        history.thresholds.append(thresholds)
+        round_idx += 1
+    return history
+
+
+def _save_png(fig, uri: str) -> None:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def _fmt(value: float | None, percent: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "N/A"
+    return f"{100 * value:.1f}%" if percent else f"{value:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(run_root: str) -> str:
+    """Write `<run_root>/report/report.md` and its PNGs; returns the report's URI."""
+    history = load_history(run_root)
+    out = paths.report_dir(run_root)
+    rounds = list(range(1, len(history.map50) + 1))
+    names = history.classes
+    sections = [f"# Active-learning run: strategy `{history.strategy}`, seed {history.seed}\n",
+                f"Run root: `{run_root}`; pool of {history.pool_size} images; {len(rounds)} round(s) trained.\n"]
+    if not rounds:
+        storage.write_text(storage.join(out, "report.md"), "\n".join(sections) + "\nNo round evaluated yet.\n")
+        return storage.join(out, "report.md")
+
+    # 6.4 images per split per round
+    split_names = ["train", "val", "test"]
+    rows = [["Train+Val+Test"] + [str(n) for n in history.labelled],
+            ["Unknown (pool)"] + [str(history.pool_size - n) for n in history.labelled]]
+    rows += [[s.capitalize()] + [str(counts.get(s, 0)) for counts in history.splits] for s in split_names]
+    sections += ["## Images per split (figure 6.4)\n", _table(["Set"] + [str(r) for r in rounds], rows),
+                 "\n![splits](splits.png)\n"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = np.zeros(len(rounds))
+    for s in split_names:
+        values = np.array([counts.get(s, 0) for counts in history.splits])
+        ax.bar(rounds, values, bottom=bottom, label=s)
+        bottom += values
+    ax.set(xlabel="training round", ylabel="images", title="Labelled images per split")
+    ax.legend()
+    _save_png(fig, storage.join(out, "splits.png"))
+
+    # 6.5 per-class thresholds of each selection
+    selections = [f"{r} to {r + 1}" for r in rounds]
+    rows = [[name] + [_fmt(th[c], percent=True) for th in history.thresholds] for c, name in enumerate(names)]
+    sections += ["## Selection upper threshold per class (figure 6.5)\n", _table(["Class"] + selections, rows),
+                 "\n![thresholds](thresholds.png)\n"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for c, name in enumerate(names):
+        ax.plot(rounds, [np.nan if th[c] is None else th[c] for th in history.thresholds], marker="o", label=name)
+    ax.set(xlabel="selection after round", ylabel="threshold (k-th lowest score)", title="Per-class thresholds")
+    ax.legend(fontsize=7)
+    _save_png(fig, storage.join(out, "thresholds.png"))
+
+    # 6.6 AP50 per class per round
+    rows = [[name] + [_fmt(ap[c]) for ap in history.ap50] for c, name in enumerate(names)]
+    rows.append(["**mAP50**"] + [_fmt(m) for m in history.map50])
+    sections += ["## AP50 per class on the performance test set (figure 6.6)\n",
+                 _table(["Class"] + [str(r) for r in rounds], rows), "\n![ap50](ap50.png)\n"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for c, name in enumerate(names):
+        ax.plot(rounds, [np.nan if ap[c] is None else ap[c] for ap in history.ap50], marker="o", label=name)
+    ax.set(xlabel="training round", ylabel="AP50", ylim=(0, 1), title="AP50 per class")
+    ax.legend(fontsize=7)
+    _save_png(fig, storage.join(out, "ap50.png"))
+
+    # 6.7 labelled objects per class per round
+    rows = [[name] + [str(objs[c]) for objs in history.objects_per_class] for c, name in enumerate(names)]
+    sections += ["## Labelled objects per class (figure 6.7)\n", _table(["Class"] + [str(r) for r in rounds], rows),
+                 "\n![objects](objects.png)\n"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for c, name in enumerate(names):
+        ax.plot(rounds, [objs[c] for objs in history.objects_per_class], marker="o", label=name)
+    ax.set(xlabel="training round", ylabel="labelled objects", title="Labelled objects per class")
+    ax.legend(fontsize=7)
+    _save_png(fig, storage.join(out, "objects.png"))
+
+    # 6.8 mAP50 vs labelled images
+    sections += ["## mAP50 vs labelled images (figure 6.8)\n",
+                 _table(["Round", "Labelled images", "mAP50"],
+                        [[str(r), str(n), _fmt(m)] for r, n, m in zip(rounds, history.labelled, history.map50)]),
+                 "\n![map50](map50.png)\n"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(history.labelled, history.map50, marker="o")
+    ax.set(xlabel="labelled images", ylabel="mAP50", ylim=(0, 1), title="mAP50 vs labelled images")
+    _save_png(fig, storage.join(out, "map50.png"))
+
+    uri = storage.join(out, "report.md")
+    storage.write_text(uri, "\n".join(sections))
+    return uri
+
+
+def compare_runs(runs_root: str, out_dir: str) -> str | None:
+    """mAP50 vs labelled images per strategy (mean and min-max spread over seeds) for every run under
+    `runs_root` that has a `run.json`; writes `comparison.md` + `comparison.png`. None if no runs."""
+    run_files = [uri for uri in storage.list_files(runs_root, "run.json") if uri.count("run.json") == 1]
+    by_strategy: dict[str, list[RunHistory]] = {}
+    for run_file in run_files:
+        run_root = run_file[: -len("/run.json")]
+        history = load_history(run_root)
+        if history.map50:
+            by_strategy.setdefault(history.strategy, []).append(history)
+    if not by_strategy:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    rows = []
+    for strategy, runs in sorted(by_strategy.items()):
+        n_rounds = min(len(run.map50) for run in runs)
+        labelled = np.array([run.labelled[:n_rounds] for run in runs], dtype=float)
+        map50 = np.array([run.map50[:n_rounds] for run in runs])
+        x, mean = labelled.mean(axis=0), map50.mean(axis=0)
+        ax.plot(x, mean, marker="o", label=f"{strategy} ({len(runs)} seed(s))")
+        ax.fill_between(x, map50.min(axis=0), map50.max(axis=0), alpha=0.2)
+        rows += [[strategy, str(r + 1), f"{x[r]:.0f}", f"{mean[r]:.4f}", f"{map50[:, r].min():.4f}-{map50[:, r].max():.4f}"]
+                 for r in range(n_rounds)]
+    ax.set(xlabel="labelled images", ylabel="mAP50 (performance test set)", ylim=(0, 1),
+           title="Label efficiency per strategy")
+    ax.legend()
+    _save_png(fig, storage.join(out_dir, "comparison.png"))
+    uri = storage.join(out_dir, "comparison.md")
+    storage.write_text(uri, "# Strategy comparison\n\n" + _table(
+        ["Strategy", "Round", "Labelled images (mean)", "mAP50 mean", "mAP50 range"], rows) + "\n\n![comparison](comparison.png)\n")
+    return uri
