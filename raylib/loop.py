@@ -104,7 +104,8 @@ def run_loop(cfg: Config) -> LoopResult:
         result.stopped_because = f"{cfg.loop.rounds} rounds done"
 
     result.report = report.write_report(cfg.run_root)
-    report.compare_runs(storage.join(cfg.run_root, ".."), storage.join(cfg.run_root, "..", "comparison"))
+    runs_root = cfg.run_root.rstrip("/").rsplit("/", 1)[0] if "/" in cfg.run_root.rstrip("/") else "."
+    report.compare_runs(runs_root, storage.join(runs_root, "comparison"))
     print(f"Loop finished ({result.stopped_because}); report: {result.report}", flush=True)
     return result
 
