@@ -55,7 +55,8 @@ def load_history(run_root: str) -> RunHistory:
         split_counts = {item["values"]: item["counts"] for item in labels.column("split").value_counts().to_pylist()}
         history.splits.append(split_counts)
         history.labelled.append(labels.num_rows)
-        class_ids = pc.list_flatten(labels.column("objects")).field("class_id").to_numpy(zero_copy_only=False)
+        objects = pc.list_flatten(labels.column("objects"))
+        class_ids = pc.struct_field(objects, "class_id").to_numpy()
         history.objects_per_class.append(np.bincount(class_ids.astype(int), minlength=num_classes).tolist())
         metrics = json.loads(storage.read_text(rp.metrics))
         history.map50.append(float(metrics["map50"]))

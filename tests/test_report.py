@@ -1,0 +1,80 @@
+"""The report reads committed round outputs and shows the numbers they hold (figures 6.4-6.8)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+
+from raylib import paths, report, schemas, storage
+from raylib.paths import RoundPaths
+
+CLASSES = ["cat", "dog"]
+
+
+def _labels(rows):
+    table = pa.table({
+        "image_id": [r[0] for r in rows], "split": [r[1] for r in rows], "round_added": [0] * len(rows),
+        "objects": [[{"class_id": c, "x1": 0.0, "y1": 0.0, "x2": 5.0, "y2": 5.0, "difficult": False} for c in r[2]]
+                    for r in rows],
+    })
+    return schemas.check(table, schemas.LABELS, "labels")
+
+
+def _fake_run(run_root: str, strategy: str, seed: int, map50s: list[float]) -> None:
+    storage.write_text(storage.join(run_root, "run.json"),
+                       json.dumps({"strategy": strategy, "seed": seed, "classes": CLASSES}))
+    pool = pa.table({"image_id": [f"p{i}" for i in range(10)], "uri": [f"/p{i}.jpg" for i in range(10)]})
+    storage.write_table(schemas.check(pool, schemas.POOL, "pool"), paths.pool_manifest(run_root))
+    labelled = [("p0", "train", [0, 0]), ("p1", "val", [1]), ("p2", "test", [])]
+    storage.write_table(_labels(labelled), paths.seed_labels(run_root))
+    for r, m in enumerate(map50s):
+        rp = RoundPaths(run_root, r)
+        storage.write_text(rp.metrics, json.dumps({"map50": m, "ap50_per_class": {"cat": m + 0.1, "dog": m - 0.1}}))
+        thresholds = pa.table({"round": [r, r], "class_id": [0, 1], "threshold": [0.3 + r / 10, None],
+                               "n_candidates": [5, 0]})
+        storage.write_table(schemas.check(thresholds, schemas.THRESHOLDS, "thresholds"), rp.thresholds)
+        labelled = labelled + [(f"p{3 + r}", "train", [1, 1, 1])]
+        storage.write_table(_labels(labelled), rp.labels)
+
+
+def test_history_counts_match_the_round_outputs(tmp_path):
+    run_root = str(tmp_path / "runs" / "cls_iou_seed0")
+    _fake_run(run_root, "cls_iou", 0, [0.2, 0.4])
+    history = report.load_history(run_root)
+    assert history.labelled == [3, 4]
+    assert history.splits[0] == {"train": 1, "val": 1, "test": 1}
+    assert history.splits[1]["train"] == 2
+    assert history.objects_per_class == [[2, 1], [2, 4]]
+    assert abs(history.thresholds[0][0] - 0.3) < 1e-6 and history.thresholds[0][1] is None
+    assert history.map50 == [0.2, 0.4]
+    assert [round(ap[0], 6) for ap in history.ap50] == [0.3, 0.5]
+
+
+def test_report_writes_markdown_and_every_figure(tmp_path):
+    run_root = str(tmp_path / "runs" / "cls_iou_seed0")
+    _fake_run(run_root, "cls_iou", 0, [0.2, 0.4])
+    uri = report.write_report(run_root)
+    text = storage.read_text(uri)
+    for figure in ("6.4", "6.5", "6.6", "6.7", "6.8"):
+        assert f"figure {figure}" in text
+    assert "| 30.0% | 40.0% |" in text and "N/A" in text  # dog had no candidates
+    for png in ("splits", "thresholds", "ap50", "objects", "map50"):
+        with open(os.path.join(paths.report_dir(run_root), f"{png}.png"), "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_averages_seeds_per_strategy(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(str(runs / "cls_iou_seed0"), "cls_iou", 0, [0.2, 0.4])
+    _fake_run(str(runs / "cls_iou_seed1"), "cls_iou", 1, [0.4, 0.6])
+    _fake_run(str(runs / "random_seed0"), "random", 0, [0.1, 0.2])
+    uri = report.compare_runs(str(runs), str(runs / "comparison"))
+    text = storage.read_text(uri)
+    assert "| cls_iou | 2 | 4 | 0.5000 | 0.4000-0.6000 |" in text
+    assert "| random | 1 | 3 | 0.1000 | 0.1000-0.1000 |" in text
+    assert (runs / "comparison" / "comparison.png").stat().st_size > 1000
+
+
+def test_comparison_without_runs_is_none(tmp_path):
+    assert report.compare_runs(str(tmp_path), str(tmp_path / "c")) is None
