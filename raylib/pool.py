@@ -1,0 +1,230 @@
+"""The pool manifest (schemas.POOL): one row per image, `image_id` a stable relative key.
+
+Listing is the first wall at scale (ray-project/ray#40686), so the pool is indexed once into Parquet
+and every stage reads image bytes from the manifest's URIs. Indexing streams: local folders are
+walked with `os.scandir` one directory at a time, S3 prefixes with boto3's `list_objects_v2`
+paginator, and rows go to a ParquetWriter in batches, so millions of keys never sit in memory.
+A manifest is written to a temporary sibling and moved into place, so readers never see half of one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raylib import paths, schemas, storage
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+WRITE_BATCH_ROWS = 65_536
+
+
+class PoolError(ValueError):
+    """An image set or folder that can't be indexed; the message names the input and what to fix."""
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def _write_rows(rows: Iterable[tuple[str, str]], out_uri: str) -> int:
+    """Write (image_id, uri) rows to a POOL Parquet file in batches; width/height are null."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        ids: list[str] = []
+        uris: list[str] = []
+        for image_id, uri in rows:
+            ids.append(image_id)
+            uris.append(uri)
+            if len(ids) >= WRITE_BATCH_ROWS:
+                yield _pool_batch(ids, uris)
+                ids, uris = [], []
+        if ids:
+            yield _pool_batch(ids, uris)
+
+    return _write_batches(batches(), out_uri)
+
+
+def _pool_batch(ids: list[str], uris: list[str]) -> pa.RecordBatch:
+    nulls = pa.nulls(len(ids), pa.int32())
+    return pa.RecordBatch.from_arrays(
+        [pa.array(ids, pa.string()), pa.array(uris, pa.string()), nulls, nulls], schema=schemas.POOL
+    )
+
+
+def _write_batches(batches: Iterable[pa.RecordBatch], out_uri: str) -> int:
+    """Stream POOL batches into `out_uri` via a temporary sibling; returns the row count."""
+    fs, path = storage.resolve(out_uri)
+    storage.makedirs(os.path.dirname(out_uri) or ".")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    count = 0
+    try:
+        with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schemas.POOL, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                count += batch.num_rows
+        fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+    return count
+
+
+# ------------------------------------------------------------------------------------------ VOC sets
+
+
+def _set_ids(voc_root: str, set_name: str) -> Iterator[str]:
+    """Image ids of `ImageSets/Main/<set>.txt`: first token per line, blank lines skipped."""
+    set_uri = storage.join(voc_root, "ImageSets", "Main", f"{set_name}.txt")
+    try:
+        text = storage.read_text(set_uri)
+    except FileNotFoundError:
+        raise PoolError(f"image set '{set_uri}' not found; check data.root and data.pool_sets/test_sets") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            yield paths.safe_relpath(tokens[0])
+        except paths.UnsafeIdError as exc:
+            raise PoolError(f"image set '{set_uri}' line {line_no}: {exc}") from None
+
+
+def index_voc(voc_root: str, sets: list[str], out_uri: str) -> int:
+    """Index the images of VOC image sets into a manifest at `out_uri`; returns the image count.
+
+    An id listed in several sets (or twice) is kept once, at its first place. Image URIs are
+    `<voc_root>/JPEGImages/<id>.jpg`; width/height stay null (read when the image is decoded).
+    """
+    if not sets:
+        raise PoolError(f"no image sets given for '{voc_root}'; set data.pool_sets / data.test_sets")
+
+    def rows() -> Iterator[tuple[str, str]]:
+        seen: set[str] = set()
+        for set_name in sets:
+            for image_id in _set_ids(voc_root, set_name):
+                if image_id not in seen:
+                    seen.add(image_id)
+                    yield image_id, storage.join(voc_root, "JPEGImages", f"{image_id}.jpg")
+
+    return _write_rows(rows(), out_uri)
+
+
+# -------------------------------------------------------------------------------------------- folders
+
+
+def _is_image(relpath: str, extensions: tuple[str, ...]) -> bool:
+    """Image files by extension, case-insensitively (cameras write `.JPG`); hidden parts are junk."""
+    if any(part.startswith(".") for part in relpath.split("/")):
+        return False
+    return relpath.lower().endswith(extensions)
+
+
+def _walk_local(root: str) -> Iterator[str]:
+    """Relative '/'-separated paths of files under `root`, depth first, each directory sorted.
+
+    Only one directory listing is held at a time; symlinked directories are not followed (cycles).
+    """
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(root, rel_dir)) as entries:
+            listing = sorted(entries, key=lambda entry: entry.name)
+        subdirs = []
+        for entry in listing:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(rel)
+            elif entry.is_file():
+                yield rel
+        stack.extend(reversed(subdirs))
+
+
+def _walk_s3(root_uri: str) -> Iterator[str]:
+    """Keys under an s3:// prefix relative to it, in S3's (lexicographic) order, page by page."""
+    import boto3
+
+    bucket, _, prefix = root_uri[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    prefix = f"{prefix}/" if prefix else ""
+    paginator = boto3.client("s3").get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if not key.endswith("/"):  # "folder" marker objects
+                yield key[len(prefix) :]
+
+
+def index_folder(root_uri: str, out_uri: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> int:
+    """Index every image under a local folder or s3:// prefix into a manifest; returns the count.
+
+    image_id is the path relative to `root_uri` ('/'-separated, with its extension). Files with
+    other extensions, hidden files and hidden directories are skipped; ids that `safe_relpath`
+    refuses are skipped with a warning.
+    """
+    extensions = tuple(ext.lower() for ext in extensions)
+    if storage.is_s3(root_uri):
+        base = root_uri.rstrip("/")
+        relpaths = _walk_s3(root_uri)
+    else:
+        base = os.path.abspath(root_uri)
+        if not os.path.isdir(base):
+            raise PoolError(f"image folder '{root_uri}' does not exist or is not a directory")
+        relpaths = _walk_local(base)
+
+    def rows() -> Iterator[tuple[str, str]]:
+        for rel in relpaths:
+            if not _is_image(rel, extensions):
+                continue
+            try:
+                paths.safe_relpath(rel)
+            except paths.UnsafeIdError as exc:
+                log.warning("skipping '%s' under %s: %s", rel[:200], root_uri, exc)
+                continue
+            yield rel, storage.join(base, rel)
+
+    return _write_rows(rows(), out_uri)
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def iter_manifest(uri: str, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """Stream a manifest (one Parquet file or a directory of them) as POOL record batches."""
+    fs, path = storage.resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        raw: Iterator[pa.RecordBatch] = storage.iter_parquet_batches(uri, batch_size=batch_size)
+    else:
+        raw = _iter_file(fs, path, batch_size)
+    for batch in raw:
+        table = schemas.check(pa.Table.from_batches([batch]), schemas.POOL, f"pool manifest '{uri}'")
+        yield from table.to_batches()
+
+
+def _iter_file(fs: pafs.FileSystem, path: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+    with fs.open_input_file(path) as handle:
+        yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size)
+
+
+def write_remaining(manifest_uri: str, exclude_ids: set[str], out_uri: str) -> int:
+    """Copy the manifest to `out_uri` without the rows whose image_id is in `exclude_ids` (the
+    images labelled so far): the unlabelled pool of a round. Returns the rows written."""
+    value_set = pa.array(sorted(exclude_ids), pa.string())
+
+    def kept() -> Iterator[pa.RecordBatch]:
+        for batch in iter_manifest(manifest_uri):
+            mask = pc.invert(pc.is_in(batch.column("image_id"), value_set=value_set))
+            yield batch.filter(mask)
+
+    return _write_batches(kept(), out_uri)

@@ -1,0 +1,275 @@
+"""Pascal VOC XML: read ground truth, write ground truth and pre-annotations (seed, figure 6.3).
+
+Parsing goes through defusedxml with DTDs, entities and external references forbidden: annotation
+files come from annotators and other tools, and an entity bomb or an external entity pointing at
+`/etc/passwd` must be refused, not expanded. Errors are `VocError`s that name the file and what is
+wrong, never the file's content.
+
+Coordinates are taken as written. VOC's boxes are 1-based pixel indices; we treat them as pixel
+coordinates without shifting (half a pixel is immaterial at IoU 0.5), and accept boxes that reach
+one pixel past the image edge.
+"""
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as StdET
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
+
+import defusedxml.ElementTree as SafeET
+import pyarrow as pa
+from defusedxml import DefusedXmlException
+
+from raylib import paths, schemas, storage
+
+MAX_XML_BYTES = 10 * 1024 * 1024  # a VOC file is a few KB; anything this big is not an annotation
+MAX_OBJECTS = 10_000
+EDGE_TOLERANCE = 1.0  # pixels a box may reach outside the image (VOC is 1-based)
+READ_THREADS = 16  # concurrent reads in read_voc_labels (S3 latency, not CPU, is the bound)
+
+LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field("objects")])
+
+
+class VocError(ValueError):
+    """A VOC XML file that can't be used; the message names the file and the problem."""
+
+
+@dataclass
+class VocObject:
+    name: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    difficult: bool = False
+    confidence: float | None = None  # detection confidence in [0, 1]; written as a percentage
+
+
+@dataclass
+class VocAnnotation:
+    filename: str
+    width: int
+    height: int
+    depth: int = 3
+    objects: list[VocObject] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def read_voc(source: str | bytes, name: str | None = None) -> VocAnnotation:
+    """Parse one VOC annotation from a path/URI (local or s3://) or from XML bytes.
+
+    `name` is what error messages call the file (default: the path, or `<bytes>`).
+    Raises VocError for unreadable, hostile, malformed or inconsistent files.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        label = name or "<bytes>"
+        data = bytes(source)
+        if len(data) > MAX_XML_BYTES:
+            raise VocError(f"VOC XML '{label}' is larger than {MAX_XML_BYTES} bytes; not an annotation file")
+    else:
+        label = name or source
+        data = _read_capped(source, label)
+    root = _parse(data, label)
+    return _annotation(root, label)
+
+
+def _read_capped(uri: str, label: str) -> bytes:
+    """Read at most MAX_XML_BYTES + 1 bytes, so a huge file is refused without loading it whole."""
+    fs, path = storage.resolve(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            data = stream.read(MAX_XML_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise VocError(f"VOC XML '{label}' not found") from exc
+    except OSError as exc:
+        raise VocError(f"VOC XML '{label}' could not be read: {type(exc).__name__}") from exc
+    if len(data) > MAX_XML_BYTES:
+        raise VocError(f"VOC XML '{label}' is larger than {MAX_XML_BYTES} bytes; not an annotation file")
+    return data
+
+
+def _parse(data: bytes, label: str) -> StdET.Element:
+    try:
+        root = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as exc:
+        # The exception text may hold entity names/URLs from the file: report only its kind.
+        raise VocError(
+            f"VOC XML '{label}' refused: it declares a DTD or entities ({type(exc).__name__}); "
+            "annotation files must be plain XML"
+        ) from None
+    except StdET.ParseError as exc:
+        raise VocError(f"VOC XML '{label}' is malformed: {exc}") from None
+    if root.tag != "annotation":
+        raise VocError(f"VOC XML '{label}': root element is <{root.tag}>, expected <annotation>")
+    return root
+
+
+def _text(element: StdET.Element, tag: str) -> str | None:
+    child = element.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        return None
+    return child.text.strip()
+
+
+def _number(element: StdET.Element, tag: str, label: str, where: str) -> float:
+    text = _text(element, tag)
+    if text is None:
+        raise VocError(f"VOC XML '{label}': {where} has no <{tag}>")
+    try:
+        value = float(text)
+    except ValueError:
+        raise VocError(f"VOC XML '{label}': {where} <{tag}> is not a number ({text[:20]!r})") from None
+    if not math.isfinite(value):
+        raise VocError(f"VOC XML '{label}': {where} <{tag}> is {text[:20]!r}, not a finite number")
+    return value
+
+
+def _size(root: StdET.Element, label: str) -> tuple[int, int, int]:
+    size = root.find("size")
+    if size is None:
+        raise VocError(f"VOC XML '{label}' has no <size>; width and height are required")
+    width, height = (_number(size, tag, label, "<size>") for tag in ("width", "height"))
+    if width < 1 or height < 1 or width != int(width) or height != int(height):
+        raise VocError(f"VOC XML '{label}': image size {width:g}x{height:g} is not a positive integer size")
+    depth = 3
+    if _text(size, "depth") is not None:
+        depth = int(_number(size, "depth", label, "<size>"))
+    return int(width), int(height), depth
+
+
+def _flag(element: StdET.Element, tag: str) -> bool:
+    text = _text(element, tag)
+    return text is not None and text.lower() in ("1", "true", "yes")
+
+
+def _object(element: StdET.Element, index: int, width: int, height: int, label: str) -> VocObject:
+    where = f"object {index}"
+    name = _text(element, "name")
+    if name is None:
+        raise VocError(f"VOC XML '{label}': {where} has no <name>")
+    where = f"object {index} ('{name[:40]}')"
+    box = element.find("bndbox")
+    if box is None:
+        raise VocError(f"VOC XML '{label}': {where} has no <bndbox>")
+    x1, y1, x2, y2 = (_number(box, tag, label, where) for tag in ("xmin", "ymin", "xmax", "ymax"))
+    if x2 <= x1 or y2 <= y1:
+        raise VocError(f"VOC XML '{label}': {where} box ({x1:g},{y1:g},{x2:g},{y2:g}) is empty or inverted")
+    tol = EDGE_TOLERANCE
+    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
+        raise VocError(
+            f"VOC XML '{label}': {where} box ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the "
+            f"{width}x{height} image"
+        )
+    confidence = None
+    if _text(element, "confidence") is not None:
+        percent = _number(element, "confidence", label, where)
+        if not 0.0 <= percent <= 100.0:
+            raise VocError(f"VOC XML '{label}': {where} <confidence> {percent:g} is not a percentage in [0, 100]")
+        confidence = percent / 100.0
+    return VocObject(name, x1, y1, x2, y2, difficult=_flag(element, "difficult"), confidence=confidence)
+
+
+def _annotation(root: StdET.Element, label: str) -> VocAnnotation:
+    width, height, depth = _size(root, label)
+    elements = root.findall("object")
+    if len(elements) > MAX_OBJECTS:
+        raise VocError(f"VOC XML '{label}' has {len(elements)} objects, more than the limit of {MAX_OBJECTS}")
+    objects = [_object(element, i, width, height, label) for i, element in enumerate(elements)]
+    return VocAnnotation(_text(root, "filename") or "", width, height, depth, objects)
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def _coord(value: float) -> str:
+    """123 for whole pixels (as in VOC), else up to two decimals."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def write_voc(ann: VocAnnotation, analysis_time: str | None = None) -> bytes:
+    """Serialise `ann` as VOC XML (figure 6.3): `<confidence>` as a percentage with one decimal on
+    objects that carry one (pre-annotations), `<difficult>1</difficult>` only on difficult objects."""
+    lines = ["<annotation>", f"  <filename>{escape(ann.filename)}</filename>"]
+    if analysis_time is not None:
+        lines.append(f"  <analysis_time>{escape(analysis_time)}</analysis_time>")
+    lines += [
+        "  <size>",
+        f"    <width>{int(ann.width)}</width>",
+        f"    <height>{int(ann.height)}</height>",
+        f"    <depth>{int(ann.depth)}</depth>",
+        "  </size>",
+    ]
+    for obj in ann.objects:
+        lines += ["  <object>", f"    <name>{escape(obj.name)}</name>"]
+        if obj.confidence is not None:
+            lines.append(f"    <confidence>{obj.confidence * 100:.1f}</confidence>")
+        if obj.difficult:
+            lines.append("    <difficult>1</difficult>")
+        lines += [
+            "    <bndbox>",
+            f"      <xmin>{_coord(obj.x1)}</xmin>",
+            f"      <ymin>{_coord(obj.y1)}</ymin>",
+            f"      <xmax>{_coord(obj.x2)}</xmax>",
+            f"      <ymax>{_coord(obj.y2)}</ymax>",
+            "    </bndbox>",
+            "  </object>",
+        ]
+    lines.append("</annotation>")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+# ------------------------------------------------------------------------------------ label tables
+
+
+def _labels_of(voc_root: str, image_id: str, class_ids: dict[str, int]) -> list[dict]:
+    """Objects of one image as OBJECT dicts; raises (VocError, UnsafeIdError) for this image only."""
+    paths.safe_relpath(image_id)
+    uri = storage.join(voc_root, "Annotations", f"{image_id}.xml")
+    ann = read_voc(uri)
+    objects = []
+    for obj in ann.objects:
+        if obj.name not in class_ids:
+            raise VocError(
+                f"VOC XML '{uri}': unknown class '{obj.name[:40]}'; expected one of the configured "
+                f"data.classes ({len(class_ids)} names)"
+            )
+        objects.append(
+            {"class_id": class_ids[obj.name], "x1": obj.x1, "y1": obj.y1, "x2": obj.x2, "y2": obj.y2,
+             "difficult": obj.difficult}
+        )
+    return objects
+
+
+def read_voc_labels(
+    voc_root: str, image_ids: Iterable[str], class_names: list[str]
+) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Read `<voc_root>/Annotations/<id>.xml` for each id into an `image_id`/`objects` table.
+
+    Images whose file is missing, unsafe, malformed or names an unknown class are left out of the
+    table and returned as (image_id, error message) pairs: one bad file costs one image, not the call.
+    """
+    class_ids = {name: i for i, name in enumerate(class_names)}
+
+    def one(image_id: str) -> tuple[str, list[dict] | None, str | None]:
+        try:
+            return image_id, _labels_of(voc_root, image_id, class_ids), None
+        except (VocError, paths.UnsafeIdError) as exc:
+            return image_id, None, str(exc)
+
+    ids, objects, errors = [], [], []
+    with ThreadPoolExecutor(max_workers=1 if not storage.is_s3(voc_root) else READ_THREADS) as executor:
+        for image_id, image_objects, error in executor.map(one, image_ids):
+            if error is not None:
+                errors.append((image_id, error))
+            else:
+                ids.append(image_id)
+                objects.append(image_objects)
+    table = pa.table(
+        {"image_id": pa.array(ids, pa.string()), "objects": pa.array(objects, pa.list_(schemas.OBJECT))},
+        schema=LABEL_FIELDS,
+    )
+    return table, errors
