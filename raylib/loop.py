@@ -14,9 +14,7 @@ import hashlib
 import heapq
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +28,7 @@ from raylib.paths import RoundPaths
 from raylib.runtime import Dataset, ensure_dataset
 from raylib.score import score_pool
 from raylib.select import select_round
+from raylib.stage import run_stage
 from raylib.train import train_model
 
 log = logging.getLogger(__name__)
@@ -45,22 +44,6 @@ class LoopResult:
     labelled: list[int] = field(default_factory=list)
     report: str = ""
     stopped_because: str = ""
-
-
-def run_stage(rp: RoundPaths, stage: str, work: Callable[[], dict]) -> dict:
-    """Run `work` unless its marker exists; the marker (with `work`'s summary) is written last."""
-    marker = rp.marker(stage)
-    if storage.exists(marker):
-        log.info("round %d: %s already committed, skipping", rp.round_idx, stage)
-        return json.loads(storage.read_text(marker))
-    started = time.time()
-    print(f"[round {rp.round_idx}] {stage} ...", flush=True)
-    summary = work() or {}
-    summary = {**summary, "seconds": round(time.time() - started, 2)}
-    storage.write_text(marker, json.dumps(summary, default=str))
-    print(f"[round {rp.round_idx}] {stage} done in {summary['seconds']:.1f}s: "
-          f"{ {k: v for k, v in summary.items() if k != 'seconds'} }", flush=True)
-    return summary
 
 
 def run_loop(cfg: Config) -> LoopResult:

@@ -25,7 +25,10 @@ S3_ENV_VARS = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "RAYLIB_S3_RETRY_ATTEMPTS",
 )
+# Transient S3 errors (5xx, throttling, dropped connections) are retried with the AWS SDK's standard
+# backoff this many times before a stage fails; RAYLIB_S3_RETRY_ATTEMPTS overrides it.
 S3_RETRY_ATTEMPTS = 8
 
 
@@ -47,9 +50,9 @@ def s3_env() -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+def _s3_filesystem(endpoint: str | None, region: str | None, attempts: int) -> pafs.S3FileSystem:
     kwargs: dict = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRY_ATTEMPTS),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
         "connect_timeout": 10,
         "request_timeout": 60,
     }
@@ -66,7 +69,9 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return (filesystem, path inside it) for a local path or an s3:// URI."""
     if is_s3(uri):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        return _s3_filesystem(os.environ.get("AWS_ENDPOINT_URL"), region), uri[len("s3://") :].rstrip("/")
+        attempts = int(os.environ.get("RAYLIB_S3_RETRY_ATTEMPTS", S3_RETRY_ATTEMPTS))
+        fs = _s3_filesystem(os.environ.get("AWS_ENDPOINT_URL"), region, attempts)
+        return fs, uri[len("s3://") :].rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"unsupported URI scheme in '{uri}': use a local path or s3://bucket/prefix")
     path = uri[len("file://") :] if uri.startswith("file://") else uri
