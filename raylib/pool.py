@@ -130,25 +130,36 @@ def _is_image(relpath: str, extensions: tuple[str, ...]) -> bool:
 
 
 def _walk_local(root: str) -> Iterator[str]:
-    """Relative '/'-separated paths of files under `root`, depth first, each directory sorted.
+    """Relative '/'-separated paths of the files under `root`, in the order S3 lists keys.
 
-    Only one directory listing is held at a time; symlinked directories are not followed (cycles).
+    Holds one sorted directory listing per level of depth, never the whole tree; hidden entries are
+    skipped and symlinked directories are not followed (no cycles).
     """
-    stack = [""]
+    stack = [iter(_listing(root, ""))]
     while stack:
-        rel_dir = stack.pop()
-        with os.scandir(os.path.join(root, rel_dir)) as entries:
-            listing = sorted(entries, key=lambda entry: entry.name)
-        subdirs = []
-        for entry in listing:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.endswith("/"):
+            stack.append(iter(_listing(root, entry[:-1])))
+        else:
+            yield entry
+
+
+def _listing(root: str, rel_dir: str) -> list[str]:
+    """Visible entries of one directory as relative paths, directories with a trailing '/', sorted
+    as full keys sort (so 'a.jpg' < 'a/x.jpg', as in S3)."""
+    entries = []
+    with os.scandir(os.path.join(root, rel_dir)) as scan:
+        for entry in scan:
             if entry.name.startswith("."):
                 continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if entry.is_dir(follow_symlinks=False):
-                subdirs.append(rel)
+                entries.append(rel + "/")
             elif entry.is_file():
-                yield rel
-        stack.extend(reversed(subdirs))
+                entries.append(rel)
+    return sorted(entries)
 
 
 def _walk_s3(root_uri: str) -> Iterator[str]:
