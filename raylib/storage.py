@@ -129,9 +129,15 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     fs.create_dir(os.path.dirname(path), recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (disk full, interrupted) must not leave a stray partial file behind.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def write_text(uri: str, text: str) -> None:
