@@ -1,0 +1,564 @@
+"""Train YOLOX on the labelled set with Ray Train (DDP), following YOLOX's recipe (seed 6.3).
+
+    result = train_model(cfg, labels_uri, manifest_uri, out_dir, class_names, init_weights=None)
+    result.weights_uri  # <out_dir>/model.pt: EMA weights of the epoch with the best val mAP50
+
+What one worker does (`train_loop_per_worker`), per YOLOX (yolox/core/trainer.py, yolox/config.py):
+  * data: its shard (by rank) of the `train` split, images copied into a worker-private temp dir under
+    hashed names, served by `LabelledImages` wrapped in the package's `MosaicDetection` + `TrainTransform`
+    (mosaic, mixup, random affine, HSV, flip: the package's code, not ours);
+  * solver: SGD nesterov with YOLOX's parameter groups (`YoloxConfig.get_optimizer`: no decay on BN
+    weights and biases), lr = basic_lr_per_img x global batch, `LRScheduler("yoloxwarmcos")` (warmup,
+    cosine, min lr in the last no-aug epochs), EMA of the weights (`ModelEMA`, decay 0.9998), AMP on CUDA;
+  * the last `no_aug_epochs` epochs: mosaic and mixup off, L1 loss on. (YOLOX's trainer closes mosaic one
+    epoch early, at `epoch + 1 == max_epoch - no_aug_epochs`; we close it for exactly the last
+    `no_aug_epochs`.) YOLOX's multi-scale training (random input size per 10 iterations) is not used:
+    one input size, `model.input_size`, for training, evaluation and scoring;
+  * every `eval_interval` epochs and at the last: AP50 of the EMA model on the `val` split (each rank
+    runs its shard of val; detections are gathered), `ray.train.report` with a checkpoint directory
+    (rank 0 writes it) holding `model.pt` (EMA weights), `state.pt` (model, optimizer, EMA, scaler,
+    epoch) and `history.json`. Ray keeps the best two by `val_map50`, plus the latest;
+  * resume: a restarted worker group (FailureConfig) or a second call with the same `out_dir` continues
+    from the latest checkpoint (`ray.train.get_checkpoint()`).
+
+A `val` split without ground truth gives no selection signal: `val_map50` is reported as -1 and the
+latest checkpoint wins. Images labelled with zero objects are trained on as background.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from yolox.config import YoloxConfig
+from yolox.data import MosaicDetection, TrainTransform
+from yolox.data.datasets import Dataset as YoloxDataset
+from yolox.utils import LRScheduler, ModelEMA
+
+from raylib import evaluate, schemas, storage
+from raylib.config import Config, TrainConfig
+from raylib.model import build_model, load_weights, save_weights, unwrap
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "train"  # Ray Train experiment name under <out_dir>/ray
+WEIGHTS_FILE = "model.pt"
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+EMA_DECAY = 0.9998  # yolox/core/trainer.py
+MAX_LABELS = 120  # TrainTransform(max_labels=120), as in YoloxConfig.get_data_loader
+NO_VAL_SCORE = -1.0  # reported as val_map50 when val has no ground truth (no selection signal)
+FETCH_THREADS = 8
+
+
+@dataclass
+class TrainResult:
+    weights_uri: str  # <out_dir>/model.pt, EMA weights of the best checkpoint
+    best_map50: float | None  # val mAP50 of that checkpoint; None when val had no ground truth
+    best_epoch: int
+    epochs: int  # epochs trained in total (including earlier attempts this run resumed)
+    history: list[dict] = field(default_factory=list)  # one dict per evaluation
+    run_path: str = ""  # Ray Train's experiment directory (checkpoints)
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, class_names: list[str],
+                init_weights: str | None = None, extra_loop_config: dict | None = None) -> TrainResult:
+    """Train on the `train` split of `labels_uri` (images from `manifest_uri`), select on `val`.
+
+    Writes Ray Train's checkpoints under `<out_dir>/ray/train/` and the best EMA weights to
+    `<out_dir>/model.pt`. Calling again with the same `out_dir` resumes from the latest checkpoint.
+    `extra_loop_config` is merged into the workers' config (testing hooks such as `_fail_at_epoch`).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    n_train = _count_split(labels_uri, "train")
+    if n_train == 0:
+        raise ValueError(f"labels '{labels_uri}' have no rows with split == 'train': nothing to train on; "
+                         "label some images (or check the split column) first")
+    tc = cfg.train
+    loop_config = {"cfg": cfg, "labels_uri": labels_uri, "manifest_uri": manifest_uri,
+                   "class_names": list(class_names), "init_weights": init_weights, **(extra_loop_config or {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+        run_config=RunConfig(
+            storage_path=_storage_path(out_dir),
+            name=RUN_NAME,
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_map50",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if not result.best_checkpoints:
+        raise RuntimeError(f"training in '{out_dir}' finished without reporting a checkpoint")
+    best_checkpoint, best_metrics = max(result.best_checkpoints,
+                                        key=lambda item: (item[1]["val_map50"], item[1]["epoch"]))
+    weights_uri = storage.join(out_dir, WEIGHTS_FILE)
+    storage.write_bytes(weights_uri, _read_checkpoint_file(best_checkpoint, WEIGHTS_FILE))
+    history = json.loads(_read_checkpoint_file(result.checkpoint, HISTORY_FILE))
+    storage.write_text(storage.join(out_dir, HISTORY_FILE), json.dumps(history, indent=2))
+    best_map50 = best_metrics["val_map50"]
+    return TrainResult(
+        weights_uri=weights_uri,
+        best_map50=None if best_map50 == NO_VAL_SCORE else float(best_map50),
+        best_epoch=int(best_metrics["epoch"]),
+        epochs=int(result.metrics["epoch"]) if result.metrics else int(best_metrics["epoch"]),
+        history=history,
+        run_path=str(result.path),
+    )
+
+
+def _count_split(labels_uri: str, split: str) -> int:
+    splits = storage.read_table(labels_uri, columns=["split"]).column("split")
+    return int(pc.sum(pc.equal(splits, split)).as_py() or 0)
+
+
+def _storage_path(out_dir: str) -> str:
+    path = storage.join(out_dir, "ray")
+    return path if storage.is_s3(path) else os.path.abspath(path)
+
+
+def _read_checkpoint_file(checkpoint: Any, name: str) -> bytes:
+    """One file of a Ray checkpoint, read through the checkpoint's own filesystem (local or S3)."""
+    with checkpoint.filesystem.open_input_stream(posixpath.join(checkpoint.path, name)) as stream:
+        return stream.read()
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class Sample:
+    image_id: str
+    path: str  # local file
+    targets: np.ndarray  # float32 [n, 5]: x1, y1, x2, y2, class_id in original pixels
+    height: int
+    width: int
+
+
+class ImageCache:
+    """Local copies of image URIs (local paths or s3://) in `root`, one file per URI named by the
+    SHA-256 of the URI: never a path built from an image id, so no id can escape `root`."""
+
+    def __init__(self, root: str):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+
+    def path_for(self, uri: str) -> str:
+        return os.path.join(self.root, hashlib.sha256(uri.encode("utf-8")).hexdigest())
+
+    def fetch(self, uri: str) -> str:
+        path = self.path_for(uri)
+        if not os.path.exists(path):
+            storage.write_bytes(path, storage.read_bytes(uri))  # atomic: temp file + rename
+        return path
+
+
+def load_split(labels_uri: str, manifest_uri: str, split: str, rank: int = 0, world_size: int = 1,
+               cache: ImageCache | None = None) -> tuple[list[Sample], pa.Table]:
+    """This rank's shard of `split`: copied to `cache`, decoded once to check it and get its size.
+
+    Returns (samples of the shard, labels of the whole split). Images that are missing from the manifest
+    or fail to copy/decode are logged and left out; an empty split gives an empty shard.
+    """
+    labels, items, missing = evaluate.split_items(labels_uri, manifest_uri, split)
+    if missing:
+        log.warning("%d %s image(s) are not in manifest %s, e.g. %s; skipped", len(missing), split,
+                    manifest_uri, missing[:3])
+    items = sorted(items)
+    shard = items[rank::world_size]
+    if not shard and items and split == "train":
+        shard = [items[rank % len(items)]]  # fewer images than workers: every rank still needs data
+    objects = dict(zip(labels.column("image_id").to_pylist(), labels.column("objects").to_pylist()))
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+        samples = list(pool.map(lambda item: _sample(item, objects[item[0]], cache), shard))
+    return [s for s in samples if s is not None], labels
+
+
+def _sample(item: tuple[str, str], objects: list[dict], cache: ImageCache | None) -> Sample | None:
+    image_id, uri = item
+    try:
+        path = cache.fetch(uri) if cache else uri
+        height, width = evaluate.read_image(path).shape[:2]
+    except (OSError, ValueError) as exc:
+        log.warning("training image %s (%s) skipped: %s", image_id, uri, exc)
+        return None
+    targets = np.array([[o["x1"], o["y1"], o["x2"], o["y2"], o["class_id"]] for o in objects or []],
+                       dtype=np.float32).reshape(-1, 5)
+    return Sample(image_id, path, targets, height, width)
+
+
+class LabelledImages(YoloxDataset):
+    """Our samples in the interface `MosaicDetection` expects of a YOLOX dataset (like its VOCDetection):
+    `pull_item(i)` -> (image resized to fit `input_dim`, targets [n, 5] x1y1x2y2+class scaled the same,
+    (height, width), i); `load_anno(i)` -> those targets."""
+
+    def __init__(self, samples: list[Sample], input_size: int):
+        super().__init__((input_size, input_size))
+        self.samples = samples
+        self.preproc = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _ratio(self, index: int) -> float:
+        sample = self.samples[index]
+        return min(self.input_dim[0] / sample.height, self.input_dim[1] / sample.width)
+
+    def load_anno(self, index: int) -> np.ndarray:
+        targets = self.samples[index].targets.copy()
+        targets[:, :4] *= self._ratio(index)
+        return targets
+
+    def pull_item(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int], int]:
+        import cv2
+
+        sample = self.samples[index]
+        image = evaluate.read_image(sample.path)
+        ratio = self._ratio(index)
+        image = cv2.resize(image, (int(sample.width * ratio), int(sample.height * ratio)),
+                           interpolation=cv2.INTER_LINEAR)
+        return image, self.load_anno(index), (sample.height, sample.width), index
+
+    @YoloxDataset.mosaic_getitem
+    def __getitem__(self, index: int):
+        image, targets, info, index = self.pull_item(index)
+        if self.preproc is not None:
+            image, targets = self.preproc(image, targets, self.input_dim)
+        return image, targets, info, index
+
+
+def make_train_dataset(samples: list[Sample], cfg: Config) -> MosaicDetection:
+    """The package's augmentation stack over our samples (as `YoloxConfig.get_data_loader` builds it)."""
+    tc, size = cfg.train, cfg.model.input_size
+    return MosaicDetection(
+        LabelledImages(samples, size),
+        img_size=(size, size),
+        mosaic=True,
+        preproc=TrainTransform(max_labels=MAX_LABELS, flip_prob=tc.flip_prob, hsv_prob=tc.hsv_prob),
+        degrees=tc.degrees,
+        translate=tc.translate,
+        mosaic_scale=tuple(tc.mosaic_scale),
+        mixup_scale=tuple(tc.mixup_scale),
+        shear=tc.shear,
+        enable_mixup=tc.mixup_prob > 0,
+        mosaic_prob=tc.mosaic_prob,
+        mixup_prob=tc.mixup_prob,
+    )
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """`num_samples` indices of a dataset of `n`, from concatenated seeded permutations: every rank
+    takes the same number of steps per epoch (DDP needs it) however its shard size differs."""
+
+    def __init__(self, n: int, num_samples: int, seed: int):
+        self.n, self.num_samples, self.seed = n, num_samples, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng(self.seed)
+        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-self.num_samples // self.n))])
+        return iter(int(i) for i in order[: self.num_samples])  # python ints: mosaic_getitem checks int
+
+
+def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.stack([item[0] for item in batch]))
+    targets = torch.from_numpy(np.stack([item[1] for item in batch]))
+    return images, targets
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_loader(dataset: MosaicDetection, batch_size: int, steps: int, seed: int,
+                num_workers: int = 0) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), steps * batch_size, seed),
+        num_workers=num_workers, collate_fn=_collate, worker_init_fn=_seed_worker,
+        pin_memory=torch.cuda.is_available(), drop_last=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------ solver
+
+
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig, global_batch: int) -> torch.optim.Optimizer:
+    """SGD nesterov with YOLOX's parameter groups, built by the package's own `get_optimizer`."""
+    exp = YoloxConfig(name="raylib")
+    exp.model = unwrap(model)
+    exp.warmup_epochs, exp.warmup_lr = tc.warmup_epochs, tc.warmup_lr
+    exp.basic_lr_per_img, exp.momentum, exp.weight_decay = tc.basic_lr_per_img, tc.momentum, tc.weight_decay
+    return exp.get_optimizer(global_batch)
+
+
+def make_scheduler(tc: TrainConfig, global_batch: int, steps_per_epoch: int) -> LRScheduler:
+    return LRScheduler("yoloxwarmcos", tc.basic_lr_per_img * global_batch, steps_per_epoch, tc.epochs,
+                       warmup_epochs=tc.warmup_epochs, warmup_lr_start=tc.warmup_lr,
+                       no_aug_epochs=tc.no_aug_epochs, min_lr_ratio=tc.min_lr_ratio)
+
+
+@dataclass
+class TrainState:
+    """Everything one training step touches; `model` may be DDP-wrapped."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None
+    device: torch.device
+    amp: bool
+    initial_lr: float
+    step: int = 0  # optimizer steps done in total
+
+    def lr(self) -> float:
+        # As YOLOX's trainer: the first step uses the optimizer's initial lr, step i the schedule at i.
+        return self.initial_lr if self.step == 0 else self.scheduler.update_lr(self.step)
+
+
+def make_state(model: torch.nn.Module, cfg: Config, global_batch: int, steps_per_epoch: int,
+               device: torch.device) -> TrainState:
+    """Optimizer, schedule, EMA and AMP scaler for `model` (already on `device`, maybe DDP-wrapped)."""
+    tc = cfg.train
+    optimizer = make_optimizer(model, tc, global_batch)
+    amp = tc.amp and device.type == "cuda"
+    return TrainState(
+        model=model, optimizer=optimizer, scheduler=make_scheduler(tc, global_batch, steps_per_epoch),
+        scaler=torch.amp.GradScaler("cuda", enabled=amp), ema=ModelEMA(unwrap(model), EMA_DECAY) if tc.ema else None,
+        device=device, amp=amp, initial_lr=optimizer.param_groups[0]["lr"],
+    )
+
+
+def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One YOLOX step: loss of model(images, targets), backward, SGD, EMA update. Returns the loss."""
+    lr = state.lr()
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    images = images.to(state.device, non_blocking=True)
+    targets = targets.to(state.device, non_blocking=True)
+    with torch.autocast(device_type=state.device.type, enabled=state.amp):
+        loss = state.model(images, targets)["total_loss"]
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    if state.ema is not None:
+        state.ema.update(unwrap(state.model))
+    state.step += 1
+    return loss.detach()
+
+
+def set_no_aug(dataset: MosaicDetection, model: torch.nn.Module, no_aug: bool) -> None:
+    """The last epochs of YOLOX: mosaic (and with it mixup) off, L1 loss on."""
+    dataset.enable_mosaic = not no_aug
+    unwrap(model).head.use_l1 = no_aug
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: train this rank's shard, evaluate on val, report checkpoints (see module doc)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg: Config = config["cfg"]
+    tc = cfg.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    with tempfile.TemporaryDirectory(prefix="raylib-train-images-") as cache_dir:
+        cache = ImageCache(cache_dir)
+        train_samples, train_labels = load_split(config["labels_uri"], config["manifest_uri"], "train",
+                                                 rank, world, cache)
+        if not train_samples:
+            raise ValueError(f"rank {rank}: no readable training image in labels '{config['labels_uri']}' "
+                             "(empty train split, or every image failed to load; see the warnings above)")
+        val_samples, val_labels = load_split(config["labels_uri"], config["manifest_uri"], "val",
+                                             rank, world, cache)
+        local_batch = max(1, tc.batch_size // world)
+        global_batch = local_batch * world
+        steps_per_epoch = max(1, -(-train_labels.num_rows // global_batch))
+
+        model = build_model(cfg.model.size, len(config["class_names"]))
+        if config.get("init_weights"):
+            load_weights(model, config["init_weights"])
+        model = ray.train.torch.prepare_model(model)
+        state = make_state(model, cfg, global_batch, steps_per_epoch, device)
+        start_epoch, history = restore(state, ray.train.get_checkpoint())
+        dataset = make_train_dataset(train_samples, cfg)
+
+        for epoch in range(start_epoch, tc.epochs):
+            started = time.time()
+            set_no_aug(dataset, state.model, epoch >= tc.epochs - tc.no_aug_epochs)
+            _seed(cfg.seed, epoch, rank)
+            loader = make_loader(dataset, local_batch, steps_per_epoch, seed=cfg.seed * 100_003 + epoch * 997 + rank,
+                                 num_workers=tc.num_loader_workers)
+            loss_sum = torch.zeros((), device=device)
+            for images, targets in loader:
+                loss_sum += train_step(state, images, targets)
+                _maybe_inject_failure(config, epoch, rank, world)
+            if (epoch + 1) % tc.eval_interval and epoch + 1 < tc.epochs:
+                continue
+            map50 = validate(state, val_samples, val_labels, cfg, len(config["class_names"]))
+            seconds = time.time() - started
+            history.append({
+                "epoch": epoch + 1, "val_map50": map50, "loss": float(loss_sum) / steps_per_epoch,
+                "lr": state.lr(), "no_aug": not dataset.enable_mosaic, "attempt_start_epoch": start_epoch,
+                "seconds": round(seconds, 2), "images_per_s": round(steps_per_epoch * global_batch / seconds, 2),
+            })
+            report(state, history, cfg, config["class_names"], rank)
+
+
+def _seed(seed: int, epoch: int, rank: int) -> None:
+    """Augmentations draw from `random`/`numpy`; seed them per (epoch, rank) so a resumed run repeats."""
+    value = (seed * 1_000_003 + epoch * 7919 + rank) % 2**32
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def _maybe_inject_failure(config: dict, epoch: int, rank: int, world: int) -> None:
+    """Test hook: `_fail_at_epoch` raises in the last rank mid-epoch, once (a marker file remembers)."""
+    fail_at, marker = config.get("_fail_at_epoch"), config.get("_fail_marker")
+    if fail_at is None or epoch != fail_at or rank != world - 1 or not marker or os.path.exists(marker):
+        return
+    with open(marker, "w") as handle:
+        handle.write(f"failed at epoch {epoch}\n")
+    raise RuntimeError(f"injected failure in rank {rank} at epoch {epoch} (test hook _fail_at_epoch)")
+
+
+def validate(state: TrainState, val_samples: list[Sample], val_labels: pa.Table, cfg: Config,
+             num_classes: int) -> float | None:
+    """AP50 of the EMA model on val: each rank detects on its shard; detections are all-gathered."""
+    import torch.distributed as dist
+
+    eval_model = state.ema.ema if state.ema is not None else unwrap(state.model)
+    items = [(sample.image_id, sample.path) for sample in val_samples]
+    detections, failed = evaluate.detect_images(eval_model, items, cfg.model.input_size,
+                                                cfg.score.batch_size, state.device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (detections, failed))
+        detections = _concat([frame for frame, _ in gathered])
+        failed = [image_id for _, ids in gathered for image_id in ids]
+    if failed:
+        val_labels = val_labels.filter(pc.invert(pc.is_in(val_labels.column("image_id"), pa.array(failed, pa.string()))))
+    result = evaluate.ap50_per_class(detections, evaluate.labels_to_ground_truth(val_labels), num_classes)
+    return None if np.isnan(result["map50"]) else float(result["map50"])
+
+
+def _concat(frames: list) -> Any:
+    import pandas as pd
+
+    frames = [frame for frame in frames if len(frame)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=evaluate.DETECTION_COLUMNS)
+
+
+def report(state: TrainState, history: list[dict], cfg: Config, class_names: list[str], rank: int) -> None:
+    """`ray.train.report` from every rank; rank 0 attaches the checkpoint directory."""
+    import ray.train
+
+    last = history[-1]
+    metrics = {"val_map50": NO_VAL_SCORE if last["val_map50"] is None else last["val_map50"],
+               "epoch": last["epoch"], "loss": last["loss"], "lr": last["lr"]}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="raylib-ckpt-") as directory:
+        weights_model = state.ema.ema if state.ema is not None else state.model
+        save_weights(weights_model, os.path.join(directory, WEIGHTS_FILE), cfg.model.size, class_names)
+        torch.save(_state_dict(state, last["epoch"]), os.path.join(directory, STATE_FILE))
+        with open(os.path.join(directory, HISTORY_FILE), "w") as handle:
+            json.dump(history, handle, indent=2)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"epoch_{last['epoch']:04d}")
+
+
+def _state_dict(state: TrainState, epoch: int) -> dict:
+    return {
+        "epoch": epoch,
+        "step": state.step,
+        "model": unwrap(state.model).state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "ema": state.ema.ema.state_dict() if state.ema is not None else None,
+        "ema_updates": state.ema.updates if state.ema is not None else 0,
+    }
+
+
+def restore(state: TrainState, checkpoint: Any) -> tuple[int, list[dict]]:
+    """Load model/optimizer/EMA/scaler/step from a Ray checkpoint; returns (epochs done, history)."""
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as directory:
+        with open(os.path.join(directory, STATE_FILE), "rb") as handle:
+            saved = torch.load(io.BytesIO(handle.read()), map_location=state.device, weights_only=True)
+        with open(os.path.join(directory, HISTORY_FILE)) as handle:
+            history = json.load(handle)
+    unwrap(state.model).load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scaler.load_state_dict(saved["scaler"])
+    if state.ema is not None and saved["ema"] is not None:
+        state.ema.ema.load_state_dict(saved["ema"])
+        state.ema.updates = saved["ema_updates"]
+    state.step = saved["step"]
+    log.info("resumed from checkpoint at epoch %d", saved["epoch"])
+    return int(saved["epoch"]), history
+
+
+# ------------------------------------------------------------------------------- standalone labels
+
+
+def standalone_labels(cfg: Config, pool_manifest: str, voc_root: str, class_names: list[str]) -> str:
+    """A labelled set for running the train/evaluate jobs alone on the embedded defaults: every pool
+    image with its VOC annotation, split 70/15/15 (cfg.loop.split) by a seeded shuffle of the sorted ids.
+    Written once to `<run_root>/labels_standalone.parquet`."""
+    from raylib import pool, voc
+
+    uri = storage.join(cfg.run_root, "labels_standalone.parquet")
+    if storage.exists(uri):
+        return uri
+    ids = sorted(i for batch in pool.iter_manifest(pool_manifest, 65536) for i in batch.column("image_id").to_pylist())
+    table, errors = voc.read_voc_labels(voc_root, ids, class_names)
+    for image_id, message in errors:
+        log.warning("pool image %s left out of the standalone labels: %s", image_id, message)
+    ids = table.column("image_id").to_pylist()
+    order = np.random.default_rng(cfg.seed).permutation(len(ids))
+    bounds = np.cumsum(np.floor(np.asarray(cfg.loop.split[:2]) * len(ids)).astype(int))
+    split_of = np.empty(len(ids), dtype=object)
+    for position, index in enumerate(order):
+        split_of[index] = "train" if position < bounds[0] else "val" if position < bounds[1] else "test"
+    n = table.num_rows
+    labels = pa.table({"image_id": table.column("image_id"), "split": pa.array(list(split_of), pa.string()),
+                       "round_added": pa.array([0] * n, pa.int16()), "objects": table.column("objects")})
+    storage.write_table(schemas.check(labels, schemas.LABELS, "standalone labels"), uri)
+    return uri

@@ -1,0 +1,181 @@
+"""Training: data pieces without Ray (fast), then Ray Train runs on tiny generated images (slow).
+
+The Ray runs use a nano model at input 64 on a dozen 64x64 images: seconds of compute, the rest is
+Ray start-up. They check plumbing (reports, checkpoints, resume, S3), not accuracy.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from raylib import schemas, storage, train
+from raylib.config import Config, ModelConfig, TrainConfig
+from raylib.model import build_model, load_model
+
+CLASSES = ["red", "blue"]
+COLOURS = [(0, 0, 255), (255, 0, 0)]  # BGR
+
+
+def make_dataset(root, n_train: int = 8, n_val: int = 3, size: int = 64, seed: int = 0) -> tuple[str, str]:
+    """Tiny images with filled rectangles; one background training image. Returns (labels, manifest)."""
+    os.makedirs(str(root), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids, uris, splits, objects = [], [], [], []
+    for i in range(n_train + n_val):
+        image = np.full((size, size + 16, 3), 110, np.uint8)
+        objs = []
+        for _ in range(0 if i == 0 else 1 + i % 2):
+            x1, y1 = (int(v) for v in rng.integers(0, size // 2, 2))
+            w, h = (int(v) for v in rng.integers(12, size // 2, 2))
+            class_id = int(rng.integers(0, len(CLASSES)))
+            cv2.rectangle(image, (x1, y1), (x1 + w, y1 + h), COLOURS[class_id], -1)
+            objs.append({"class_id": class_id, "x1": float(x1), "y1": float(y1), "x2": float(x1 + w),
+                         "y2": float(y1 + h), "difficult": False})
+        image_id = f"set/{i:03d}"
+        path = os.path.join(str(root), f"img_{i:03d}.jpg")
+        cv2.imwrite(path, image)
+        ids.append(image_id)
+        uris.append(path)
+        splits.append("train" if i < n_train else "val")
+        objects.append(objs)
+    manifest = storage.join(str(root), "pool.parquet")
+    storage.write_table(pa.table({"image_id": ids, "uri": uris}), manifest)
+    labels = storage.join(str(root), "labels.parquet")
+    table = pa.table({"image_id": ids, "split": splits, "round_added": pa.array([0] * len(ids), pa.int16()),
+                      "objects": pa.array(objects, pa.list_(schemas.OBJECT))})
+    storage.write_table(schemas.check(table, schemas.LABELS, "labels"), labels)
+    return labels, manifest
+
+
+def tiny_config(**train_overrides) -> Config:
+    train_cfg = {"epochs": 1, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 1.0, "warmup_epochs": 0,
+                 "no_aug_epochs": 0, "eval_interval": 1, "max_failures": 0, **train_overrides}
+    return Config(model=ModelConfig(size="nano", input_size=64), train=TrainConfig(**train_cfg))
+
+
+# ------------------------------------------------------------------------------ without Ray
+
+
+def test_load_split_shards_by_rank_and_caches_under_hashed_names(tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data")
+    cache = train.ImageCache(str(tmp_path / "cache"))
+    shards = [train.load_split(labels, manifest, "train", rank, 2, cache)[0] for rank in range(2)]
+    ids = [[s.image_id for s in shard] for shard in shards]
+    assert not set(ids[0]) & set(ids[1]) and len(ids[0]) + len(ids[1]) == 8
+    for sample in shards[0] + shards[1]:
+        assert os.path.dirname(sample.path) == str(tmp_path / "cache")
+        assert re.fullmatch(r"[0-9a-f]{64}", os.path.basename(sample.path))  # never derived from the id
+        assert (sample.height, sample.width) == (64, 80)
+    background = next(s for s in shards[0] + shards[1] if s.image_id == "set/000")
+    assert background.targets.shape == (0, 5)
+
+
+def test_load_split_skips_undecodable_images(tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data", n_train=3, n_val=0)
+    with open(str(tmp_path / "data" / "img_001.jpg"), "wb") as handle:
+        handle.write(b"broken")
+    samples, split_labels = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
+    assert [s.image_id for s in samples] == ["set/000", "set/002"] and split_labels.num_rows == 3
+
+
+def test_train_dataset_uses_yolox_augmentations_and_closes_them(tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data")
+    samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
+    cfg = tiny_config()
+    dataset = train.make_train_dataset(samples, cfg)
+    model = build_model("nano", len(CLASSES))
+    loader = train.make_loader(dataset, batch_size=4, steps=2, seed=0)
+    batches = list(loader)
+    assert len(batches) == 2
+    images, targets = batches[0]
+    assert images.shape == (4, 3, 64, 64) and targets.shape == (4, train.MAX_LABELS, 5)
+    assert targets[..., 3:].max() <= 64 * 1.0001  # cx, cy, w, h in input pixels
+
+    train.set_no_aug(dataset, model, True)
+    assert not dataset.enable_mosaic and model.head.use_l1
+    # Without mosaic an image keeps its own boxes: sample 0 is the background image -> no targets.
+    _, background_targets, _, _ = dataset[0]
+    assert not background_targets.any()
+    _, targets_of_1, _, _ = dataset[1]
+    assert (targets_of_1[:, 3] > 0).sum() == len(samples[1].targets)
+
+
+def test_epoch_sampler_gives_every_rank_the_same_number_of_steps():
+    for n in (1, 3, 5):
+        indices = list(train.EpochSampler(n, 8, seed=1))
+        assert len(indices) == 8 and all(type(i) is int and 0 <= i < n for i in indices)
+
+
+def test_optimizer_has_yolox_parameter_groups():
+    model = build_model("nano", 2)
+    tc = TrainConfig(warmup_epochs=0)
+    optimizer = train.make_optimizer(model, tc, global_batch=8)
+    no_decay, decay, biases = optimizer.param_groups
+    assert optimizer.defaults["nesterov"] and no_decay["weight_decay"] == 0 and decay["weight_decay"] == tc.weight_decay
+    bn_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert {id(p) for p in no_decay["params"]} == bn_weights
+    assert biases["weight_decay"] == 0 and all(p.dim() == 1 for p in biases["params"])
+    assert no_decay["lr"] == pytest.approx(tc.basic_lr_per_img * 8)
+    total = len(no_decay["params"]) + len(decay["params"]) + len(biases["params"])
+    assert total == len(list(model.parameters()))
+
+
+def test_empty_train_split_is_a_clear_error(tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data", n_train=0, n_val=2)
+    with pytest.raises(ValueError, match="no rows with split == 'train'"):
+        train.train_model(tiny_config(), labels, manifest, str(tmp_path / "out"), CLASSES)
+
+
+# ------------------------------------------------------------------------------ Ray Train
+
+
+@pytest.mark.slow
+def test_two_gloo_workers_train_checkpoint_and_resume(ray_session, tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data")
+    out_dir = str(tmp_path / "out")
+    first = train.train_model(tiny_config(epochs=1), labels, manifest, out_dir, CLASSES)
+    assert first.weights_uri == os.path.join(out_dir, "model.pt") and os.path.exists(first.weights_uri)
+    assert first.epochs == 1 and [h["epoch"] for h in first.history] == [1]
+    assert first.best_map50 is not None and 0.0 <= first.best_map50 <= 1.0
+    assert os.path.isdir(os.path.join(out_dir, "ray", "train", "epoch_0001"))
+
+    # Same out_dir, one more epoch (the last one without mosaic): continues from the epoch-1 checkpoint.
+    second = train.train_model(tiny_config(epochs=2, no_aug_epochs=1), labels, manifest, out_dir, CLASSES)
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    assert second.history[1]["attempt_start_epoch"] == 1 and second.history[1]["no_aug"]
+    assert second.epochs == 2 and second.best_epoch in (1, 2)
+    model = load_model("nano", len(CLASSES), second.weights_uri).eval()
+    assert model(torch.zeros(1, 3, 64, 64)).shape[-1] == 5 + len(CLASSES)
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_checkpoints_to_s3_and_weights_load_back(ray_session, s3_bucket, tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data", n_train=4, n_val=2)
+    out_dir = f"{s3_bucket}/run/round=00/train"
+    result = train.train_model(tiny_config(num_workers=1), labels, manifest, out_dir, CLASSES)
+    assert result.weights_uri == f"{out_dir}/model.pt" and storage.exists(result.weights_uri)
+    assert storage.exists(f"{out_dir}/ray/train/epoch_0001/state.pt")
+    model = load_model("nano", len(CLASSES), result.weights_uri).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 84, 5 + len(CLASSES))
+
+
+@pytest.mark.slow
+def test_worker_failure_mid_epoch_resumes_from_last_checkpoint(ray_session, tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data")
+    marker = tmp_path / "failed_once"
+    cfg = tiny_config(epochs=2, max_failures=1)
+    result = train.train_model(cfg, labels, manifest, str(tmp_path / "out"), CLASSES,
+                               extra_loop_config={"_fail_at_epoch": 1, "_fail_marker": str(marker)})
+    assert marker.exists()  # rank 1 did raise in epoch index 1
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    # Epoch 1 came from the first attempt; epoch 2 from the restart, which began at the checkpoint.
+    assert [h["attempt_start_epoch"] for h in result.history] == [0, 1]
+    assert os.path.exists(result.weights_uri)
