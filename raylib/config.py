@@ -219,6 +219,10 @@ def to_config(cfg: Any) -> Config:
     if isinstance(cfg, Config):
         return cfg
     if isinstance(cfg, (DictConfig, dict)):
+        if isinstance(cfg, DictConfig):
+            # As a plain dict, keys added with Hydra's `+key=...` are checked against the schema
+            # too; merged as a DictConfig they would be dropped silently.
+            cfg = OmegaConf.to_container(cfg, resolve=True)
         node = OmegaConf.merge(OmegaConf.structured(Config), cfg)
         return OmegaConf.to_object(node)  # type: ignore[return-value]
     raise TypeError(f"expected a Hydra config, got {type(cfg).__name__}")

@@ -1,0 +1,138 @@
+"""Hydra configs: every group option composes and converts to the typed Config; typos and
+out-of-range values are errors that name the key."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from raylib.config import Config, ConfigError, SyntheticConfig, to_config
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+GROUP_OPTIONS = sorted(
+    (group.name, option.stem) for group in CONF.iterdir() if group.is_dir() for option in group.glob("*.yaml")
+)
+
+
+@pytest.fixture(scope="module")
+def hydra_conf():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+
+
+def make(*overrides: str) -> Config:
+    return to_config(compose("config", overrides=list(overrides)))
+
+
+def test_the_conf_tree_has_the_expected_groups():
+    groups = {group for group, _ in GROUP_OPTIONS}
+    assert {"data", "model", "strategy", "score", "train", "loop", "storage", "cluster", "experiment", "debug"} <= groups
+
+
+def test_defaults(hydra_conf):
+    cfg = make()
+    assert isinstance(cfg, Config)
+    assert (cfg.data.kind, cfg.model.size, cfg.strategy.name, cfg.cluster.address) == ("synthetic", "nano", "cls_iou", "local")
+    assert cfg.strategy.k == 100 and cfg.strategy.min_score == 0.2
+    assert cfg.run_root == "outputs/runs/cls_iou_seed0"
+    assert isinstance(cfg.data.synthetic, SyntheticConfig) and cfg.data.class_names == cfg.data.synthetic.classes
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_composes_and_converts(hydra_conf, group, option):
+    cfg = make(f"{group}={option}")
+    assert isinstance(cfg, Config)
+    if group == "model":
+        assert cfg.model.size == option.removeprefix("yolox_")
+    if group == "strategy":
+        assert cfg.strategy.name == option and cfg.run_root == f"outputs/runs/{option}_seed0"
+    if group == "data":
+        assert cfg.data.kind == option
+
+
+def test_experiment_voc07_12(hydra_conf):
+    cfg = make("experiment=voc07_12")
+    assert (cfg.data.kind, cfg.model.size, cfg.model.input_size) == ("voc", "s", 640)
+    assert len(cfg.data.class_names) == 20 and cfg.data.pool_sets == ["trainval_2007", "trainval_2012"]
+    assert (cfg.loop.rounds, cfg.loop.seed_size, cfg.strategy.k) == (10, 2000, 100)
+    assert cfg.cluster.address == "auto" and cfg.train.use_gpu and cfg.train.num_workers == 4
+    assert cfg.run_root.startswith("s3://")
+
+
+def test_debug_fast(hydra_conf):
+    cfg = make("debug=fast")
+    assert (cfg.data.synthetic.num_pool, cfg.model.input_size, cfg.train.epochs, cfg.loop.rounds) == (48, 128, 1, 2)
+    assert cfg.strategy.min_score == 0.0
+
+
+def test_cluster_gpu4_with_s3_storage(hydra_conf):
+    cfg = make("cluster=gpu4", "storage=s3", "strategy=margin", "seed=2")
+    assert cfg.cluster.address == "auto"
+    assert cfg.score.num_gpus_per_actor == 1 and cfg.score.num_actors == 4 and cfg.train.use_gpu
+    assert cfg.storage.endpoint_url == os.environ["AWS_ENDPOINT_URL"] and cfg.storage.region == "us-east-1"
+    assert cfg.run_root == "s3://raylib-runs/runs/margin_seed2"
+    assert cfg.strategy.seed == 2
+
+
+def test_experiment_with_debug_and_a_sweep_like_override(hydra_conf):
+    cfg = make("experiment=voc07_12", "debug=fast", "strategy=random", "model=yolox_nano")
+    assert (cfg.model.size, cfg.model.input_size, cfg.strategy.name, cfg.loop.rounds) == ("nano", 128, "random", 2)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("model.sise=s", "sise"), ("strategy.kk=3", "kk"), ("+strategy.kk=3", "kk"), ("+typo=1", "typo"),
+     ("train.epoch=3", "epoch"), ("+data.synthetic.num_pol=5", "num_pol")],
+)
+def test_a_typo_key_is_an_error_naming_it(hydra_conf, override, key):
+    # Hydra refuses unknown keys while composing; keys forced in with `+` are refused by to_config.
+    with pytest.raises((ConfigCompositionException, ConfigKeyError), match=key):
+        make(override)
+
+
+def test_a_typo_key_in_a_plain_dict_is_an_error():
+    with pytest.raises(ConfigKeyError, match="modle"):
+        to_config({"modle": {"size": "s"}})
+
+
+def test_a_wrong_type_is_an_error(hydra_conf):
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        make("strategy.k=many")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("strategy.k=0", "strategy.k"),
+        ("strategy.k=-5", "strategy.k"),
+        ("strategy.min_score=-0.1", "strategy.min_score"),
+        ("strategy.min_score=1.0", "strategy.min_score"),
+        ("strategy.min_score=1.5", "strategy.min_score"),
+        ("strategy.name=smart", "strategy.name"),
+        ("strategy.budget=0", "strategy.budget"),
+        ("model.size=huge", "model.size"),
+        ("model.input_size=100", "model.input_size"),
+        ("loop.rounds=0", "loop.rounds"),
+        ("loop.rounds=-1", "loop.rounds"),
+        ("loop.seed_size=0", "loop.seed_size"),
+        ("loop.oracle=external", "loop.labels_in"),
+        ("train.epochs=0", "train.epochs"),
+        ("data.kind=coco", "data.kind"),
+        ("data.synthetic.min_size=400", "min_size"),
+        ("data.synthetic.imbalance_rho=0", "data.synthetic.imbalance_rho"),
+        ("score.nms_threshold=0", "score.nms_threshold"),
+    ],
+)
+def test_out_of_range_values_raise_config_error_naming_the_key(hydra_conf, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        make(override)
+
+
+def test_boundary_values_are_accepted(hydra_conf):
+    cfg = make("strategy.k=1", "strategy.min_score=0.0", "loop.rounds=1", "strategy.budget=1")
+    assert (cfg.strategy.k, cfg.strategy.min_score, cfg.loop.rounds) == (1, 0.0, 1)
+    assert make("strategy.min_score=0.999").strategy.min_score == 0.999
