@@ -103,10 +103,13 @@ def index_voc(voc_root: str, sets: list[str], out_uri: str) -> int:
     """Index the images of VOC image sets into a manifest at `out_uri`; returns the image count.
 
     An id listed in several sets (or twice) is kept once, at its first place. Image URIs are
-    `<voc_root>/JPEGImages/<id>.jpg`; width/height stay null (read when the image is decoded).
+    `<voc_root>/JPEGImages/<id>.jpg` (local roots made absolute); width/height stay null (read when
+    the image is decoded).
     """
     if not sets:
         raise PoolError(f"no image sets given for '{voc_root}'; set data.pool_sets / data.test_sets")
+    # Absolute local URIs: Ray workers may run in another working directory.
+    images = storage.join(voc_root if storage.is_s3(voc_root) else os.path.abspath(voc_root), "JPEGImages")
 
     def rows() -> Iterator[tuple[str, str]]:
         seen: set[str] = set()
@@ -114,7 +117,7 @@ def index_voc(voc_root: str, sets: list[str], out_uri: str) -> int:
             for image_id in _set_ids(voc_root, set_name):
                 if image_id not in seen:
                     seen.add(image_id)
-                    yield image_id, storage.join(voc_root, "JPEGImages", f"{image_id}.jpg")
+                    yield image_id, storage.join(images, f"{image_id}.jpg")
 
     return _write_rows(rows(), out_uri)
 

@@ -79,6 +79,8 @@ def generate(cfg: SyntheticConfig, root: str) -> None:
 def _check(cfg: SyntheticConfig) -> None:
     if len(cfg.classes) > MAX_CLASSES:
         raise ValueError(f"data.synthetic.classes: at most {MAX_CLASSES} classes can be drawn, got {len(cfg.classes)}")
+    if cfg.max_objects < 1:
+        raise ValueError(f"data.synthetic.max_objects must be >= 1, got {cfg.max_objects}")
     if len(set(cfg.classes)) != len(cfg.classes):
         raise ValueError(f"data.synthetic.classes has duplicate names: {list(cfg.classes)}")
 

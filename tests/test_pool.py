@@ -39,6 +39,24 @@ def test_index_voc_sets_first_token_blank_lines_and_duplicates(tmp_path):
     assert os.listdir(tmp_path / "out") == ["pool.parquet"]  # no temporary files left
 
 
+def test_index_voc_relative_root_gives_absolute_uris(tmp_path, monkeypatch):
+    write_set(tmp_path / "voc", "test", "a\n")
+    monkeypatch.chdir(tmp_path)
+    assert pool.index_voc("voc", ["test"], "pool.parquet") == 1
+    assert read_manifest(str(tmp_path / "pool.parquet")).column("uri").to_pylist() == [
+        str(tmp_path / "voc" / "JPEGImages" / "a.jpg")
+    ]
+
+
+@pytest.mark.s3
+def test_index_voc_on_s3(s3_bucket):
+    storage.write_text(f"{s3_bucket}/VOC/ImageSets/Main/trainval.txt", "2007_000027\n2007_000032\n")
+    assert pool.index_voc(f"{s3_bucket}/VOC", ["trainval"], f"{s3_bucket}/run/pool.parquet") == 2
+    table = read_manifest(f"{s3_bucket}/run/pool.parquet")
+    assert table.column("uri").to_pylist() == [f"{s3_bucket}/VOC/JPEGImages/2007_000027.jpg",
+                                               f"{s3_bucket}/VOC/JPEGImages/2007_000032.jpg"]
+
+
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "/abs/id", "a\\b", "ok/../x"])
 def test_index_voc_rejects_traversal_ids_naming_set_and_line(tmp_path, bad):
     write_set(tmp_path, "trainval", f"000001\n{bad}\n")
