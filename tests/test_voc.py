@@ -267,3 +267,16 @@ def test_read_voc_labels_table_fits_the_labels_schema(tmp_path):
     full = table.append_column("split", pa.array(["train"])).append_column("round_added", pa.array([0], pa.int16()))
     checked = schemas.check(full.select(schemas.LABELS.names), schemas.LABELS, "labels")
     assert checked.column("objects").to_pylist()[0][0]["x1"] == 10.0
+
+
+@pytest.mark.s3
+def test_read_voc_labels_on_s3(s3_bucket):
+    from raylib import storage
+
+    for i in range(20):
+        storage.write_bytes(f"{s3_bucket}/VOC/Annotations/{i:03d}.xml", xml(obj("dog", (i, 1, i + 10, 30))))
+    ids = [f"{i:03d}" for i in range(20)] + ["missing"]
+    table, errors = read_voc_labels(f"{s3_bucket}/VOC", ids, ["dog"])
+    assert table.column("image_id").to_pylist() == ids[:20]  # input order kept with concurrent reads
+    assert [row[0]["x1"] for row in table.column("objects").to_pylist()] == [float(i) for i in range(20)]
+    assert len(errors) == 1 and errors[0][0] == "missing" and "not found" in errors[0][1]
