@@ -98,6 +98,7 @@ class _RunsCode:
         return (exec, ("open('PWNED_MARKER', 'w').write('x')",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the hostile pickles' protocol
 @pytest.mark.parametrize(
     "payload",
     [b"not a weights file at all", b"", pickle.dumps(_RunsCode()), pickle.dumps({"model": _RunsCode()})],
