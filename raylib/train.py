@@ -52,6 +52,7 @@ from yolox.utils import LRScheduler, ModelEMA
 from raylib import evaluate, schemas, storage
 from raylib.config import Config, TrainConfig
 from raylib.model import build_model, load_weights, save_weights, unwrap
+from raylib.paths import RoundPaths
 
 log = logging.getLogger(__name__)
 
@@ -428,12 +429,13 @@ def train_loop_per_worker(config: dict) -> None:
                 _maybe_inject_failure(config, epoch, rank, world)
             if (epoch + 1) % tc.eval_interval and epoch + 1 < tc.epochs:
                 continue
+            train_seconds = time.time() - started
             map50 = validate(state, val_samples, val_labels, cfg, len(config["class_names"]))
-            seconds = time.time() - started
             history.append({
                 "epoch": epoch + 1, "val_map50": map50, "loss": float(loss_sum) / steps_per_epoch,
                 "lr": state.lr(), "no_aug": not dataset.enable_mosaic, "attempt_start_epoch": start_epoch,
-                "seconds": round(seconds, 2), "images_per_s": round(steps_per_epoch * global_batch / seconds, 2),
+                "train_seconds": round(train_seconds, 2), "eval_seconds": round(time.time() - started - train_seconds, 2),
+                "train_images_per_s": round(steps_per_epoch * global_batch / train_seconds, 2),
             })
             report(state, history, cfg, config["class_names"], rank)
 
@@ -562,3 +564,12 @@ def standalone_labels(cfg: Config, pool_manifest: str, voc_root: str, class_name
                        "round_added": pa.array([0] * n, pa.int16()), "objects": table.column("objects")})
     storage.write_table(schemas.check(labels, schemas.LABELS, "standalone labels"), uri)
     return uri
+
+
+def round_labels(run_root: str, round_idx: int) -> str | None:
+    """The labelled set round `round_idx` of the loop trains on, if it exists: the seed labels for
+    round 0, else the labels the previous round's oracle wrote."""
+    from raylib import paths
+
+    uri = paths.seed_labels(run_root) if round_idx == 0 else RoundPaths(run_root, round_idx - 1).labels
+    return uri if storage.exists(uri) else None
