@@ -64,3 +64,15 @@ def ray_session():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where CUDA is; elsewhere (CI) they are skipped, and each has a CPU twin."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; the CPU twin of this path runs in CI")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
