@@ -1,0 +1,77 @@
+"""Decode untrusted image bytes into BGR uint8, or raise `ImageError` with a message naming the image.
+
+One decoder for scoring, training and evaluation, so all three see the same pixels. Coordinates are
+those of the stored pixels (EXIF orientation is not applied), which is the frame VOC and COCO boxes
+are written in.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# We enforce our own limit before decoding; PIL's would only warn below 2x its default.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(ValueError):
+    """An image that can't be used; recorded as an error row, never fatal for the run."""
+
+
+def header_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) from the header only: cheap, and safe against decompression bombs."""
+    if not data:
+        raise ImageError(f"image '{name}' is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"image '{name}' is not a readable image file") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"image '{name}' has a corrupt header ({exc})") from exc
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Bytes -> HxWx3 uint8 BGR. Grayscale, palette, CMYK, alpha and 16-bit images are converted;
+    truncated or corrupt files and images over `max_pixels` raise ImageError."""
+    width, height = header_size(data, name)
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image '{name}' is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
+            f"{max_pixels / 1e6:.0f} MP (score.max_pixels); skipped"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # PIL warns, instead of failing, on some corrupt data
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                array = _to_rgb8(image)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Warning) as exc:
+        reason = "truncated" if "truncated" in str(exc) else str(exc)
+        raise ImageError(f"image '{name}' could not be decoded ({reason})") from exc
+    return np.ascontiguousarray(array[:, :, ::-1])
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        span = max(float(values.max() - values.min()), 1e-12)
+        gray = ((values - values.min()) * (255.0 / span)).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite on YOLOX's pad grey so transparent areas look like padding, not black objects.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (114, 114, 114, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if image.mode in ("RGB;16", "RGB;16B"):
+        raise ImageError("48-bit RGB is not supported")
+    return np.asarray(image.convert("RGB"))
