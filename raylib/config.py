@@ -114,7 +114,8 @@ class ScoreConfig:
     max_detections: int = 100  # per image, after NMS
     max_pixels: int = 40_000_000  # larger images become error rows (decompression bombs)
     keep_class_probs: bool = True  # needed by margin/entropy
-    rows_per_file: int = 200_000
+    torch_threads: Optional[int] = None  # intra-op threads per actor; None: the actor's CPUs (at least 1)
+    rows_per_file: int = 20_000  # images per scored Parquet file
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "score.batch_size must be > 0")
