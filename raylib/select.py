@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from raylib import schemas, storage
+from raylib import schemas, storage, strategies
 from raylib.config import StrategyConfig
 from raylib.paths import RoundPaths
 
@@ -106,11 +106,12 @@ def select_round(detections_uri: str, strategy: StrategyConfig, round_idx: int, 
                  num_classes: int) -> SelectionSummary:
     """Pseudo-code 2 over every Parquet file under `detections_uri`, streaming; writes the round's
     selection and per-class thresholds (figure 6.5)."""
+    min_score = strategies.selection_min_score(strategy.name, strategy.min_score)
     bottom = _BottomK(num_classes, strategy.k)
     for batch in storage.iter_parquet_batches(detections_uri, columns=["class_id", "score"]):
         class_ids = batch.column("class_id").to_numpy()
         scores = batch.column("score").to_numpy()
-        keep = scores > strategy.min_score
+        keep = scores > min_score
         bottom.add(class_ids[keep], scores[keep])
     thresholds = bottom.thresholds()
 
@@ -121,7 +122,7 @@ def select_round(detections_uri: str, strategy: StrategyConfig, round_idx: int, 
     for batch in storage.iter_parquet_batches(detections_uri, columns=["image_id", "class_id", "score"]):
         scores = batch.column("score").to_numpy()
         class_ids = batch.column("class_id").to_numpy().astype(np.int64)
-        mask = (scores > strategy.min_score) & (scores <= limits[class_ids])
+        mask = (scores > min_score) & (scores <= limits[class_ids])
         if mask.any():
             chosen.append(_rank(batch.filter(pa.array(mask)).to_pandas()))  # collapse early
     selection = _rank(pd.concat(chosen, ignore_index=True)) if chosen else _rank(pd.DataFrame())

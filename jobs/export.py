@@ -1,0 +1,32 @@
+"""Write VOC XML (+ COCO JSON) pre-annotations for a round's selected images.
+
+    python jobs/export.py                          # after jobs/select.py
+"""
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+import raylib.config  # noqa: F401  (registers the config schema)
+from raylib import paths, storage
+from raylib.config import to_config
+from raylib.export import export_preannotations
+from raylib.paths import RoundPaths
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("raylib").setLevel(logging.INFO)
+    config = to_config(cfg)
+    rp = RoundPaths(config.run_root, config.round_idx)
+    if not storage.exists(rp.selection):
+        raise SystemExit(f"no selection at {rp.selection}: run jobs/select.py round_idx={config.round_idx} first")
+    unlabelled = storage.join(rp.root, "unlabelled.parquet")
+    manifest = unlabelled if storage.exists(unlabelled) else paths.pool_manifest(config.run_root)
+    n = export_preannotations(rp.selection, rp.detections, manifest, config.data.class_names,
+                              rp.preannotations, config.round_idx)
+    print(f"wrote {n} pre-annotation XML files and preannotations_coco.json to {rp.preannotations}")
+
+
+if __name__ == "__main__":
+    main()
