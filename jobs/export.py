@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> None:
     config = to_config(cfg)
     rp = RoundPaths(config.run_root, config.round_idx)
     if not storage.exists(rp.selection):
-        raise SystemExit(f"no selection at {rp.selection}: run jobs/select.py round_idx={config.round_idx} first")
+        raise SystemExit(f"no selection at {rp.selection}: run jobs/select_images.py round_idx={config.round_idx} first")
     unlabelled = storage.join(rp.root, "unlabelled.parquet")
     manifest = unlabelled if storage.exists(unlabelled) else paths.pool_manifest(config.run_root)
     n = export_preannotations(rp.selection, rp.detections, manifest, config.data.class_names,

@@ -1,7 +1,10 @@
 """Select the images to label from a round's detections (per-class bottom-k, seed pseudo-code 2).
 
-    python jobs/select.py                          # after jobs/score.py
-    python jobs/select.py strategy.k=50 strategy.budget=300 round_idx=2
+Named select_images.py, not select.py: a script's folder comes first on sys.path, and a
+jobs/select.py would shadow the standard library's `select` module for every job.
+
+    python jobs/select_images.py                          # after jobs/score.py
+    python jobs/select_images.py strategy.k=50 strategy.budget=300 round_idx=2
 """
 import logging
 
