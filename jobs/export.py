@@ -1,6 +1,6 @@
 """Write VOC XML (+ COCO JSON) pre-annotations for a round's selected images.
 
-    python jobs/export.py                          # after jobs/select.py
+    python jobs/export.py                          # after jobs/select_images.py
 """
 import logging
 
