@@ -1,0 +1,109 @@
+"""Selection equals a plain reading of pseudo-code 2, in memory and streamed over Parquet files."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from raylib import schemas, storage
+from raylib.config import StrategyConfig
+from raylib.paths import RoundPaths
+from raylib.select import apply_budget, select_per_class, select_round
+
+
+def reference_pseudo_code_2(detections: pd.DataFrame, k: int, min_score: float) -> set[tuple[str, int]]:
+    """Pseudo-code 2, written as plainly as possible: (image, class) pairs selected."""
+    selected = set()
+    rows = list(detections.itertuples(index=False))
+    for c in sorted({r.class_id for r in rows}):
+        saved = sorted(r.score for r in rows if r.class_id == c and r.score > min_score)
+        if not saved:
+            continue
+        threshold = saved[min(k, len(saved)) - 1]  # the k-th lowest, or the highest if fewer than k
+        for r in rows:
+            if r.class_id == c and min_score < r.score <= threshold:
+                selected.add((r.image_id, int(c)))
+    return selected
+
+
+def random_detections(seed: int, n: int, n_images: int = 80, n_classes: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    scores = rng.random(n).astype(np.float32)
+    scores[rng.random(n) < 0.1] = np.float32(0.5)  # plenty of exact ties
+    classes = rng.integers(0, n_classes, n)
+    classes[(classes == 3) & (scores > 0.2)] = 4  # class 3 has nothing above min_score
+    return pd.DataFrame({"image_id": [f"img{i:03d}" for i in rng.integers(0, n_images, n)],
+                         "class_id": classes.astype(np.int16), "score": scores})
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("k", [1, 7, 100])
+def test_select_per_class_matches_the_reference(seed, k):
+    detections = random_detections(seed, n=400)
+    got = select_per_class(detections, k=k, min_score=0.2)
+    assert set(zip(got["image_id"], got["class_id"].astype(int))) == reference_pseudo_code_2(detections, k, 0.2)
+    assert (got["score"] > 0.2).all()
+    assert 3 not in set(got["class_id"])
+
+
+def test_rank_is_by_score_then_image_id():
+    detections = pd.DataFrame({"image_id": ["b", "a", "c", "a"], "class_id": [0, 0, 0, 0],
+                               "score": [0.3, 0.3, 0.25, 0.9]})
+    got = select_per_class(detections, k=3, min_score=0.2)
+    assert got["image_id"].tolist() == ["c", "a", "b"] and got["rank"].tolist() == [0, 1, 2]
+
+
+def test_budget_keeps_the_lowest_scoring_images():
+    detections = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "class_id": [0, 0, 1, 1],
+                               "score": [0.5, 0.3, 0.4, 0.25]})
+    got = apply_budget(select_per_class(detections, k=10, min_score=0.2), budget=2)
+    assert set(got["image_id"]) == {"b", "d"}
+
+
+def _write_parts(detections: pd.DataFrame, folder: str, parts: int) -> None:
+    bounds = np.linspace(0, len(detections), parts + 1).astype(int)
+    for i in range(parts):
+        chunk = detections.iloc[bounds[i]:bounds[i + 1]]
+        n = len(chunk)
+        table = pa.table({
+            "round": pa.array([0] * n, pa.int16()), "image_id": chunk["image_id"].tolist(),
+            "class_id": pa.array(chunk["class_id"], pa.int16()), "cls_conf": pa.array(chunk["score"], pa.float32()),
+            "loc_conf": pa.array([1.0] * n, pa.float32()), "score": pa.array(chunk["score"], pa.float32()),
+            **{name: pa.array([1.0 + (name in ("x2", "y2"))] * n, pa.float32()) for name in schemas.BOX},
+        })
+        storage.write_table(schemas.check(table, schemas.DETECTIONS, "detections"), f"{folder}/part-{i:03d}.parquet")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_streamed_selection_equals_in_memory_selection(tmp_path, seed):
+    detections = random_detections(seed, n=3000)
+    _write_parts(detections, str(tmp_path / "detections"), parts=7)
+    rp = RoundPaths(str(tmp_path / "run"), 2)
+    summary = select_round(str(tmp_path / "detections"), StrategyConfig(k=25, min_score=0.2), 2, rp, num_classes=5)
+    streamed = schemas.check(storage.read_table(rp.selection), schemas.SELECTION, "selection").to_pandas()
+    expected = select_per_class(detections, k=25, min_score=0.2)
+    pd.testing.assert_frame_equal(streamed.drop(columns="round").reset_index(drop=True), expected,
+                                  check_dtype=False)
+    assert (streamed["round"] == 2).all()
+    thresholds = storage.read_table(rp.thresholds).to_pandas().set_index("class_id")
+    assert np.isnan(thresholds.loc[3, "threshold"]) and thresholds.loc[3, "n_candidates"] == 0
+    for c in (0, 1, 2, 4):
+        above = np.sort(detections[(detections.class_id == c) & (detections.score > 0.2)]["score"].to_numpy())
+        assert thresholds.loc[c, "threshold"] == pytest.approx(above[min(25, len(above)) - 1])
+        assert thresholds.loc[c, "n_candidates"] == len(above)
+    assert summary.n_images == expected["image_id"].nunique()
+
+
+def test_streamed_selection_is_deterministic_and_handles_no_detections(tmp_path):
+    _write_parts(random_detections(1, n=0), str(tmp_path / "empty"), parts=1)
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    summary = select_round(str(tmp_path / "empty"), StrategyConfig(), 0, rp, num_classes=3)
+    assert summary.n_images == 0 and storage.read_table(rp.selection).num_rows == 0
+    detections = random_detections(5, n=2000)
+    _write_parts(detections, str(tmp_path / "d"), parts=3)
+    select_round(str(tmp_path / "d"), StrategyConfig(k=10, budget=7), 0, rp, num_classes=5)
+    first = storage.read_table(rp.selection)
+    select_round(str(tmp_path / "d"), StrategyConfig(k=10, budget=7), 0, rp, num_classes=5)
+    assert storage.read_table(rp.selection).equals(first)
+    assert len(set(first.column("image_id").to_pylist())) == 7
