@@ -91,10 +91,27 @@ class YoloxScorer:
         self.cfg = cfg
         self.round_idx = round_idx
 
-    @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Score a batch. If the model raises on it, score its images one by one so one bad input
+        costs only its own row (recorded as an error), not the batch or the run."""
         ok = np.flatnonzero(batch["error"] == "")
-        detections = {}
+        try:
+            detections = self._detect(batch, ok)
+        except Exception as exc:  # noqa: BLE001 - any model failure becomes error rows, never a lost batch
+            log.warning("scoring a batch of %d failed (%s); retrying image by image", len(ok), type(exc).__name__)
+            detections = {}
+            errors = batch["error"].copy()
+            for i in ok:
+                try:
+                    detections.update(self._detect(batch, np.array([i])))
+                except Exception as image_exc:  # noqa: BLE001
+                    errors[i] = f"image '{batch['image_id'][i]}' could not be scored ({type(image_exc).__name__}: {image_exc})"
+            batch = {**batch, "error": errors}
+        return self._table(batch, detections)
+
+    @torch.inference_mode()
+    def _detect(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> dict[int, list[dict]]:
+        detections: dict[int, list[dict]] = {}
         if len(ok):
             inputs = to_input(torch.from_numpy(batch["image"][ok]).to(self.device, non_blocking=True))
             if self.half:
@@ -108,7 +125,7 @@ class YoloxScorer:
                              nms_threshold=self.cfg.score.nms_threshold,
                              max_detections=self.cfg.score.max_detections)
             detections = {int(i): self._rows(str(batch["image_id"][i]), dets) for i, dets in zip(ok, decoded)}
-        return self._table(batch, detections)
+        return detections
 
     def _rows(self, image_id: str, dets) -> list[dict]:
         """Pseudo-code 1: keep detections whose confidence cls_conf x loc_conf > min_score."""
@@ -163,8 +180,10 @@ def _split_scored_file(scored_uri: str, detections_uri: str, status_uri: str) ->
 
 
 def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg: Config,
-               class_names: list[str]) -> ScoreSummary:
-    """Score every image of `manifest_uri`; write detections/ and image_status/ under `out`."""
+               class_names: list[str], scorer_cls: type = YoloxScorer) -> ScoreSummary:
+    """Score every image of `manifest_uri`; write detections/ and image_status/ under `out`.
+
+    `scorer_cls` is the actor class (a subclass of YoloxScorer); fault-injection tests pass one."""
     scored_dir = storage.join(out.root, "scored")
     for uri in (scored_dir, out.detections, out.image_status):
         storage.delete(uri)  # a rerun after a crash starts clean: the stage is redone whole
@@ -174,7 +193,7 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
         ray.data.read_parquet(manifest_path, filesystem=fs, columns=["image_id", "uri"])
         .map_batches(load_images, fn_kwargs={"side": side, "max_pixels": cfg.score.max_pixels},
                      batch_size=cfg.score.batch_size, num_cpus=cfg.score.decode_num_cpus, batch_format="numpy")
-        .map_batches(YoloxScorer, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
+        .map_batches(scorer_cls, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
                                                          "num_classes": len(class_names),
                                                          "round_idx": out.round_idx},
                      compute=ray.data.ActorPoolStrategy(size=cfg.score.num_actors),

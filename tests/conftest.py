@@ -55,15 +55,17 @@ def s3_bucket(s3_server, request) -> str:
     return f"s3://{name}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_session():
-    """One local Ray for the test session (2 CPUs, like CI)."""
+    """The local Ray of the test session (2 CPUs, like CI), started on first use and kept running.
+
+    Function-scoped only so that multi-node tests (`ray.cluster_utils.Cluster`), which shut it down
+    for their own cluster, get it back for the next test."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray.shutdown()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -44,8 +44,8 @@ def write_pool(folder: str, uri_root: str | None = None) -> tuple[str, dict[str,
 
 
 def config(**score) -> Config:
-    return Config(model=ModelConfig(input_size=96),
-                  score=ScoreConfig(batch_size=4, max_pixels=2_000_000, max_detections=20, **score),
+    options = {"batch_size": 4, "max_pixels": 2_000_000, "max_detections": 20, **score}
+    return Config(model=ModelConfig(input_size=96), score=ScoreConfig(**options),
                   strategy=StrategyConfig(min_score=0.2))
 
 
