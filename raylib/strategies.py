@@ -1,16 +1,24 @@
 """Per-detection informativeness, written to the `score` column. LOWER = MORE INFORMATIVE everywhere,
-so every strategy goes through the same per-class bottom-k selection (pseudo-code 2).
+so every strategy goes through the same per-class bottom-k selection (pseudo-code 2, which keeps the
+k LOWEST scores of each class).
 
-- `cls_iou` (the seed, eq. 6.1): cls_conf x loc_conf. A detection the model is unsure of in *what* it
-  is or *where* it is scores low.
-- `cls_only`: cls_conf alone (classification uncertainty only; the ablation of the seed's idea).
-- `loc_only`: loc_conf alone (YOLOX's objectness / predicted-IoU branch only).
+- `cls_iou` (the seed, eq. 6.1, after Kao et al., 2018, "Localization-aware active learning for object
+  detection"): cls_conf x loc_conf. It is a confidence: a detection the model is unsure of in *what* it
+  is or *where* it is scores low, so low = informative as it stands.
+- `cls_only`: cls_conf alone, least confidence (Settles, 2009; the classification half of the seed's
+  product, its ablation). Again a confidence: low = uncertain.
+- `loc_only`: loc_conf alone, YOLOX's objectness branch (the localization half). Low = unsure it is a
+  well-placed object.
 - `margin` (Brust et al., 2019, "Active learning for deep object detection"): top-1 minus top-2 class
-  probability; a small margin means two classes compete.
-- `entropy` (Haussmann et al., 2020, "Scalable active learning for object detection"): 1 - normalised
-  entropy of the class probabilities, so a flat (uncertain) distribution scores low.
-- `random`: a uniform value from a seeded hash of (image id, detection index): the baseline every
-  strategy must beat, deterministic for a given seed.
+  probability. A small margin means two classes compete, so the raw margin already has low = uncertain.
+- `entropy` (Haussmann et al., 2020, "Scalable active learning for object detection"): entropy is HIGH
+  when uncertain, so we store 1 - entropy / log(C) to turn it around: a flat distribution scores 0.
+- `random`: uniform in (0, 1) from a seeded hash of (image id, index of the detection in its image):
+  the baseline every strategy must beat; the same seed gives the same values on any batching.
+
+Margin, entropy and random are not confidences, so the seed's floor (confidence > min_score,
+pseudo-code 1) is applied to cls_conf x loc_conf when scoring, never to these scores
+(`selection_min_score`).
 """
 from __future__ import annotations
 
@@ -58,16 +66,37 @@ def detection_scores(
     raise ValueError(f"unknown strategy '{name}'; choose one of {STRATEGIES}")
 
 
-def _hash_uniform(image_ids: list[str], seed: int) -> np.ndarray:
-    """Uniform (0, 1) per row from (seed, image id, index of the row within its image)."""
-    values = np.empty(len(image_ids), dtype=np.float32)
-    seen: dict[str, int] = {}
-    for row, image_id in enumerate(image_ids):
-        index = seen.get(image_id, 0)
-        seen[image_id] = index + 1
-        digest = hashlib.blake2b(f"{seed}:{image_id}:{index}".encode(), digest_size=8).digest()
-        values[row] = (int.from_bytes(digest, "big") + 0.5) / 2.0**64
-    return values
+def _hash_uniform(image_ids: list[str] | np.ndarray, seed: int) -> np.ndarray:
+    """Uniform (0, 1) per row from (seed, image id, index of the row within its image).
+
+    Each distinct image id is hashed once (blake2b); the row index and the seed are then mixed in
+    with splitmix64 over whole arrays, so the cost per detection is a few integer operations. The
+    value of a detection depends only on its own image's rows, never on which batch it came in.
+    """
+    ids = np.asarray(image_ids, dtype=object)
+    if len(ids) == 0:
+        return np.empty(0, dtype=np.float32)
+    unique, inverse = np.unique(ids, return_inverse=True)
+    id_hash = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest(),
+                                       "little") for image_id in unique], dtype=np.uint64)[inverse]
+    # Index of each row among the rows of its image, in input order.
+    order = np.argsort(inverse, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]
+    counts = np.diff(np.r_[starts, len(ids)])
+    index = np.empty(len(ids), dtype=np.uint64)
+    index[order] = np.arange(len(ids), dtype=np.uint64) - np.repeat(starts, counts).astype(np.uint64)
+    bits = _splitmix64(id_hash ^ _splitmix64(index + np.uint64(0x632BE59BD9B4E019)))
+    # The top 24 bits give a float32 exactly; +0.5 keeps the value strictly inside (0, 1).
+    return (((bits >> np.uint64(40)).astype(np.float64) + 0.5) / 2.0**24).astype(np.float32)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (Steele et al., 2014): a bijective, well-mixing uint64 -> uint64."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 CONFIDENCE_STRATEGIES = ("cls_iou", "cls_only", "loc_only")

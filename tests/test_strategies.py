@@ -6,8 +6,8 @@ import pytest
 
 from raylib.strategies import detection_scores, selection_min_score
 
-CERTAIN = dict(cls=0.95, loc=0.9, probs=[0.95, 0.02, 0.01])
-UNSURE = dict(cls=0.4, loc=0.5, probs=[0.4, 0.38, 0.35])
+CERTAIN = {"cls": 0.95, "loc": 0.9, "probs": [0.95, 0.02, 0.01]}
+UNSURE = {"cls": 0.4, "loc": 0.5, "probs": [0.4, 0.38, 0.35]}
 
 
 def _scores(name: str) -> np.ndarray:
@@ -51,3 +51,13 @@ def test_missing_inputs_and_unknown_names_are_clear_errors():
 def test_selection_floor_applies_to_confidences_only():
     assert selection_min_score("cls_iou", 0.2) == 0.2
     assert selection_min_score("margin", 0.2) == float("-inf")
+
+
+def test_random_value_of_a_detection_does_not_depend_on_its_batch():
+    ids = np.array(["a", "b", "a", "c", "b", "a"], dtype=object)
+    ones = np.ones(len(ids))
+    whole = detection_scores("random", ones, ones, None, ids, seed=3)
+    # The rows of image "a" alone, in their own order, get the same values as inside the mixed batch.
+    only_a = detection_scores("random", ones[:3], ones[:3], None, ["a", "a", "a"], seed=3)
+    assert np.array_equal(whole[ids == "a"], only_a)
+    assert len(set(whole.tolist())) == len(ids)  # the index within the image matters
