@@ -409,6 +409,7 @@ def train_loop_per_worker(config: dict) -> None:
         global_batch = local_batch * world
         steps_per_epoch = max(1, -(-train_labels.num_rows // global_batch))
 
+        torch.manual_seed(cfg.seed)  # same initial weights on every run of the same config (resume = rerun)
         model = build_model(cfg.model.size, len(config["class_names"]))
         if config.get("init_weights"):
             load_weights(model, config["init_weights"])
