@@ -40,6 +40,10 @@ def detection_scores(
     """Score of each detection (float32, in [0, 1]); `class_probs` is [n, C], `image_ids` one per row."""
     cls_conf = np.asarray(cls_conf, dtype=np.float32)
     loc_conf = np.asarray(loc_conf, dtype=np.float32)
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy '{name}'; choose one of {STRATEGIES}")
+    if len(cls_conf) == 0:
+        return np.empty(0, dtype=np.float32)
     if name == "cls_iou":
         return cls_conf * loc_conf
     if name == "cls_only":
@@ -58,12 +62,11 @@ def detection_scores(
         # YOLOX's class probabilities are independent sigmoids: normalise them into a distribution.
         dist = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
         entropy = -(dist * np.log(np.clip(dist, 1e-12, None))).sum(axis=1)
-        return (1.0 - entropy / np.log(max(probs.shape[1], 2))).astype(np.float32)
-    if name == "random":
-        if image_ids is None:
-            raise ValueError("strategy 'random' needs the image id of each detection")
-        return _hash_uniform(image_ids, seed)
-    raise ValueError(f"unknown strategy '{name}'; choose one of {STRATEGIES}")
+        return np.clip(1.0 - entropy / np.log(max(probs.shape[1], 2)), 0.0, 1.0).astype(np.float32)
+    # random
+    if image_ids is None:
+        raise ValueError("strategy 'random' needs the image id of each detection")
+    return _hash_uniform(image_ids, seed)
 
 
 def _hash_uniform(image_ids: list[str] | np.ndarray, seed: int) -> np.ndarray:

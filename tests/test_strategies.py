@@ -61,3 +61,10 @@ def test_random_value_of_a_detection_does_not_depend_on_its_batch():
     only_a = detection_scores("random", ones[:3], ones[:3], None, ["a", "a", "a"], seed=3)
     assert np.array_equal(whole[ids == "a"], only_a)
     assert len(set(whole.tolist())) == len(ids)  # the index within the image matters
+
+
+@pytest.mark.parametrize("name", ["cls_iou", "cls_only", "loc_only", "margin", "entropy", "random"])
+def test_no_detections_give_no_scores(name):
+    empty = np.empty(0, dtype=np.float32)
+    scores = detection_scores(name, empty, empty, np.empty((0, 0), np.float32), [], seed=0)
+    assert scores.shape == (0,) and scores.dtype == np.float32
