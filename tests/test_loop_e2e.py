@@ -1,0 +1,156 @@
+"""The whole loop, as users run it: `jobs/loop.py` in a subprocess with Hydra overrides.
+
+One multirun over two strategies is the reference run; a second run of the same config is SIGKILLed
+mid-round (the whole process group: driver and its local Ray) and started again with the same
+command. It must resume and end with the same selections, labels and metrics as the reference.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+import pytest
+
+from raylib import schemas, storage, voc
+from raylib.paths import RoundPaths
+from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROUNDS = 3
+
+
+def _command(tmp, run_root: str | None, *extra: str) -> list[str]:
+    flags = [a for a in extra if a.startswith("-")]  # Hydra's flags (-m) go before the overrides
+    extra = tuple(a for a in extra if not a.startswith("-"))
+    args = [sys.executable, os.path.join(ROOT, "jobs", "loop.py"), *flags, "debug=fast", f"loop.rounds={ROUNDS}",
+            f"data.root={tmp}/data", f"hydra.run.dir={tmp}/hydra", f"hydra.sweep.dir={tmp}/hydra_multi",
+            "cluster.num_cpus=2"]
+    if run_root:
+        args.append(f"run_root={run_root}")
+    return args + list(extra)
+
+
+# Ray's session logs go to a short folder of our own (unix socket paths are limited to ~100 bytes),
+# so the credentials test can read them too.
+RAY_TMP = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+ENV = {**os.environ, "RAY_TMPDIR": RAY_TMP}
+
+
+def _run(args: list[str], log_path: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    with open(log_path, "ab") as log:
+        return subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                              start_new_session=True, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """`jobs/loop.py -m strategy=cls_iou,random`: two complete runs side by side."""
+    tmp = tmp_path_factory.mktemp("loop")
+    yield from _reference(tmp)
+    shutil.rmtree(RAY_TMP, ignore_errors=True)
+
+
+def _reference(tmp):
+    runs = tmp / "runs"
+    log = str(tmp / "multirun.log")
+    done = _run(_command(tmp, f"{runs}/" + "${strategy.name}_seed${seed}", "-m", "strategy=cls_iou,random"), log)
+    assert done.returncode == 0, open(log).read()[-5000:]
+    yield tmp, runs, log
+
+
+def _selections(run_root: str) -> list[list[dict]]:
+    out = []
+    for r in range(ROUNDS - 1):
+        table = storage.read_table(RoundPaths(run_root, r).selection)
+        out.append(sorted(table.to_pylist(), key=lambda row: (row["image_id"], row["class_id"])))
+    return out
+
+
+def test_loop_writes_every_round_output_and_the_report(reference):
+    _, runs, _ = reference
+    run_root = str(runs / "cls_iou_seed0")
+    pool_size = storage.read_table(os.path.join(run_root, "pool.parquet")).num_rows
+    for r in range(ROUNDS):
+        rp = RoundPaths(run_root, r)
+        assert storage.exists(rp.metrics) and storage.exists(rp.weights)
+        if r == ROUNDS - 1:
+            break
+        status = storage.read_table(rp.image_status)
+        unlabelled = storage.read_table(os.path.join(rp.root, "unlabelled.parquet")).num_rows
+        assert status.num_rows == unlabelled  # one status row per pool image
+        selection = schemas.check(storage.read_table(rp.selection), schemas.SELECTION, "selection")
+        selected = set(selection.column("image_id").to_pylist())
+        assert selected
+        xml_files = storage.list_files(rp.preannotations, ".xml")
+        assert len(xml_files) == len(selected)
+        for uri in xml_files[:5]:
+            voc.read_voc(uri)  # parses, boxes valid
+        labels = storage.read_table(rp.labels)
+        assert selected <= set(labels.column("image_id").to_pylist())
+    # The last selection takes every image left (seed 6.6): the final labelled set is the whole pool.
+    assert storage.read_table(RoundPaths(run_root, ROUNDS - 2).labels).num_rows == pool_size
+    report_dir = os.path.join(run_root, "report")
+    assert "figure 6.8" in open(os.path.join(report_dir, "report.md")).read()
+    for png in ("splits", "thresholds", "ap50", "objects", "map50"):
+        assert os.path.getsize(os.path.join(report_dir, f"{png}.png")) > 1000
+
+
+def test_multirun_produces_the_strategy_comparison(reference):
+    _, runs, _ = reference
+    text = open(runs / "comparison" / "comparison.md").read()
+    assert "| cls_iou |" in text and "| random |" in text
+    assert os.path.getsize(runs / "comparison" / "comparison.png") > 1000
+    # Different strategies pick different images from the same model of round 0.
+    assert _selections(str(runs / "cls_iou_seed0"))[0] != _selections(str(runs / "random_seed0"))[0]
+
+
+def test_sigkilled_driver_resumes_to_the_same_outputs(reference):
+    tmp, runs, _ = reference
+    run_root = str(tmp / "killed" / "cls_iou_seed0")
+    log = str(tmp / "killed.log")
+    args = _command(tmp, run_root, "strategy=cls_iou")
+    marker = RoundPaths(run_root, 0).marker("select")
+    with open(log, "ab") as out:
+        process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=ENV)
+        deadline = time.monotonic() + 600
+        while not os.path.exists(marker) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the condition itself, not sleeping in place of it
+        assert process.poll() is None, "the run finished before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not os.path.exists(RoundPaths(run_root, 0).marker("oracle"))
+    resumed = _run(args, log)
+    assert resumed.returncode == 0, open(log).read()[-5000:]
+    assert "select already committed" in open(log).read() or "skipping" in open(log).read()
+    reference_root = str(runs / "cls_iou_seed0")
+    assert _selections(run_root) == _selections(reference_root)
+    for r in range(ROUNDS - 1):
+        ours = storage.read_table(RoundPaths(run_root, r).labels).sort_by("image_id")
+        theirs = storage.read_table(RoundPaths(reference_root, r).labels).sort_by("image_id")
+        assert ours.equals(theirs)
+
+
+def test_credentials_never_reach_outputs_or_logs(reference):
+    """The runs above had fake AWS keys in their environment; no output, log or report may hold them."""
+    tmp, _, _ = reference
+    leaks = []
+    checked = 0
+    for folder, _, files in [*os.walk(tmp), *os.walk(RAY_TMP)]:
+        for name in files:
+            checked += 1
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                data = handle.read()
+            if FAKE_SECRET_KEY.encode() in data or FAKE_ACCESS_KEY.encode() in data:
+                leaks.append(path)
+    assert checked > 50  # outputs, Hydra logs, our logs and Ray's session logs were all read
+    assert not leaks, leaks
