@@ -2,10 +2,14 @@
 and the detections are those the model gives when called directly."""
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -13,32 +17,94 @@ from raylib import images, model, schemas, storage
 from raylib.config import Config, ModelConfig, ScoreConfig, StrategyConfig
 from raylib.paths import RoundPaths
 from raylib.score import score_pool
-from tests.bad_images import corpus
+from tests.bad_images import corpus, scene
 
 CLASSES = ["red", "blue"]
+MIN_SCORE = 0.2
+
+# Why each bad file fails: a part of its status message (the message also names the image).
+REASONS = {
+    "images/zero_bytes.jpg": "is empty (0 bytes)",
+    "images/truncated.jpg": "corrupt header",  # cut inside the JPEG header
+    "images/truncated_scan.jpg": "could not be decoded (truncated)",  # cut inside the pixel data
+    "images/truncated.png": "could not be decoded (truncated)",
+    "images/not_an_image.jpg": "is not a readable image file",
+    "images/bomb.png": "over the limit",  # header declares 100000 x 100000
+    "images/bomb_header_only.png": "is not a readable image file",
+    "images/missing.jpg": "is missing at its uri",
+}
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A well-formed PNG that declares huge dimensions: tiny on disk, 10^10 pixels if decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+            + chunk(b"IEND", b""))
+
+
+def truncated_scan_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    scene(seed=3).save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    return data[: int(len(data) * 0.7)]
+
+
+def pool_files() -> dict[str, tuple[bytes | None, str]]:
+    """The shared bad-file corpus plus a real decompression bomb and a JPEG cut in its pixel data."""
+    files = dict(corpus())
+    files["bomb_header_only.png"] = files.pop("bomb.png")  # IHDR without IDAT: not even an image
+    files["bomb.png"] = (png_bomb(), "error")
+    files["truncated_scan.jpg"] = (truncated_scan_jpeg(), "error")
+    return files
 
 
 def confident_weights(path: str) -> str:
-    """A nano model whose heads are biased to fire everywhere, so an untrained model has detections."""
+    """An untrained nano model whose detections differ from image to image, saved to `path`.
+
+    Freshly initialised YOLOX in eval mode has vanishing activations (BatchNorm running stats of
+    0/1), so every anchor gets the same score and NMS is a coin toss between exact ties. Setting the
+    BatchNorm statistics from a few generated images gives each detection its own score; the
+    prediction biases are set so that some of the candidates clear min_score and some don't."""
     torch.manual_seed(0)
     net = model.build_model("nano", len(CLASSES))
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # running stats = the plain average over the calibration pass
+    rng = np.random.default_rng(0)
+    shapes = [(160, 120), (200, 150), (120, 160), (96, 96)]
+    calibration = np.stack(
+        [model.letterbox(np.asarray(scene(*shapes[s % 4], seed=s))[:, :, ::-1].copy(), 96)[0] for s in range(12)]
+        + [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(4)])
+    net.train()
+    with torch.no_grad():
+        features = net.backbone(model.to_input(torch.from_numpy(calibration)))
+        for level, x in enumerate(features):
+            x = net.head.stems[level](x)
+            net.head.cls_convs[level](x)
+            net.head.reg_convs[level](x)
     for conv in list(net.head.obj_preds) + list(net.head.cls_preds):
-        torch.nn.init.constant_(conv.bias, 0.5)
-    model.save_weights(net, path, "nano", CLASSES)
+        torch.nn.init.constant_(conv.bias, 0.0)
+    model.save_weights(net.eval(), path, "nano", CLASSES)
     return path
 
 
-def write_pool(folder: str, uri_root: str | None = None) -> tuple[str, dict[str, str]]:
-    """Write the corpus under `folder` (local) and a manifest; returns (manifest uri, expected statuses)."""
+def write_pool(folder: str, uri_root: str | None = None, manifest_uri: str | None = None,
+               ) -> tuple[str, dict[str, str]]:
+    """Write the corpus under `uri_root` (default `folder`) and a manifest; returns (manifest uri,
+    expected status per image id)."""
     uri_root = uri_root or folder
     expected, ids, uris = {}, [], []
-    for name, (data, status) in corpus().items():
+    for name, (data, status) in pool_files().items():
         if data is not None:
             storage.write_bytes(storage.join(uri_root, "images", name), data)
         ids.append(f"images/{name}")
         uris.append(storage.join(uri_root, "images", name))
         expected[f"images/{name}"] = status
-    manifest = storage.join(uri_root, "pool.parquet")
+    manifest = manifest_uri or storage.join(uri_root, "pool.parquet")
     storage.write_table(schemas.check(pa.table({"image_id": ids, "uri": uris}), schemas.POOL, "pool"), manifest)
     return manifest, expected
 
@@ -46,10 +112,12 @@ def write_pool(folder: str, uri_root: str | None = None) -> tuple[str, dict[str,
 def config(**score) -> Config:
     options = {"batch_size": 4, "max_pixels": 2_000_000, "max_detections": 20, **score}
     return Config(model=ModelConfig(input_size=96), score=ScoreConfig(**options),
-                  strategy=StrategyConfig(min_score=0.2))
+                  strategy=StrategyConfig(min_score=MIN_SCORE))
 
 
 def check_outputs(rp: RoundPaths, expected: dict[str, str]) -> tuple[pa.Table, pa.Table]:
+    """Both outputs pass their schemas; exactly one status row per pool image with the expected
+    status; error messages name their image; detections per image match n_detections."""
     status = schemas.check(storage.read_table(rp.image_status), schemas.IMAGE_STATUS, "image_status")
     detections = schemas.check(storage.read_table(rp.detections), schemas.DETECTIONS, "detections")
     ids = status.column("image_id").to_pylist()
@@ -59,10 +127,22 @@ def check_outputs(rp: RoundPaths, expected: dict[str, str]) -> tuple[pa.Table, p
     for image_id, error in zip(ids, status.column("error").to_pylist()):
         if expected[image_id] == "error":
             assert image_id in error  # the message names the input
+        else:
+            assert error is None
     counts = dict(zip(ids, status.column("n_detections").to_pylist()))
     per_image = detections.group_by("image_id").aggregate([("score", "count")]).to_pydict()
     assert dict(zip(per_image["image_id"], per_image["score_count"])) == {k: v for k, v in counts.items() if v}
     return status, detections
+
+
+def image_sizes(folder: str, expected: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """(height, width) of every good image, as stored."""
+    sizes = {}
+    for image_id, status in expected.items():
+        if status == "ok":
+            with open(os.path.join(folder, image_id), "rb") as handle:
+                sizes[image_id] = images.decode_image(handle.read(), image_id).shape[:2]
+    return sizes
 
 
 def test_scoring_records_every_image_and_only_confident_detections(ray_session, tmp_path):
@@ -70,36 +150,86 @@ def test_scoring_records_every_image_and_only_confident_detections(ray_session, 
     weights = confident_weights(str(tmp_path / "w.pt"))
     rp = RoundPaths(str(tmp_path / "run"), 3)
     summary = score_pool(manifest, weights, rp, config(), CLASSES)
-    assert summary.n_images == len(expected)
-    assert summary.n_error == sum(s == "error" for s in expected.values())
+    assert summary.n_images == summary.n_ok + summary.n_error == len(expected)
+    assert summary.n_error == sum(s == "error" for s in expected.values()) == len(REASONS)
     status, detections = check_outputs(rp, expected)
+    errors = dict(zip(status.column("image_id").to_pylist(), status.column("error").to_pylist()))
+    for image_id, reason in REASONS.items():
+        assert reason in errors[image_id], errors[image_id]
     assert summary.n_detections == detections.num_rows > 0
     frame = detections.to_pandas()
     assert (frame["round"] == 3).all()
-    assert (frame["cls_conf"] * frame["loc_conf"] > 0.2).all()
+    assert (frame["score"] > MIN_SCORE).all()
     assert np.allclose(frame["score"], frame["cls_conf"] * frame["loc_conf"], atol=1e-6)
-    assert (frame["x1"] >= 0).all() and (frame["y1"] >= 0).all()
-    assert (frame["x2"] <= 200).all() and (frame["y2"] <= 150).all()
     assert frame["class_probs"].map(len).eq(len(CLASSES)).all()
+    sizes = image_sizes(str(tmp_path / "pool"), expected)
+    for image_id, rows in frame.groupby("image_id"):
+        height, width = sizes[image_id]
+        assert (rows["x1"] >= 0).all() and (rows["y1"] >= 0).all()
+        assert (rows["x2"] <= width).all() and (rows["y2"] <= height).all(), image_id
+        assert (rows["x1"] <= rows["x2"]).all() and (rows["y1"] <= rows["y2"]).all()
 
 
-def test_scores_equal_a_direct_model_call(ray_session, tmp_path):
-    manifest, _ = write_pool(str(tmp_path / "pool"))
+# Above the number of candidates: no top-k cut whose 20th and 21st scores could swap on float noise.
+CROSS_CHECK_MAX_DETECTIONS = 500
+
+
+def direct_rows(path: str, net: torch.nn.Module, side: int) -> np.ndarray:
+    """The model called by hand on one image: [class_id, score, x1, y1, x2, y2] of the kept detections."""
+    with open(path, "rb") as handle:
+        image = images.decode_image(handle.read(), path)
+    canvas, ratio = model.letterbox(image, side)
+    with torch.inference_mode():
+        outputs = net(model.to_input(torch.from_numpy(canvas[None])))
+    (dets,) = model.decode(outputs, [ratio], [image.shape[:2]], max_detections=CROSS_CHECK_MAX_DETECTIONS)
+    score = dets.cls_conf * dets.loc_conf
+    keep = score > MIN_SCORE
+    return np.column_stack([dets.class_id[keep], score[keep], dets.boxes[keep]]).astype(np.float64)
+
+
+def assert_same_rows(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
+    """Same detections in any order: a one-to-one match, every value within float noise of batching."""
+    assert ours.shape == theirs.shape, f"{what}: {len(ours)} rows, direct call gives {len(theirs)}"
+    distance = np.abs(ours[:, None, :] - theirs[None, :, :]).max(axis=2)
+    match = distance.argmin(axis=1)
+    assert len(set(match.tolist())) == len(match), f"{what}: rows do not match one to one"
+    assert distance[np.arange(len(match)), match].max(initial=0) < 1e-3, what
+
+
+def test_detections_equal_a_direct_model_call_on_every_image(ray_session, tmp_path):
+    manifest, expected = write_pool(str(tmp_path / "pool"))
     weights = confident_weights(str(tmp_path / "w.pt"))
     rp = RoundPaths(str(tmp_path / "run"), 0)
-    score_pool(manifest, weights, rp, config(), CLASSES)
+    score_pool(manifest, weights, rp, config(max_detections=CROSS_CHECK_MAX_DETECTIONS), CLASSES)
     frame = storage.read_table(rp.detections).to_pandas()
     net = model.load_model("nano", len(CLASSES), weights).eval()
-    image = images.decode_image(open(tmp_path / "pool" / "images" / "good_1.png", "rb").read(), "x")
-    canvas, ratio = model.letterbox(image, 96)
-    with torch.no_grad():
-        (direct,) = model.decode(net(model.to_input(torch.from_numpy(canvas[None]))), [ratio],
-                                 [image.shape[:2]], max_detections=20)
-    keep = direct.cls_conf * direct.loc_conf > 0.2
-    ours = frame[frame["image_id"] == "images/good_1.png"].sort_values("score", ascending=False)
-    theirs = np.sort(direct.cls_conf[keep] * direct.loc_conf[keep])[::-1]
-    assert len(ours) == keep.sum() > 0
-    assert np.allclose(ours["score"].to_numpy(), theirs, atol=1e-5)
+    checked = 0
+    for image_id, status in expected.items():
+        if status != "ok":
+            continue
+        theirs = direct_rows(str(tmp_path / "pool" / image_id), net, 96)
+        ours = frame[frame["image_id"] == image_id][["class_id", "score", "x1", "y1", "x2", "y2"]]
+        assert len(theirs) > 0, image_id
+        assert_same_rows(ours.to_numpy(np.float64), theirs, image_id)
+        checked += 1
+    assert checked == sum(s == "ok" for s in expected.values())
+
+
+def test_pixel_limit_is_checked_from_the_header(ray_session, tmp_path):
+    """A valid image over score.max_pixels is an error row; one under it is scored."""
+    small, large = scene(160, 120, seed=1), scene(200, 150, seed=2)  # 19,200 and 30,000 pixels
+    ids = {"small.png": small, "large.png": large}
+    for name, image in ids.items():
+        image.save(tmp_path / name)
+    manifest = str(tmp_path / "pool.parquet")
+    storage.write_table(pa.table({"image_id": list(ids), "uri": [str(tmp_path / n) for n in ids]}), manifest)
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    summary = score_pool(manifest, confident_weights(str(tmp_path / "w.pt")), rp,
+                         config(max_pixels=25_000), CLASSES)
+    assert (summary.n_ok, summary.n_error) == (1, 1)
+    status = storage.read_table(rp.image_status).to_pandas().set_index("image_id")
+    assert status.loc["small.png", "status"] == "ok"
+    assert "200x150" in status.loc["large.png", "error"] and "over the limit" in status.loc["large.png", "error"]
 
 
 def test_rerun_replaces_outputs_instead_of_adding(ray_session, tmp_path):
@@ -107,18 +237,55 @@ def test_rerun_replaces_outputs_instead_of_adding(ray_session, tmp_path):
     weights = confident_weights(str(tmp_path / "w.pt"))
     rp = RoundPaths(str(tmp_path / "run"), 0)
     first = score_pool(manifest, weights, rp, config(), CLASSES)
+    # Left-overs of a crashed attempt: a stray file in each output directory.
+    for folder in (rp.detections, rp.image_status):
+        storage.write_table(storage.read_table(folder), storage.join(folder, "stale-attempt.parquet"))
     second = score_pool(manifest, weights, rp, config(), CLASSES)
     assert first == second
     check_outputs(rp, expected)
 
 
 @pytest.mark.s3
-def test_scoring_reads_and_writes_s3(ray_session, s3_bucket, tmp_path):
-    manifest, expected = write_pool(str(tmp_path / "unused"), uri_root=f"{s3_bucket}/pool")
+@pytest.mark.parametrize("manifest_on", ["s3", "local"])
+def test_scoring_reads_and_writes_s3(ray_session, s3_bucket, tmp_path, manifest_on):
+    """Images and outputs on S3; the manifest on S3 too, or local (filesystems resolved apart)."""
+    manifest_uri = None if manifest_on == "s3" else str(tmp_path / "pool.parquet")
+    manifest, expected = write_pool(str(tmp_path / "unused"), uri_root=f"{s3_bucket}/pool",
+                                    manifest_uri=manifest_uri)
     weights = confident_weights(str(tmp_path / "w.pt"))
-    storage.write_bytes(f"{s3_bucket}/weights/w.pt", open(weights, "rb").read())
+    with open(weights, "rb") as handle:
+        storage.write_bytes(f"{s3_bucket}/weights/w.pt", handle.read())
     rp = RoundPaths(f"{s3_bucket}/run", 1)
     summary = score_pool(manifest, f"{s3_bucket}/weights/w.pt", rp, config(), CLASSES)
     assert summary.n_images == len(expected)
     check_outputs(rp, expected)
-    assert not os.path.exists(tmp_path / "run")
+    # Read back with plain pyarrow from the S3 server, as any other tool would.
+    fs, path = storage.resolve(rp.image_status)
+    status = pq.read_table(path, filesystem=fs)
+    assert status.num_rows == len(expected)
+    errors = dict(zip(status.column("image_id").to_pylist(), status.column("error").to_pylist()))
+    assert "is missing at its uri" in errors["images/missing.jpg"]
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(f"{s3_bucket}/run")
+
+
+def test_floor_and_nesting_without_ray():
+    """Pseudo-code 1's floor is strict (a confidence of exactly min_score is dropped); error rows and
+    images without kept detections get empty lists; the strategy scores every kept detection."""
+    from raylib.model import ImageDetections
+    from raylib.score import keep_confident, nest_detections
+
+    dets = ImageDetections(
+        class_id=np.array([0, 1, 1], np.int16), cls_conf=np.array([0.5, 0.4, 0.9], np.float32),
+        loc_conf=np.array([0.4, 0.5, 0.9], np.float32),
+        boxes=np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]], np.float32),
+        class_probs=np.array([[0.5, 0.1], [0.3, 0.4], [0.05, 0.9]], np.float32))
+    kept = keep_confident(dets, min_score=0.2)  # 0.5 x 0.4 == 0.2 exactly in float32: dropped
+    assert kept.class_id.tolist() == [1] and kept.boxes.tolist() == [[9, 10, 11, 12]]
+    cfg = config()
+    cfg.strategy = StrategyConfig(name="margin", min_score=MIN_SCORE)
+    nested = nest_detections([kept, None, keep_confident(dets, 0.99)], np.array(["a", "b", "c"], object), cfg)
+    rows = nested.to_pylist()
+    assert [len(r) for r in rows] == [1, 0, 0]
+    assert rows[0][0]["score"] == pytest.approx(0.85) and rows[0][0]["class_probs"] == pytest.approx([0.05, 0.9])
+    cfg.score = ScoreConfig(keep_class_probs=False)
+    assert nest_detections([kept], np.array(["a"], object), cfg).to_pylist()[0][0]["class_probs"] is None
