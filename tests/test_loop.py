@@ -1,6 +1,7 @@
 """Loop pieces that need no training: the stratified split, the streaming seed sample, stop rules."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pyarrow as pa
@@ -77,3 +78,53 @@ def test_stop_rule_model_performance(map50, gain, expected):
 def test_stop_after_last_round():
     cfg = Config(loop=LoopConfig(rounds=2))
     assert "2 rounds done" in _stop_reason(cfg, LoopResult("x", 2, [0.1, 0.2]), 1)
+
+
+def _selection(uri: str, ids: list[str]) -> None:
+    table = pa.table({"round": pa.array([0] * len(ids), pa.int16()), "image_id": ids,
+                      "class_id": pa.array([0] * len(ids), pa.int16()),
+                      "score": pa.array([0.3] * len(ids), pa.float32()), "rank": pa.array(range(len(ids)), pa.int32())})
+    storage.write_table(schemas.check(table, schemas.SELECTION, "selection"), uri)
+
+
+def test_last_selection_takes_every_image_left(tmp_path):
+    from raylib.loop import _write_selection_of_all
+
+    ids = [f"img{i}" for i in range(37)]
+    out = str(tmp_path / "selection.parquet")
+    assert _write_selection_of_all(_manifest(tmp_path, ids), 4, out) == 37
+    table = schemas.check(storage.read_table(out), schemas.SELECTION, "selection")
+    assert sorted(table.column("image_id").to_pylist()) == sorted(ids)
+    assert set(table.column("class_id").to_pylist()) == {-1} and set(table.column("round").to_pylist()) == {4}
+
+
+def test_external_oracle_ingests_what_arrived_and_leaves_the_rest_in_the_pool(tmp_path):
+    from raylib import voc
+    from raylib.config import DataConfig
+    from raylib.loop import _oracle
+    from raylib.paths import RoundPaths
+    from raylib.runtime import Dataset
+
+    labels_in = tmp_path / "corrected"
+    annotation = voc.VocAnnotation("a.jpg", 100, 80, objects=[voc.VocObject("cat", 1, 2, 50, 60)])
+    storage.write_bytes(str(labels_in / "Annotations" / "a.xml"), voc.write_voc(annotation))
+    storage.write_bytes(str(labels_in / "Annotations" / "b.xml"), voc.write_voc(
+        voc.VocAnnotation("b.jpg", 100, 80, objects=[])))
+    storage.write_bytes(str(labels_in / "Annotations" / "c.xml"), voc.write_voc(
+        voc.VocAnnotation("c.jpg", 100, 80, objects=[voc.VocObject("zebra", 1, 2, 50, 60)])))
+    cfg = Config(run_root=str(tmp_path / "run"), data=DataConfig(classes=["cat", "dog"]),
+                 loop=LoopConfig(oracle="external", labels_in=str(labels_in)))
+    ds = Dataset(voc_root="unused", pool_manifest="unused", test_manifest="unused", class_names=["cat", "dog"])
+    previous = str(tmp_path / "labels_seed.parquet")
+    storage.write_table(schemas.check(pa.table({"image_id": ["old"], "split": ["train"], "round_added": [0],
+                                                 "objects": [[]]}), schemas.LABELS, "labels"), previous)
+    rp = RoundPaths(cfg.run_root, 0)
+    _selection(rp.selection, ["a", "b", "c", "never_labelled"])
+    summary = _oracle(cfg, ds, previous, rp)
+    labels = storage.read_table(rp.labels)
+    assert sorted(labels.column("image_id").to_pylist()) == ["a", "b", "old"]
+    assert summary == {"n_selected": 4, "n_labelled": 2, "n_missing": 2}
+    errors = json.loads(storage.read_text(storage.join(rp.root, "oracle_errors.json")))
+    assert set(errors) == {"c", "never_labelled"} and "zebra" in errors["c"]
+    a = next(row for row in labels.to_pylist() if row["image_id"] == "a")
+    assert a["round_added"] == 1 and a["objects"][0]["class_id"] == 0
