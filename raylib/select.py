@@ -122,7 +122,10 @@ def select_round(detections_uri: str, strategy: StrategyConfig, round_idx: int, 
     for batch in storage.iter_parquet_batches(detections_uri, columns=["image_id", "class_id", "score"]):
         scores = batch.column("score").to_numpy()
         class_ids = batch.column("class_id").to_numpy().astype(np.int64)
-        mask = (scores > min_score) & (scores <= limits[class_ids])
+        # Pass 1 refused out-of-range classes among candidates; others can't be selected anyway.
+        in_range = (class_ids >= 0) & (class_ids < num_classes)
+        limit = np.where(in_range, limits[np.clip(class_ids, 0, num_classes - 1)], -np.inf)
+        mask = (scores > min_score) & (scores <= limit)
         if mask.any():
             chosen.append(_rank(batch.filter(pa.array(mask)).to_pandas()))  # collapse early
     selection = _rank(pd.concat(chosen, ignore_index=True)) if chosen else _rank(pd.DataFrame())

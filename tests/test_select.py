@@ -9,7 +9,7 @@ import pytest
 from raylib import schemas, storage
 from raylib.config import StrategyConfig
 from raylib.paths import RoundPaths
-from raylib.select import apply_budget, select_per_class, select_round
+from raylib.select import apply_budget, class_thresholds, select_per_class, select_round
 
 
 def reference_pseudo_code_2(detections: pd.DataFrame, k: int, min_score: float) -> set[tuple[str, int]]:
@@ -107,3 +107,67 @@ def test_streamed_selection_is_deterministic_and_handles_no_detections(tmp_path)
     select_round(str(tmp_path / "d"), StrategyConfig(k=10, budget=7), 0, rp, num_classes=5)
     assert storage.read_table(rp.selection).equals(first)
     assert len(set(first.column("image_id").to_pylist())) == 7
+
+
+def test_every_row_tied_at_the_threshold_is_selected_across_files(tmp_path):
+    """k=3, but five images tie at the 3rd lowest score, in different files: all five are selected."""
+    detections = pd.DataFrame({
+        "image_id": ["a", "b", "t1", "t2", "t3", "t4", "t5", "hi"],
+        "class_id": np.zeros(8, np.int16),
+        "score": np.array([0.3, 0.35, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9], np.float32),
+    })
+    _write_parts(detections.sample(frac=1.0, random_state=0), str(tmp_path / "d"), parts=4)
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    select_round(str(tmp_path / "d"), StrategyConfig(k=3, min_score=0.2), 0, rp, num_classes=1)
+    selected = set(storage.read_table(rp.selection).column("image_id").to_pylist())
+    assert selected == {"a", "b", "t1", "t2", "t3", "t4", "t5"}
+    assert selected == {i for i, _ in reference_pseudo_code_2(detections, 3, 0.2)}
+
+
+def test_class_thresholds_match_the_reference():
+    detections = random_detections(7, n=500)
+    got = class_thresholds(detections, k=9, min_score=0.2)
+    for c in range(5):
+        above = sorted(detections[(detections.class_id == c) & (detections.score > 0.2)]["score"])
+        if above:
+            assert got[c] == pytest.approx(above[min(9, len(above)) - 1])
+        else:
+            assert c not in got
+
+
+def test_non_confidence_strategies_select_below_min_score(tmp_path):
+    """A margin of 0.05 is the most informative detection: the confidence floor was applied when
+    scoring, so selection must not drop it again."""
+    detections = pd.DataFrame({"image_id": ["close_call", "sure"], "class_id": np.zeros(2, np.int16),
+                               "score": np.array([0.05, 0.9], np.float32)})
+    _write_parts(detections, str(tmp_path / "d"), parts=1)
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    select_round(str(tmp_path / "d"), StrategyConfig(name="margin", k=1, min_score=0.2), 0, rp, num_classes=1)
+    assert storage.read_table(rp.selection).column("image_id").to_pylist() == ["close_call"]
+
+
+def reference_budget(selection: pd.DataFrame, budget: int) -> set[str]:
+    """The `budget` images with the lowest score, ties by image id, written out longhand."""
+    best: dict[str, float] = {}
+    for image_id, score in zip(selection["image_id"], selection["score"]):
+        best[image_id] = min(score, best.get(image_id, float("inf")))
+    return set(sorted(best, key=lambda image_id: (best[image_id], image_id))[:budget])
+
+
+@pytest.mark.parametrize("budget", [1, 5, 40, 10_000])
+def test_streamed_budget_matches_the_reference(tmp_path, budget):
+    detections = random_detections(11, n=2500)
+    _write_parts(detections, str(tmp_path / "d"), parts=5)
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    summary = select_round(str(tmp_path / "d"), StrategyConfig(k=12, budget=budget), 0, rp, num_classes=5)
+    got = set(storage.read_table(rp.selection).column("image_id").to_pylist())
+    assert got == reference_budget(select_per_class(detections, k=12, min_score=0.2), budget)
+    assert summary.n_images == len(got) <= budget
+
+
+def test_out_of_range_class_among_candidates_is_a_clear_error(tmp_path):
+    detections = pd.DataFrame({"image_id": ["a"], "class_id": np.array([7], np.int16),
+                               "score": np.array([0.5], np.float32)})
+    _write_parts(detections, str(tmp_path / "d"), parts=1)
+    with pytest.raises(ValueError, match="class_id 7 is outside 0..2"):
+        select_round(str(tmp_path / "d"), StrategyConfig(), 0, RoundPaths(str(tmp_path / "run"), 0), num_classes=3)
