@@ -39,11 +39,11 @@ def _selected_detections(detections_uri: str, selected: set[str]) -> pd.DataFram
 
 def _image_sizes(manifest_uri: str, selected: set[str]) -> dict[str, tuple[int, int, str]]:
     """{image_id: (width, height, uri)} for the selected images; sizes from the manifest or the header."""
+    wanted = pa.array(sorted(selected), pa.string())
     sizes = {}
     for batch in pool.iter_manifest(manifest_uri):
-        for row in batch.to_pylist():
-            if row["image_id"] in selected:
-                sizes[row["image_id"]] = (row["width"], row["height"], row["uri"])
+        for row in batch.filter(pc.is_in(batch.column("image_id"), value_set=wanted)).to_pylist():
+            sizes[row["image_id"]] = (row["width"], row["height"], row["uri"])
     for image_id, (width, height, uri) in list(sizes.items()):
         if not width or not height:
             try:
@@ -55,11 +55,30 @@ def _image_sizes(manifest_uri: str, selected: set[str]) -> dict[str, tuple[int, 
     return sizes
 
 
+MARKER = ".raylib-preannotations"  # written first: this folder is an export and may be cleared
+
+
+def _start_export(out_dir: str) -> None:
+    """Clear what an earlier (crashed or superseded) export left in `out_dir`, then mark the folder.
+
+    Only a folder that carries our marker (or is empty) is cleared: a mistyped out_dir pointing at,
+    say, a VOC Annotations folder is refused instead of emptied."""
+    files = storage.list_files(out_dir)
+    if files and not storage.exists(storage.join(out_dir, MARKER)):
+        raise ValueError(f"pre-annotation folder '{out_dir}' holds {len(files)} file(s) that no export "
+                         "wrote; refusing to clear it: choose an empty or new folder")
+    storage.delete(out_dir)
+    storage.write_text(storage.join(out_dir, MARKER), "raylib pre-annotation export\n")
+
+
 def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri: str, class_names: list[str],
                           out_dir: str, round_idx: int) -> int:
     """Write `<out_dir>/<image_id>.xml` per selected image and `<out_dir>/preannotations_coco.json`.
-    Returns the number of XML files written; refused ids are listed in `<out_dir>/skipped.json`."""
-    storage.delete(out_dir)
+
+    Each XML holds every kept detection of its image (the detections Parquet streamed, filtered to
+    the selected ids), most confident first. Returns the number of XML files written; ids refused by
+    `safe_relpath` are skipped and listed with the reason in `<out_dir>/skipped.json`."""
+    _start_export(out_dir)
     selected = set(storage.read_table(selection_uri, columns=["image_id"]).column("image_id").to_pylist())
     detections = _selected_detections(detections_uri, selected)
     detections["score"] = detections["cls_conf"] * detections["loc_conf"]
@@ -87,7 +106,7 @@ def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri:
         coco_images.append({"image_id": image_id, "file_name": relpath, "width": int(width or 0),
                             "height": int(height or 0)})
         written += 1
-    exported = set(image["image_id"] for image in coco_images)
+    exported = {image["image_id"] for image in coco_images}
     coco_dets = detections[detections["image_id"].isin(exported)]
     document = coco.detections_to_coco(coco_images, coco_dets, class_names)
     document["info"] = {"description": f"raylib pre-annotations, round {round_idx}", "date_created": analysis_time}

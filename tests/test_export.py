@@ -7,20 +7,29 @@ import os
 
 import pyarrow as pa
 import pytest
+from PIL import Image
 
 from raylib import schemas, storage
-from raylib.export import export_preannotations
+from raylib.export import MARKER, export_preannotations
 from raylib.voc import read_voc
 
 CLASSES = ["cat", "dog"]
 
 
-def _write(tmp_path, ids_selected, detections):
+def _read_json(path) -> dict:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _write(tmp_path, ids_selected, detections, sizes=True, uris=None):
+    """Manifest, detections and selection tables for a hand-made round; returns the manifest path."""
     manifest = str(tmp_path / "pool.parquet")
     ids = sorted({d[0] for d in detections} | set(ids_selected))
+    uris = uris or {i: f"/data/{i}.jpg" for i in ids}
+    size = pa.array([200 if sizes else None] * len(ids), pa.int32())
     storage.write_table(schemas.check(pa.table({
-        "image_id": ids, "uri": [f"/data/{i}.jpg" for i in ids],
-        "width": pa.array([200] * len(ids), pa.int32()), "height": pa.array([100] * len(ids), pa.int32()),
+        "image_id": ids, "uri": [uris[i] for i in ids],
+        "width": size, "height": pa.array([100 if sizes else None] * len(ids), pa.int32()),
     }), schemas.POOL, "pool"), manifest)
     det = pa.table({
         "round": pa.array([0] * len(detections), pa.int16()),
@@ -30,7 +39,12 @@ def _write(tmp_path, ids_selected, detections):
         "score": pa.array([d[2] * d[3] for d in detections], pa.float32()),
         **{name: pa.array([d[4][i] for d in detections], pa.float32()) for i, name in enumerate(schemas.BOX)},
     })
-    storage.write_table(schemas.check(det, schemas.DETECTIONS, "detections"), str(tmp_path / "det" / "part-0.parquet"))
+    # Two files, so the export streams more than one.
+    half = len(detections) // 2
+    storage.write_table(schemas.check(det.slice(0, half), schemas.DETECTIONS, "detections"),
+                        str(tmp_path / "det" / "part-0.parquet"))
+    storage.write_table(schemas.check(det.slice(half), schemas.DETECTIONS, "detections"),
+                        str(tmp_path / "det" / "part-1.parquet"))
     sel = pa.table({"round": pa.array([0] * len(ids_selected), pa.int16()), "image_id": ids_selected,
                     "class_id": pa.array([0] * len(ids_selected), pa.int16()),
                     "score": pa.array([0.3] * len(ids_selected), pa.float32()),
@@ -39,31 +53,78 @@ def _write(tmp_path, ids_selected, detections):
     return manifest
 
 
+def _export(tmp_path, manifest, out) -> int:
+    return export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), manifest, CLASSES,
+                                 str(out), 0)
+
+
+DETECTIONS = [("a", 0, 0.9, 0.8, (10, 10, 50, 40)), ("a", 1, 0.5, 0.6, (60, 20, 120, 90)),
+              ("b", 1, 0.7, 0.7, (0, 0, 30, 30)), ("not_selected", 0, 0.9, 0.9, (1, 1, 5, 5))]
+
+
 def test_xml_per_selected_image_with_confidences(tmp_path):
-    detections = [("a", 0, 0.9, 0.8, (10, 10, 50, 40)), ("a", 1, 0.5, 0.6, (60, 20, 120, 90)),
-                  ("b", 1, 0.7, 0.7, (0, 0, 30, 30)), ("not_selected", 0, 0.9, 0.9, (1, 1, 5, 5))]
-    manifest = _write(tmp_path, ["a", "b", "empty"], detections)
+    manifest = _write(tmp_path, ["a", "b", "empty"], DETECTIONS)
     out = str(tmp_path / "pre")
-    n = export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), manifest, CLASSES, out, 0)
-    assert n == 3 and sorted(os.listdir(out)) == ["a.xml", "b.xml", "empty.xml", "preannotations_coco.json"]
+    n = _export(tmp_path, manifest, out)
+    assert n == 3
+    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "b.xml", "empty.xml", "preannotations_coco.json"])
     a = read_voc(os.path.join(out, "a.xml"))
     assert (a.width, a.height, a.filename) == (200, 100, "a.jpg")
+    # Every kept detection of the image, most confident first, confidence = cls_conf x loc_conf.
     assert [(o.name, round(o.confidence, 3)) for o in a.objects] == [("cat", 0.72), ("dog", 0.3)]
-    assert (a.objects[1].x1, a.objects[1].y2) == (60, 90)
+    assert (a.objects[1].x1, a.objects[1].y1, a.objects[1].x2, a.objects[1].y2) == (60, 20, 120, 90)
+    assert [round(o.confidence, 3) for o in read_voc(os.path.join(out, "b.xml")).objects] == [0.49]
     assert read_voc(os.path.join(out, "empty.xml")).objects == []
-    coco = json.load(open(os.path.join(out, "preannotations_coco.json")))
+    coco = _read_json(os.path.join(out, "preannotations_coco.json"))
     assert len(coco["images"]) == 3 and len(coco["annotations"]) == 3
     assert {c["name"] for c in coco["categories"]} == set(CLASSES)
     assert sorted(round(a["score"], 3) for a in coco["annotations"]) == [0.3, 0.49, 0.72]
+    image_of = {image["id"]: image["file_name"] for image in coco["images"]}
+    assert all(image_of[a["image_id"]] in ("a", "b") for a in coco["annotations"])
+    assert all(a["bbox"][2] > 0 and a["bbox"][3] > 0 for a in coco["annotations"])
 
 
-@pytest.mark.parametrize("bad_id", ["../escape", "/abs/path", "a/../../b", "c:\\x", "ok/\x00nul"])
+def test_sizes_come_from_the_image_header_when_the_manifest_has_none(tmp_path):
+    Image.new("RGB", (160, 120)).save(tmp_path / "a.png")
+    manifest = _write(tmp_path, ["a"], DETECTIONS[:2], sizes=False, uris={"a": str(tmp_path / "a.png")})
+    _export(tmp_path, manifest, tmp_path / "pre")
+    a = read_voc(str(tmp_path / "pre" / "a.xml"))
+    assert (a.width, a.height, a.filename) == (160, 120, "a.png")
+
+
+def test_rerun_clears_an_earlier_export_but_refuses_a_foreign_folder(tmp_path):
+    manifest = _write(tmp_path, ["a"], DETECTIONS)
+    out = tmp_path / "pre"
+    _export(tmp_path, manifest, out)
+    (out / "stale.xml").write_text("<annotation/>")  # left by an export of another selection
+    _export(tmp_path, manifest, out)
+    assert not (out / "stale.xml").exists() and (out / "a.xml").exists()
+    foreign = tmp_path / "Annotations"
+    foreign.mkdir()
+    (foreign / "000001.xml").write_text("<annotation/>")
+    with pytest.raises(ValueError, match="refusing to clear it"):
+        _export(tmp_path, manifest, foreign)
+    assert (foreign / "000001.xml").exists()
+
+
+@pytest.mark.parametrize("bad_id", ["../escape", "/abs/path", "a/../../b", "c:\\x", "ok/\x00nul", "", "a//b"])
 def test_ids_that_escape_the_output_folder_are_refused(tmp_path, bad_id):
     manifest = _write(tmp_path, ["fine/img", bad_id], [("fine/img", 0, 0.9, 0.9, (1, 1, 9, 9))])
     out = tmp_path / "pre"
-    n = export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), manifest, CLASSES, str(out), 0)
+    n = _export(tmp_path, manifest, out)
     assert n == 1 and (out / "fine" / "img.xml").exists()
-    skipped = json.load(open(out / "skipped.json"))
+    skipped = _read_json(out / "skipped.json")
     assert list(skipped) == [bad_id]
     written = {os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files}
     assert all(path.startswith(("pre/", "det/", "pool.parquet", "sel.parquet")) for path in written), written
+    assert len(_read_json(out / "preannotations_coco.json")["images"]) == 1
+
+
+@pytest.mark.s3
+def test_export_to_s3(s3_bucket, tmp_path):
+    manifest = _write(tmp_path, ["a", "b"], DETECTIONS)
+    out = f"{s3_bucket}/run/round=00/preannotations"
+    assert _export(tmp_path, manifest, out) == 2
+    a = read_voc(storage.read_bytes(f"{out}/a.xml"))
+    assert [o.name for o in a.objects] == ["cat", "dog"]
+    assert json.loads(storage.read_text(f"{out}/preannotations_coco.json"))["annotations"]
