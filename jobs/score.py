@@ -22,17 +22,17 @@ from raylib.score import score_pool
 def main(cfg: DictConfig) -> None:
     logging.getLogger("raylib").setLevel(logging.INFO)
     config = to_config(cfg)
+    runtime.init_ray(config)  # also points storage at the configured S3 endpoint
+    ds = runtime.ensure_dataset(config)
     rp = RoundPaths(config.run_root, config.round_idx)
     weights = config.model.weights or rp.weights
     if not storage.exists(weights):
         raise SystemExit(f"no weights at {weights}: run jobs/train.py round_idx={config.round_idx} first, "
                          "or pass model.weights=<path or s3:// URI>")
-    runtime.init_ray(config)
-    ds = runtime.ensure_dataset(config)
     unlabelled = storage.join(rp.root, "unlabelled.parquet")
     manifest = unlabelled if storage.exists(unlabelled) else ds.pool_manifest
     summary = score_pool(manifest, weights, rp, config, ds.class_names)
-    print(f"scored {summary.n_images} images ({summary.n_ok} ok, {summary.n_error} errors), "
+    print(f"scored {summary.n_images} images from {manifest} ({summary.n_ok} ok, {summary.n_error} errors), "
           f"{summary.n_detections} detections kept")
     print(f"detections: {rp.detections}\nimage status: {rp.image_status}")
 

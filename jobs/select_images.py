@@ -22,6 +22,8 @@ from raylib.select import select_round
 def main(cfg: DictConfig) -> None:
     logging.getLogger("raylib").setLevel(logging.INFO)
     config = to_config(cfg)
+    # Selection streams Parquet in this process: no Ray needed, only the storage endpoint.
+    storage.configure_s3(config.storage.endpoint_url, config.storage.region)
     rp = RoundPaths(config.run_root, config.round_idx)
     if not storage.exists(rp.detections):
         raise SystemExit(f"no detections at {rp.detections}: run jobs/score.py round_idx={config.round_idx} first")
