@@ -258,6 +258,9 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
     side = cfg.model.input_size
     dataset = (
         ray.data.read_parquet(manifest_path, filesystem=fs, columns=["image_id", "uri"])
+        # A manifest file is read as one block, and a block goes to one actor whole: split it into
+        # batch-sized blocks so that every actor gets work and decoding streams into inference.
+        .repartition(target_num_rows_per_block=cfg.score.batch_size)
         .map_batches(load_images, fn_kwargs={"side": side, "max_pixels": cfg.score.max_pixels},
                      batch_size=cfg.score.batch_size, num_cpus=cfg.score.decode_num_cpus, batch_format="numpy")
         .map_batches(scorer_cls, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
