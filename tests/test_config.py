@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from raylib.config import Config, ConfigError, SyntheticConfig, to_config
+from raylib.config import Config, ConfigError, StrategyConfig, SyntheticConfig, to_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUP_OPTIONS = sorted(
@@ -37,7 +37,9 @@ def test_defaults(hydra_conf):
     cfg = make()
     assert isinstance(cfg, Config)
     assert (cfg.data.kind, cfg.model.size, cfg.strategy.name, cfg.cluster.address) == ("synthetic", "nano", "cls_iou", "local")
-    assert cfg.strategy.k == 100 and cfg.strategy.min_score == 0.2
+    # The embedded demo's small pool: 10 per class above 0.05; the seed's values stay the schema's.
+    assert cfg.strategy.k == 10 and cfg.strategy.min_score == 0.05
+    assert StrategyConfig().k == 100 and StrategyConfig().min_score == 0.2
     assert cfg.run_root == "outputs/runs/cls_iou_seed0"
     assert isinstance(cfg.data.synthetic, SyntheticConfig) and cfg.data.class_names == cfg.data.synthetic.classes
 
