@@ -63,9 +63,10 @@ def _start_export(out_dir: str) -> None:
 
     Only a folder that carries our marker (or is empty) is cleared: a mistyped out_dir pointing at,
     say, a VOC Annotations folder is refused instead of emptied."""
-    files = storage.list_files(out_dir)
-    if files and not storage.exists(storage.join(out_dir, MARKER)):
-        raise ValueError(f"pre-annotation folder '{out_dir}' holds {len(files)} file(s) that no export "
+    # A kill while the marker itself was being written leaves only its temporary sibling: ours too.
+    foreign = [f for f in storage.list_files(out_dir) if not f.rsplit("/", 1)[-1].startswith(MARKER)]
+    if foreign and not storage.exists(storage.join(out_dir, MARKER)):
+        raise ValueError(f"pre-annotation folder '{out_dir}' holds {len(foreign)} file(s) that no export "
                          "wrote; refusing to clear it: choose an empty or new folder")
     storage.delete(out_dir)
     storage.write_text(storage.join(out_dir, MARKER), "raylib pre-annotation export\n")

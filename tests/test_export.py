@@ -107,6 +107,17 @@ def test_rerun_clears_an_earlier_export_but_refuses_a_foreign_folder(tmp_path):
     assert (foreign / "000001.xml").exists()
 
 
+def test_rerun_after_a_kill_while_the_marker_was_written(tmp_path):
+    # storage.write_text writes a temporary sibling, then renames it: a SIGKILL between the two left
+    # only `<MARKER>.tmp-<hex>` in the folder, and the resumed loop refused its own folder.
+    manifest = _write(tmp_path, ["a"], DETECTIONS)
+    out = tmp_path / "pre"
+    out.mkdir()
+    (out / f"{MARKER}.tmp-0123abcd").write_text("raylib pre-annotation export\n")
+    assert _export(tmp_path, manifest, out) == 1
+    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "preannotations_coco.json"])
+
+
 @pytest.mark.parametrize("bad_id", ["../escape", "/abs/path", "a/../../b", "c:\\x", "ok/\x00nul", "", "a//b"])
 def test_ids_that_escape_the_output_folder_are_refused(tmp_path, bad_id):
     manifest = _write(tmp_path, ["fine/img", bad_id], [("fine/img", 0, 0.9, 0.9, (1, 1, 9, 9))])
