@@ -2,8 +2,11 @@
 
 S3 endpoint, region and credentials come from the standard `AWS_*` environment variables
 (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...), which `configure_s3` can set from config.
-Using the environment means Ray workers (through `runtime_env`), pyarrow, Ray Data and boto3 all agree,
-and credentials never pass through our own strings, logs or error messages.
+Using the environment means Ray workers, pyarrow, Ray Data and boto3 all agree, and credentials never
+pass through our own strings, logs or error messages. Only the endpoint, region and retry settings travel
+to Ray workers in `runtime_env`: Ray writes runtime envs into its session logs (runtime_env_agent.log)
+and shows them with the job, so credentials stay where each node already has them (local workers inherit
+the driver's environment; cluster nodes use their instance profile or service account, infra/).
 """
 from __future__ import annotations
 
@@ -18,13 +21,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+# Settings, not secrets: safe to ship in a runtime_env (AWS_ACCESS_KEY_ID & co. are deliberately absent).
 S3_ENV_VARS = (
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "RAYLIB_S3_RETRY_ATTEMPTS",
 )
 # Transient S3 errors (5xx, throttling, dropped connections) are retried with the AWS SDK's standard
@@ -45,7 +46,8 @@ def configure_s3(endpoint_url: str | None = None, region: str | None = None) -> 
 
 
 def s3_env() -> dict[str, str]:
-    """The AWS_* variables set here, to pass to Ray workers in `runtime_env["env_vars"]`."""
+    """The S3 settings (endpoint, region, retries; never credentials) set here, for Ray workers'
+    `runtime_env["env_vars"]`."""
     return {name: os.environ[name] for name in S3_ENV_VARS if name in os.environ}
 
 

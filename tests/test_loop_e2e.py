@@ -118,20 +118,28 @@ def test_sigkilled_driver_resumes_to_the_same_outputs(reference):
     run_root = str(tmp / "killed" / "cls_iou_seed0")
     log = str(tmp / "killed.log")
     args = _command(tmp, run_root, "strategy=cls_iou")
-    marker = RoundPaths(run_root, 0).marker("select")
+    round0 = RoundPaths(run_root, 0)
+    # score_pool creates scored/ before its actors start (seconds of model loading and scoring on 2
+    # cores), so killing when it appears lands inside the score stage, with its marker not yet written.
+    scoring = os.path.join(round0.root, "scored")
     with open(log, "ab") as out:
         process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env=ENV)
         deadline = time.monotonic() + 600
-        while not os.path.exists(marker) and process.poll() is None and time.monotonic() < deadline:
+        while not os.path.exists(scoring) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # polling for the condition itself, not sleeping in place of it
         assert process.poll() is None, "the run finished before it could be killed"
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    assert not os.path.exists(RoundPaths(run_root, 0).marker("oracle"))
+    assert os.path.exists(round0.marker("unlabelled")) and not os.path.exists(round0.marker("score"))
+    killed_log_size = os.path.getsize(log)
     resumed = _run(args, log)
-    assert resumed.returncode == 0, open(log).read()[-5000:]
-    assert "select already committed" in open(log).read() or "skipping" in open(log).read()
+    with open(log) as handle:
+        handle.seek(killed_log_size)
+        resumed_log = handle.read()
+    assert resumed.returncode == 0, resumed_log[-5000:]
+    assert "round 0: evaluate already committed, skipping" in resumed_log
+    assert "[round 0] train ..." not in resumed_log and "[round 0] score ..." in resumed_log
     reference_root = str(runs / "cls_iou_seed0")
     assert _selections(run_root) == _selections(reference_root)
     for r in range(ROUNDS - 1):

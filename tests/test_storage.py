@@ -141,7 +141,13 @@ def test_join_keeps_s3_uris_posix():
     assert storage.join("/tmp/run", "a") == os.path.join("/tmp/run", "a")
 
 
-def test_s3_env_passes_only_aws_variables(monkeypatch):
+def test_s3_env_passes_settings_but_never_credentials(monkeypatch):
+    # Ray logs runtime envs (runtime_env_agent.log): what s3_env returns must be safe to log.
     monkeypatch.setenv("UNRELATED_SECRET", "x")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-never-shipped")
     env = storage.s3_env()
-    assert "UNRELATED_SECRET" not in env and env["AWS_REGION"] == os.environ["AWS_REGION"]
+    assert env["AWS_REGION"] == os.environ["AWS_REGION"]
+    assert env["AWS_ENDPOINT_URL"] == os.environ["AWS_ENDPOINT_URL"]
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] and os.environ["AWS_ACCESS_KEY_ID"]
+    for secret in ("UNRELATED_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert secret not in env
