@@ -12,6 +12,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from raylib.storage import absolute
+
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random")
 ORACLES = ("simulate", "external")
@@ -68,6 +70,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(self.kind in ("synthetic", "voc"), f"data.kind must be synthetic or voc, got '{self.kind}'")
         _require(self.kind == "synthetic" or bool(self.root), "data.root is required when data.kind=voc")
+        self.root = absolute(self.root)
 
     @property
     def class_names(self) -> list[str]:
@@ -83,6 +86,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require(self.size in MODEL_SIZES, f"model.size must be one of {MODEL_SIZES}, got '{self.size}'")
         _require(self.input_size >= 64 and self.input_size % 32 == 0, "model.input_size must be a multiple of 32, >= 64")
+        self.weights = absolute(self.weights)
 
 
 @dataclass
@@ -178,6 +182,7 @@ class LoopConfig:
         _require(abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0, "loop.split must be 3 fractions summing to 1")
         _require(self.oracle in ORACLES, f"loop.oracle must be one of {ORACLES}, got '{self.oracle}'")
         _require(self.oracle != "external" or bool(self.labels_in), "loop.labels_in is required for the external oracle")
+        self.labels_in = absolute(self.labels_in)
 
 
 @dataclass
@@ -208,6 +213,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _require(bool(self.run_root), "run_root must not be empty")
+        # Relative local paths are the launch directory's (Hydra's job.chdir is off), not the
+        # working directory a Ray worker happens to run in.
+        self.run_root = absolute(self.run_root)
         _require(self.round_idx >= 0, "round_idx must be >= 0")
 
 

@@ -40,7 +40,7 @@ def test_defaults(hydra_conf):
     # The embedded demo's small pool: 10 per class above 0.05; the seed's values stay the schema's.
     assert cfg.strategy.k == 10 and cfg.strategy.min_score == 0.05
     assert StrategyConfig().k == 100 and StrategyConfig().min_score == 0.2
-    assert cfg.run_root == "outputs/runs/cls_iou_seed0"
+    assert cfg.run_root == os.path.join(os.getcwd(), "outputs/runs/cls_iou_seed0")
     assert isinstance(cfg.data.synthetic, SyntheticConfig) and cfg.data.class_names == cfg.data.synthetic.classes
 
 
@@ -51,9 +51,22 @@ def test_every_group_option_composes_and_converts(hydra_conf, group, option):
     if group == "model":
         assert cfg.model.size == option.removeprefix("yolox_")
     if group == "strategy":
-        assert cfg.strategy.name == option and cfg.run_root == f"outputs/runs/{option}_seed0"
+        assert cfg.strategy.name == option and cfg.run_root.endswith(f"/outputs/runs/{option}_seed0")
     if group == "data":
         assert cfg.data.kind == option
+
+
+def test_local_paths_are_absolute_s3_uris_untouched(hydra_conf, tmp_path, monkeypatch):
+    # Ray Train workers run in a directory of Ray's: a relative run_root or weights path from the
+    # command line must name the same file there as on the driver.
+    monkeypatch.chdir(tmp_path)
+    cfg = make("run_root=runs/a", "data.root=data", "model.weights=w/model.pt", "loop.oracle=external",
+               "loop.labels_in=file://corrected")
+    assert cfg.run_root == str(tmp_path / "runs/a") and cfg.data.root == str(tmp_path / "data")
+    assert cfg.model.weights == str(tmp_path / "w/model.pt") and cfg.loop.labels_in == str(tmp_path / "corrected")
+    cfg = make("run_root=s3://bucket/runs/a", "model.weights=s3://bucket/w.pt")
+    assert (cfg.run_root, cfg.model.weights) == ("s3://bucket/runs/a", "s3://bucket/w.pt")
+    assert cfg.data.root == str(tmp_path / "outputs/data/synthetic_seed0") and cfg.loop.labels_in is None
 
 
 def test_experiment_voc07_12(hydra_conf):

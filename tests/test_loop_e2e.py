@@ -44,9 +44,9 @@ RAY_TMP = tempfile.mkdtemp(prefix="rl", dir="/tmp")
 ENV = {**os.environ, "RAY_TMPDIR": RAY_TMP}
 
 
-def _run(args: list[str], log_path: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _run(args: list[str], log_path: str, timeout: float = 600, cwd=ROOT) -> subprocess.CompletedProcess:
     with open(log_path, "ab") as log:
-        return subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+        return subprocess.run(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
                               start_new_session=True, env=ENV)
 
 
@@ -61,7 +61,9 @@ def reference(tmp_path_factory):
 def _reference(tmp):
     runs = tmp / "runs"
     log = str(tmp / "multirun.log")
-    done = _run(_command(tmp, f"{runs}/" + "${strategy.name}_seed${seed}", "-m", "strategy=cls_iou,random"), log)
+    # A relative run_root from another directory, as `./run.sh` users give it: Ray Train workers run
+    # elsewhere, so this fails unless the config makes local paths absolute.
+    done = _run(_command(tmp, "runs/${strategy.name}_seed${seed}", "-m", "strategy=cls_iou,random"), log, cwd=tmp)
     assert done.returncode == 0, open(log).read()[-5000:]
     yield tmp, runs, log
 
