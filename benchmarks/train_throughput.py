@@ -4,9 +4,10 @@
     python benchmarks/train_throughput.py --device cuda --size s --input 640 --batch 64
 
 Measured, in images/s, in one process and one run:
-  yolox_step      the package's training step as yolox/core/trainer.py does it: model(inputs, targets)
-                  (the package's loss), backward, SGD step (`YoloxConfig.get_optimizer` groups), AMP on CUDA;
-  our_step        raylib.train.train_step on the same batches: the same plus per-step lr and the EMA update;
+  yolox_step      the package's training step as yolox/core/trainer.py `train_one_iter` does it:
+                  model(inputs, targets) (the package's loss), backward, SGD step (`YoloxConfig.get_optimizer`
+                  groups), EMA update, lr from `YoloxConfig.get_lr_scheduler`; AMP on CUDA;
+  our_step        raylib.train.train_step on the same batches: the same work, our code;
   our_step_data   our_step fed by our data path (LabelledImages + the package's MosaicDetection/TrainTransform,
                   num_loader_workers loader processes): the per-step work of train_loop_per_worker;
   trainer         end to end through Ray Train's TorchTrainer with 1 worker (`train_model`): training images
@@ -64,15 +65,22 @@ def make_images(root: str, n: int, seed: int = 0) -> tuple[str, str]:
     return labels, manifest
 
 
-def yolox_step_fn(model: torch.nn.Module, device: torch.device, batch: int):
-    """The package's step (yolox/core/trainer.py train_one_iter, without its logging/EMA)."""
+def yolox_step_fn(model: torch.nn.Module, device: torch.device, batch: int, iters_per_epoch: int):
+    """The package's step as yolox/core/trainer.py `train_one_iter` does it: forward with its loss,
+    backward, SGD step, EMA update (`use_model_ema` is on in its configs), lr from its scheduler.
+    Only its logging meter is left out."""
     from yolox.config import YoloxConfig
+    from yolox.utils import LRScheduler, ModelEMA
 
     exp = YoloxConfig(name="bench")
     exp.model, exp.warmup_epochs = model, 0
     optimizer = exp.get_optimizer(batch)
+    scheduler = exp.get_lr_scheduler(exp.basic_lr_per_img * batch, iters_per_epoch)
+    assert isinstance(scheduler, LRScheduler)
+    ema = ModelEMA(model, 0.9998)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    progress = [1]
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> None:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -82,6 +90,11 @@ def yolox_step_fn(model: torch.nn.Module, device: torch.device, batch: int):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        ema.update(model)
+        lr = scheduler.update_lr(progress[0] + 1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        progress[0] += 1
 
     return step
 
@@ -138,7 +151,7 @@ def main() -> None:
         state = train.make_state(ours_model, cfg, args.batch, n_steps, device)
         state.step = 1  # past the first step's special-cased lr, as in the middle of training
         ours = lambda images, targets: train.train_step(state, images, targets)
-        yolox = yolox_step_fn(yolox_model, device, args.batch)
+        yolox = yolox_step_fn(yolox_model, device, args.batch, n_steps)
         for step in (yolox, ours):  # warm-up (allocator, cudnn autotune, first-call overheads)
             step(*fixed[0])
 

@@ -99,7 +99,8 @@ def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri:
             VocObject(name=class_names[int(r.class_id)], x1=float(r.x1), y1=float(r.y1), x2=float(r.x2),
                       y2=float(r.y2), confidence=float(min(max(r.score, 0.0), 1.0)))
             for r in rows.sort_values("score", ascending=False).itertuples(index=False)
-            if r.x2 > r.x1 and r.y2 > r.y1
+            # as written (two decimals): a box that rounds to a line would be refused by VOC readers
+            if round(r.x2, 2) > round(r.x1, 2) and round(r.y2, 2) > round(r.y1, 2)
         ]
         annotation = VocAnnotation(filename=(uri or relpath).rsplit("/", 1)[-1], width=int(width or 0),
                                    height=int(height or 0), objects=objects)

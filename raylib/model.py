@@ -22,6 +22,7 @@ from raylib.config import MODEL_SIZES
 log = logging.getLogger(__name__)
 
 PAD_VALUE = 114  # YOLOX's letterbox fill (yolox.data.data_augment.preproc)
+MIN_BOX_SIDE = 1.0  # original-image pixels; smaller boxes (after clipping to the image) are dropped
 
 
 def build_model(size: str, num_classes: int) -> YoloxModule:
@@ -122,7 +123,8 @@ def decode(
     max_detections: int = 100,
 ) -> list[ImageDetections]:
     """YOLOX eval output `[B, anchors, 5 + C]` (cx, cy, w, h in input pixels; objectness and class
-    probabilities sigmoided) -> per-image detections after class-aware NMS.
+    probabilities sigmoided) -> per-image detections in original pixels, clipped to the image (boxes
+    left under `MIN_BOX_SIDE` a side dropped), after class-aware NMS.
 
     We don't use `yolox.utils.postprocess`: it keeps only the top class (margin/entropy need all
     class probabilities) and writes into its input.
@@ -141,12 +143,18 @@ def decode(
         boxes = torch.stack(
             [pred[:, 0] - pred[:, 2] / 2, pred[:, 1] - pred[:, 3] / 2,
              pred[:, 0] + pred[:, 2] / 2, pred[:, 1] + pred[:, 3] / 2], dim=1
-        )
-        kept = torchvision.ops.batched_nms(boxes, loc_conf * cls_conf, class_id, nms_threshold)[:max_detections]
-        boxes = boxes[kept] / ratios[i]
+        ) / ratios[i]
         height, width = sizes[i]
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        # A box in the letterbox padding clips to a line on the image edge: no object an annotator
+        # could check, and an empty box that VOC readers (ours included) refuse.
+        visible = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
+        boxes, loc_conf, cls_conf, class_id, class_probs = (
+            boxes[visible], loc_conf[visible], cls_conf[visible], class_id[visible], class_probs[visible]
+        )
+        kept = torchvision.ops.batched_nms(boxes, loc_conf * cls_conf, class_id, nms_threshold)[:max_detections]
+        boxes = boxes[kept]
         results.append(
             ImageDetections(
                 class_id=class_id[kept].cpu().numpy().astype(np.int16),

@@ -158,3 +158,27 @@ def test_unwrap_returns_the_bare_module():
 
     assert model.unwrap(Wrapper(net)) is net
     assert model.unwrap(net) is net
+
+
+def _raw_output(rows: list[tuple[float, float, float, float, float, list[float]]]) -> torch.Tensor:
+    """One image's eval output [1, n, 5 + C] from (cx, cy, w, h, loc_conf, class_probs) rows."""
+    return torch.tensor([[[cx, cy, w, h, loc, *probs] for cx, cy, w, h, loc, probs in rows]])
+
+
+def test_decode_maps_to_original_pixels_clips_and_drops_boxes_outside_the_image():
+    # Image 100 (wide) x 50 (high) letterboxed into 64 x 64 with ratio 0.64: rows 32..63 are padding.
+    rows = [
+        (16.0, 8.0, 16.0, 8.0, 0.9, [0.8, 0.1]),  # inside: x 8..24, y 4..12 (input px)
+        (60.0, 10.0, 16.0, 8.0, 0.9, [0.1, 0.7]),  # crosses the right edge: clipped to x <= 100
+        (20.0, 50.0, 16.0, 8.0, 0.9, [0.9, 0.0]),  # wholly in the padding below the image: dropped
+        (20.0, 33.0, 16.0, 1.0, 0.9, [0.9, 0.0]),  # in the padding, its top 0.5 px under the edge: dropped
+    ]
+    (dets,) = model.decode(_raw_output(rows), [0.64], [(50, 100)], candidate_conf=0.01)
+    order = torch.argsort(torch.from_numpy(dets.boxes[:, 0])).numpy()
+    boxes = dets.boxes[order]
+    assert len(boxes) == 2
+    torch.testing.assert_close(torch.from_numpy(boxes[0]), torch.tensor([8, 4, 24, 12]) / 0.64)
+    torch.testing.assert_close(torch.from_numpy(boxes[1]), torch.tensor([52 / 0.64, 6 / 0.64, 100, 14 / 0.64]))
+    assert dets.class_id[order].tolist() == [0, 1]
+    torch.testing.assert_close(torch.from_numpy(dets.loc_conf), torch.tensor([0.9, 0.9]))
+    assert ((boxes[:, 2] - boxes[:, 0]) >= 1).all() and ((boxes[:, 3] - boxes[:, 1]) >= 1).all()
