@@ -32,6 +32,7 @@ class RunHistory:
     splits: list[dict[str, int]] = field(default_factory=list)  # 6.4
     objects_per_class: list[list[int]] = field(default_factory=list)  # 6.7
     thresholds: list[list[float | None]] = field(default_factory=list)  # 6.5 (selection after round r)
+    selected: list[bool] = field(default_factory=list)  # whether round r selected by class quotas
     ap50: list[list[float | None]] = field(default_factory=list)  # 6.6
     map50: list[float] = field(default_factory=list)  # 6.8
     labelled: list[int] = field(default_factory=list)
@@ -62,10 +63,11 @@ def load_history(run_root: str) -> RunHistory:
         history.map50.append(float(metrics["map50"]))
         history.ap50.append([metrics["ap50_per_class"].get(name) for name in history.classes])
         thresholds: list[float | None] = [None] * num_classes
-        if storage.exists(rp.thresholds):
-            for row in storage.read_table(rp.thresholds).to_pylist():
-                if 0 <= row["class_id"] < num_classes:
-                    thresholds[row["class_id"]] = row["threshold"]
+        threshold_rows = storage.read_table(rp.thresholds).to_pylist() if storage.exists(rp.thresholds) else []
+        history.selected.append(bool(threshold_rows))  # none: no selection, or the take-all one
+        for row in threshold_rows:
+            if 0 <= row["class_id"] < num_classes:
+                thresholds[row["class_id"]] = row["threshold"]
         history.thresholds.append(thresholds)
         round_idx += 1
     return history
@@ -120,15 +122,20 @@ def write_report(run_root: str) -> str:
     ax.legend()
     _save_png(fig, storage.join(out, "splits.png"))
 
-    # 6.5 per-class thresholds of each selection
-    selections = [f"{r} to {r + 1}" for r in rounds]
-    rows = [[name] + [_fmt(th[c], percent=True) for th in history.thresholds] for c, name in enumerate(names)]
+    # 6.5 per-class thresholds of each selection that happened (the take-all one shows N/A, as in the seed)
+    selected_rounds = [r for r in rounds if history.selected[r - 1]]
+    selections = [f"{r} to {r + 1}" for r in selected_rounds]
+    chosen = [history.thresholds[r - 1] for r in selected_rounds]
+    rows = [[name] + [_fmt(th[c], percent=True) for th in chosen] for c, name in enumerate(names)]
+    for label, reduce in (("Average", np.mean), ("Median", np.median)):
+        values = [[v for v in th if v is not None] for th in chosen]
+        rows.append([label] + [_fmt(float(reduce(v)) if v else None, percent=True) for v in values])
     sections += ["## Selection upper threshold per class (figure 6.5)\n", _table(["Class"] + selections, rows),
                  "\n![thresholds](thresholds.png)\n"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for c, name in enumerate(names):
-        ax.plot(rounds, [np.nan if th[c] is None else th[c] for th in history.thresholds], marker="o", label=name)
-    ax.set(xlabel="selection after round", ylabel="threshold (k-th lowest score)", title="Per-class thresholds")
+        ax.plot(selections, [np.nan if th[c] is None else th[c] for th in chosen], marker="o", label=name)
+    ax.set(xlabel="selection (round to round)", ylabel="threshold (k-th lowest score)", title="Per-class thresholds")
     ax.legend(fontsize=7)
     _save_png(fig, storage.join(out, "thresholds.png"))
 

@@ -23,7 +23,9 @@ def init_ray(cfg: Config) -> None:
         return
     kwargs: dict = {"runtime_env": {"env_vars": storage.s3_env()}, "log_to_driver": True}
     if cfg.cluster.address == "local":
-        kwargs.update(include_dashboard=False, num_cpus=cfg.cluster.num_cpus)
+        # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner
+        # polls: without it the cleaner can't free a dead run's resources and warns every second.
+        kwargs.update(num_cpus=cfg.cluster.num_cpus)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(address=cfg.cluster.address, **kwargs)
 

@@ -35,6 +35,7 @@ import posixpath
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -390,6 +391,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    # yolox's head calls the deprecated torch.cuda.amp.autocast every step: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast", category=FutureWarning)
     cfg: Config = config["cfg"]
     tc = cfg.train
     context = ray.train.get_context()

@@ -78,3 +78,20 @@ def test_comparison_averages_seeds_per_strategy(tmp_path):
 
 def test_comparison_without_runs_is_none(tmp_path):
     assert report.compare_runs(str(tmp_path), str(tmp_path / "c")) is None
+
+
+def test_threshold_table_shows_only_class_quota_selections_with_average_and_median(tmp_path):
+    run_root = str(tmp_path / "runs" / "cls_iou_seed0")
+    _fake_run(run_root, "cls_iou", 0, [0.2, 0.4, 0.5])
+    # Round 1's selection took every image left (empty thresholds); round 2 ended the loop (none).
+    storage.write_table(schemas.empty(schemas.THRESHOLDS), RoundPaths(run_root, 1).thresholds)
+    storage.delete(RoundPaths(run_root, 2).thresholds)
+    storage.write_table(pa.table({"round": [0, 0], "class_id": [0, 1], "threshold": [0.2, 0.5],
+                                  "n_candidates": [3, 4]}).cast(schemas.THRESHOLDS), RoundPaths(run_root, 0).thresholds)
+    history = report.load_history(run_root)
+    assert history.selected == [True, False, False]
+    text = storage.read_text(report.write_report(run_root))
+    section = text.split("(figure 6.5)")[1].split("##")[0]
+    assert "| Class | 1 to 2 |" in section and "2 to 3" not in section and "3 to 4" not in section
+    assert "| cat | 20.0% |" in section and "| dog | 50.0% |" in section
+    assert "| Average | 35.0% |" in section and "| Median | 35.0% |" in section
