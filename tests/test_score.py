@@ -289,3 +289,29 @@ def test_floor_and_nesting_without_ray():
     assert rows[0][0]["score"] == pytest.approx(0.85) and rows[0][0]["class_probs"] == pytest.approx([0.05, 0.9])
     cfg.score = ScoreConfig(keep_class_probs=False)
     assert nest_detections([kept], np.array(["a"], object), cfg).to_pylist()[0][0]["class_probs"] is None
+
+
+def test_same_config_and_seed_select_the_same_images_with_one_or_two_actors(ray_session, tmp_path):
+    """Determinism: scoring twice with one actor and once with two gives identical detections and
+    selections (rows are per image; which actor scores a batch must not matter)."""
+    from raylib.select import select_round
+
+    manifest, _ = write_pool(str(tmp_path / "pool"))
+    weights = confident_weights(str(tmp_path / "w.pt"))
+    strategy = StrategyConfig(k=3, min_score=MIN_SCORE)
+    outputs = []
+    for attempt, num_actors in enumerate([1, 1, 2]):
+        rp = RoundPaths(str(tmp_path / f"run{attempt}"), 0)
+        cfg = config(num_actors=num_actors)
+        cfg.strategy = strategy
+        score_pool(manifest, weights, rp, cfg, CLASSES)
+        select_round(rp.detections, strategy, 0, rp, len(CLASSES))
+        detections = storage.read_table(rp.detections).drop_columns(["class_probs"]).to_pandas()
+        detections = detections.sort_values(["image_id", "class_id", "score", "x1", "y1"]).reset_index(drop=True)
+        outputs.append((detections, storage.read_table(rp.selection).to_pandas(),
+                        storage.read_table(rp.thresholds).to_pandas()))
+    assert len(outputs[0][0]) > 0 and len(outputs[0][1]) > 0, "the check needs detections and a selection"
+    for detections, selection, thresholds in outputs[1:]:
+        assert detections.equals(outputs[0][0])
+        assert selection.equals(outputs[0][1])
+        assert thresholds.equals(outputs[0][2])
