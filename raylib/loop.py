@@ -81,7 +81,11 @@ def run_loop(cfg: Config) -> LoopResult:
         run_stage(rp, "select", lambda: _select(cfg, rp, unlabelled, take_all, len(ds.class_names)))
         run_stage(rp, "export", lambda: {"n_files": export_preannotations(
             rp.selection, rp.detections, unlabelled, ds.class_names, rp.preannotations, round_idx)})
-        run_stage(rp, "oracle", lambda: _oracle(cfg, ds, labels_uri, rp))
+        try:
+            run_stage(rp, "oracle", lambda: _oracle(cfg, ds, labels_uri, rp))
+        except LabelsPending as pending:
+            result.stopped_because = str(pending)
+            break
         labels_uri = rp.labels
     else:
         result.stopped_because = f"{cfg.loop.rounds} rounds done"
@@ -89,7 +93,7 @@ def run_loop(cfg: Config) -> LoopResult:
     result.report = report.write_report(cfg.run_root)
     runs_root = cfg.run_root.rstrip("/").rsplit("/", 1)[0] if "/" in cfg.run_root.rstrip("/") else "."
     report.compare_runs(runs_root, storage.join(runs_root, "comparison"))
-    print(f"Loop finished ({result.stopped_because}); report: {result.report}", flush=True)
+    print(f"Loop stopped: {result.stopped_because}. Report: {result.report}", flush=True)
     return result
 
 
@@ -240,14 +244,28 @@ def _write_selection_of_all(manifest_uri: str, round_idx: int, out_uri: str) -> 
     return table.num_rows
 
 
+class LabelsPending(Exception):
+    """The external oracle found no usable label for any selected image: the round waits for them."""
+
+
 def _oracle(cfg: Config, ds: Dataset, labels_uri: str, rp: RoundPaths) -> dict:
     """Labels for the selected images: the dataset's ground truth (`simulate`, the seed's experiment)
     or annotators' corrected XML under `loop.labels_in/Annotations/` (`external`). Images whose labels
-    are missing or invalid stay in the pool; the reasons go to `oracle_errors.json`."""
+    are missing or invalid stay in the pool; the reasons go to `oracle_errors.json`.
+
+    With `external`, a round for which no label has arrived yet raises `LabelsPending` before anything
+    is committed: the loop stops there, and running the same command again once the annotators have
+    delivered resumes at this stage (a Ray job should not hold a cluster while people annotate)."""
     selected = sorted(set(storage.read_table(rp.selection, columns=["image_id"]).column("image_id").to_pylist()))
     source = ds.voc_root if cfg.loop.oracle == "simulate" else cfg.loop.labels_in
     table, errors = voc.read_voc_labels(source, selected, ds.class_names)
     storage.write_text(storage.join(rp.root, "oracle_errors.json"), json.dumps(dict(errors), indent=1))
+    if cfg.loop.oracle == "external" and selected and table.num_rows == 0:
+        raise LabelsPending(
+            f"round {rp.round_idx}: waiting for labels: none of the {len(selected)} selected images has a "
+            f"usable VOC file under '{storage.join(source, 'Annotations')}/' yet (pre-annotations to correct: "
+            f"'{rp.preannotations}'; reasons per image: '{storage.join(rp.root, 'oracle_errors.json')}'). "
+            "Run the same command again when they are in.")
     previous = storage.read_table(labels_uri, schema=schemas.LABELS)
     new = _split(table, cfg, round_added=rp.round_idx + 1)
     new = new.filter(pc.invert(pc.is_in(new.column("image_id"), previous.column("image_id"))))

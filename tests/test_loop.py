@@ -128,3 +128,25 @@ def test_external_oracle_ingests_what_arrived_and_leaves_the_rest_in_the_pool(tm
     assert set(errors) == {"c", "never_labelled"} and "zebra" in errors["c"]
     a = next(row for row in labels.to_pylist() if row["image_id"] == "a")
     assert a["round_added"] == 1 and a["objects"][0]["class_id"] == 0
+
+
+def test_external_oracle_without_any_label_waits_and_commits_nothing(tmp_path):
+    from raylib.config import DataConfig
+    from raylib.loop import LabelsPending, _oracle
+    from raylib.paths import RoundPaths
+    from raylib.runtime import Dataset
+
+    labels_in = tmp_path / "corrected"  # the annotators have not delivered: no Annotations/ at all
+    cfg = Config(run_root=str(tmp_path / "run"), data=DataConfig(classes=["cat"]),
+                 loop=LoopConfig(oracle="external", labels_in=str(labels_in)))
+    ds = Dataset(voc_root="unused", pool_manifest="unused", test_manifest="unused", class_names=["cat"])
+    previous = str(tmp_path / "labels_seed.parquet")
+    storage.write_table(schemas.check(pa.table({"image_id": ["old"], "split": ["train"], "round_added": [0],
+                                                 "objects": [[]]}), schemas.LABELS, "labels"), previous)
+    rp = RoundPaths(cfg.run_root, 0)
+    _selection(rp.selection, ["a", "b"])
+    with pytest.raises(LabelsPending, match="none of the 2 selected images"):
+        _oracle(cfg, ds, previous, rp)
+    assert not storage.exists(rp.labels)
+    errors = json.loads(storage.read_text(storage.join(rp.root, "oracle_errors.json")))
+    assert set(errors) == {"a", "b"}

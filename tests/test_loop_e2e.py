@@ -167,3 +167,40 @@ def test_credentials_never_reach_outputs_or_logs(reference):
                 leaks.append(path)
     assert checked > 50  # outputs, Hydra logs, our logs and Ray's session logs were all read
     assert not leaks, leaks
+
+
+def test_external_oracle_stops_for_labels_and_resumes_when_they_arrive(reference):
+    """`loop.oracle=external`: the run stops after exporting round 0's pre-annotations (nothing to
+    ingest yet); annotators deliver corrected XML; the same command resumes at the oracle stage. With
+    the ground truth as the corrections, the labels equal those of the simulated-oracle reference."""
+    tmp, runs, _ = reference
+    run_root = str(tmp / "external" / "cls_iou_seed0")
+    labels_in = tmp / "corrected"
+    log = str(tmp / "external.log")
+    args = _command(tmp, run_root, "strategy=cls_iou", "loop.oracle=external", f"loop.labels_in={labels_in}")
+    first = _run(args, log)
+    text = open(log).read()
+    assert first.returncode == 0, text[-5000:]
+    assert "waiting for labels: none of the" in text
+    round0 = RoundPaths(run_root, 0)
+    assert os.path.exists(round0.marker("export")) and not os.path.exists(round0.marker("oracle"))
+    assert not os.path.exists(RoundPaths(run_root, 1).root)
+
+    delivered = 0
+    for uri in storage.list_files(round0.preannotations, ".xml"):
+        image_id = os.path.relpath(uri, round0.preannotations)[: -len(".xml")]
+        storage.write_bytes(str(labels_in / "Annotations" / f"{image_id}.xml"),
+                            storage.read_bytes(str(tmp / "data" / "Annotations" / f"{image_id}.xml")))
+        delivered += 1
+    assert delivered > 0
+    first_size = os.path.getsize(log)
+    second = _run(args, log)
+    with open(log) as handle:
+        handle.seek(first_size)
+        resumed = handle.read()
+    assert second.returncode == 0, resumed[-5000:]
+    assert "round 0: export already committed, skipping" in resumed and "[round 0] oracle ..." in resumed
+    assert os.path.exists(RoundPaths(run_root, 1).metrics)
+    ours = storage.read_table(round0.labels).sort_by("image_id")
+    theirs = storage.read_table(RoundPaths(str(runs / "cls_iou_seed0"), 0).labels).sort_by("image_id")
+    assert ours.equals(theirs)
