@@ -305,8 +305,8 @@ def main() -> None:
     parser.add_argument("--ray", default=None,
                         help="ray configurations, ACTORS:CPUS_PER_ACTOR:DECODE_CPUS:TORCH_THREADS,... (threads 0: "
                              "ScoreConfig's rule); decode is fused into the actor when DECODE_CPUS == "
-                             "CPUS_PER_ACTOR (Ray Data fuses operators with equal resources). Default: ScoreConfig's "
-                             "defaults (CPU) or 1 actor per GPU with 1 CPU for decode tasks (CUDA)")
+                             "CPUS_PER_ACTOR (Ray Data fuses operators with equal resources). Default: "
+                             "conf/score/cpu.yaml (CPU) or 1 actor per GPU with 1 CPU for decode tasks (CUDA)")
     parser.add_argument("--ray-cpus", type=int, default=None, help="ray.init num_cpus (default: all)")
     parser.add_argument("--skip", default="", help="comma list of paths not to run: bare,ray,model")
     parser.add_argument("--profile", action="store_true", help="also print the per-stage cost per image")
@@ -327,9 +327,13 @@ def main() -> None:
         ray_scores = parse_ray_configs(args.ray)
     elif gpu:
         ray_scores = [{"num_actors": 1, "num_cpus_per_actor": 1.0, "decode_num_cpus": 1.0, "torch_threads": None}]
-    else:
-        ray_scores = [{"num_actors": base.num_actors, "num_cpus_per_actor": base.num_cpus_per_actor,
-                       "decode_num_cpus": base.decode_num_cpus, "torch_threads": base.torch_threads}]
+    else:  # what ./run.sh scores with: conf/score/cpu.yaml over the schema's defaults
+        from omegaconf import OmegaConf
+
+        shipped = OmegaConf.merge(OmegaConf.structured(base), OmegaConf.load(
+            os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "score", "cpu.yaml")))
+        ray_scores = [{"num_actors": shipped.num_actors, "num_cpus_per_actor": shipped.num_cpus_per_actor,
+                       "decode_num_cpus": shipped.decode_num_cpus, "torch_threads": shipped.torch_threads}]
     if "ray" in skip:
         ray_scores = []
 
