@@ -242,3 +242,17 @@ def write_remaining(manifest_uri: str, exclude_ids: set[str], out_uri: str) -> i
             yield batch.filter(mask)
 
     return _write_batches(kept(), out_uri)
+
+
+def shared_ids(small_uri: str, large_uri: str, limit: int = 5) -> tuple[int, list[str]]:
+    """How many image ids of manifest `small_uri` also appear in `large_uri`, and up to `limit` of them.
+    Holds only the smaller manifest's ids (e.g. the test set), streaming the larger (the pool)."""
+    small = pa.concat_arrays([batch.column("image_id") for batch in iter_manifest(small_uri)] or
+                             [pa.array([], pa.string())])
+    count, examples = 0, []
+    for batch in iter_manifest(large_uri):
+        found = batch.column("image_id").filter(pc.is_in(batch.column("image_id"), value_set=small))
+        count += len(found)
+        examples += found.to_pylist()[: limit - len(examples)]
+    return count, examples
+

@@ -52,4 +52,10 @@ def ensure_dataset(cfg: Config) -> Dataset:
     if not storage.exists(test_manifest):
         n = pool.index_voc(voc_root, list(cfg.data.test_sets), test_manifest)
         log.info("indexed %d test images into %s", n, test_manifest)
+    shared, examples = pool.shared_ids(test_manifest, pool_manifest)
+    if shared:  # a test image in the pool could be selected, labelled and trained on: the curve would lie
+        raise pool.PoolError(
+            f"{shared} performance-test image(s) are also in the pool (e.g. {examples}): data.test_sets "
+            f"{list(cfg.data.test_sets)} and data.pool_sets {list(cfg.data.pool_sets)} of '{voc_root}' must not "
+            f"overlap; fix the image sets, then delete {pool_manifest} and {test_manifest} to re-index")
     return Dataset(voc_root, pool_manifest, test_manifest, cfg.data.class_names)

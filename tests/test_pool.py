@@ -233,3 +233,28 @@ def test_write_remaining_on_s3(s3_bucket, tmp_path):
     storage.write_bytes(f"{s3_bucket}/pool.parquet", (tmp_path / "m.parquet").read_bytes())
     assert pool.write_remaining(f"{s3_bucket}/pool.parquet", {"b"}, f"{s3_bucket}/r1/pool.parquet") == 2
     assert read_manifest(f"{s3_bucket}/r1/pool.parquet").column("image_id").to_pylist() == ["a", "c"]
+
+
+def test_shared_ids_between_test_set_and_pool(tmp_path):
+    write_set(tmp_path, "trainval", "a\nb\nc\nd\n")
+    write_set(tmp_path, "test", "x\nc\na\n")
+    pool_uri, test_uri = str(tmp_path / "pool.parquet"), str(tmp_path / "test.parquet")
+    pool.index_voc(str(tmp_path), ["trainval"], pool_uri)
+    pool.index_voc(str(tmp_path), ["test"], test_uri)
+    assert pool.shared_ids(test_uri, pool_uri) == (2, ["a", "c"])
+    assert pool.shared_ids(test_uri, pool_uri, limit=1) == (2, ["a"])
+    write_set(tmp_path, "test2", "x\ny\n")
+    pool.index_voc(str(tmp_path), ["test2"], str(tmp_path / "test2.parquet"))
+    assert pool.shared_ids(str(tmp_path / "test2.parquet"), pool_uri) == (0, [])
+
+
+def test_a_test_set_overlapping_the_pool_is_refused(tmp_path):
+    from raylib.config import Config, DataConfig
+    from raylib.runtime import ensure_dataset
+
+    write_set(tmp_path / "voc", "trainval", "a\nb\n")
+    write_set(tmp_path / "voc", "test", "b\n")
+    cfg = Config(run_root=str(tmp_path / "run"),
+                 data=DataConfig(kind="voc", root=str(tmp_path / "voc"), classes=["cat"]))
+    with pytest.raises(pool.PoolError, match=r"1 performance-test image\(s\) are also in the pool \(e.g. \['b'\]\)"):
+        ensure_dataset(cfg)
