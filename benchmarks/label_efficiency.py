@@ -41,9 +41,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import fashion_pool
+import fashion_pool  # noqa: E402  (beside this script, after the path insert)
 
-from raylib import report
+from raylib import report  # noqa: E402
 
 
 @dataclass

@@ -150,7 +150,9 @@ def main() -> None:
         yolox_model.load_state_dict(ours_model.state_dict())
         state = train.make_state(ours_model, cfg, args.batch, n_steps, device)
         state.step = 1  # past the first step's special-cased lr, as in the middle of training
-        ours = lambda images, targets: train.train_step(state, images, targets)
+        def ours(images: torch.Tensor, targets: torch.Tensor) -> None:
+            train.train_step(state, images, targets)
+
         yolox = yolox_step_fn(yolox_model, device, args.batch, n_steps)
         for step in (yolox, ours):  # warm-up (allocator, cudnn autotune, first-call overheads)
             step(*fixed[0])

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 
-import pyarrow as pa
 import pytest
 
 from raylib import schemas, storage, voc
