@@ -1,0 +1,96 @@
+"""GPU paths, each beside the CPU twin that CI runs:
+
+  fp16 + channels_last scoring actor  ~ tests/test_score.py::test_detections_equal_a_direct_model_call_on_every_image
+  score_pool with one GPU actor       ~ tests/test_score.py::test_scoring_records_every_image_and_only_confident_detections
+  AMP training step (GradScaler)      ~ tests/test_train.py (gloo workers on CPU)
+
+Marked `gpu`: skipped where CUDA is absent (conftest), never silently passed.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from raylib import storage, train
+from raylib.config import Config, ModelConfig, ScoreConfig, StrategyConfig, TrainConfig
+from raylib.model import build_model, to_input
+from raylib.paths import RoundPaths
+from raylib.score import YoloxScorer, load_images, score_pool
+from tests.bad_images import scene
+from tests.test_score import CLASSES, MIN_SCORE, check_outputs, confident_weights, write_pool
+
+pytestmark = pytest.mark.gpu
+
+
+def _batch(tmp_path, n: int = 6) -> dict[str, np.ndarray]:
+    ids, uris = [], []
+    for i in range(n):
+        buffer = io.BytesIO()
+        scene(160 + 16 * i, 120, seed=i).save(buffer, "JPEG", quality=95)
+        uri = str(tmp_path / f"img_{i}.jpg")
+        storage.write_bytes(uri, buffer.getvalue())
+        ids.append(f"img_{i}.jpg")
+        uris.append(uri)
+    return load_images({"image_id": np.array(ids, dtype=object), "uri": np.array(uris, dtype=object)},
+                       side=96, max_pixels=2_000_000)
+
+
+def _config(gpu: bool) -> Config:
+    score = ScoreConfig(batch_size=4, max_detections=20, num_gpus_per_actor=1.0 if gpu else 0.0,
+                        fp16=gpu, channels_last=gpu)
+    return Config(model=ModelConfig(input_size=96), score=score, strategy=StrategyConfig(min_score=MIN_SCORE))
+
+
+def test_fp16_channels_last_actor_matches_the_fp32_cpu_actor(tmp_path):
+    weights = confident_weights(str(tmp_path / "w.pt"))
+    batch = _batch(tmp_path)
+    gpu_scorer = YoloxScorer(_config(gpu=True), weights, len(CLASSES), round_idx=0)
+    cpu_scorer = YoloxScorer(_config(gpu=False), weights, len(CLASSES), round_idx=0)
+    assert gpu_scorer.device.type == "cuda" and gpu_scorer.half and gpu_scorer.channels_last
+
+    # The raw outputs agree within fp16's precision. (Detections after NMS are not compared one by one:
+    # fp16 may swap near-tied boxes, which is NMS working, not a difference of the path.)
+    inputs = to_input(torch.from_numpy(batch["image"]))
+    with torch.inference_mode():
+        reference = cpu_scorer.model(inputs)
+        ours = gpu_scorer.model(inputs.to("cuda").half().contiguous(memory_format=torch.channels_last)).float().cpu()
+    assert (ours[..., 4:] - reference[..., 4:]).abs().max() < 0.02  # loc_conf and class probabilities
+    assert (ours[..., :4] - reference[..., :4]).abs().max() < 1.0  # box centre/size in input pixels
+
+    rows = gpu_scorer(batch).to_pylist()
+    assert [r["image_id"] for r in rows] == list(batch["image_id"])
+    for row, height, width in zip(rows, batch["height"], batch["width"]):
+        assert row["status"] == "ok" and row["n_detections"] == len(row["detections"]) > 0
+        for det in row["detections"]:
+            assert det["score"] > MIN_SCORE and 0 <= det["x1"] < det["x2"] <= width and 0 <= det["y1"] < det["y2"] <= height
+
+
+def test_score_pool_with_a_gpu_actor_records_every_image(ray_session, tmp_path):
+    manifest, expected = write_pool(str(tmp_path / "pool"))
+    weights = confident_weights(str(tmp_path / "w.pt"))
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    cfg = _config(gpu=True)
+    cfg.score.num_actors, cfg.score.num_cpus_per_actor, cfg.score.decode_num_cpus = 1, 0.5, 0.5
+    summary = score_pool(manifest, weights, rp, cfg, CLASSES)
+    assert summary.n_images == len(expected)
+    check_outputs(rp, expected)
+
+
+def test_amp_training_step_on_cuda_is_finite_and_moves_the_weights():
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    net = build_model("nano", len(CLASSES)).to(device).train()
+    cfg = Config(model=ModelConfig(input_size=96), train=TrainConfig(batch_size=4, use_gpu=True, amp=True,
+                                                                      warmup_epochs=0))
+    state = train.make_state(net, cfg, global_batch=4, steps_per_epoch=2, device=device)
+    assert state.amp and state.scaler.is_enabled()
+    images = torch.rand(4, 3, 96, 96) * 255
+    targets = torch.zeros(4, train.MAX_LABELS, 5)
+    targets[:, 0] = torch.tensor([0.0, 48.0, 48.0, 30.0, 20.0])  # class, cx, cy, w, h (input pixels)
+    before = [p.detach().clone() for p in net.parameters()]
+    losses = [float(train.train_step(state, images, targets)) for _ in range(2)]
+    assert all(np.isfinite(losses))
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, net.parameters()))
