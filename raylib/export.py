@@ -1,5 +1,6 @@
 """Pre-annotations for the annotators: one Pascal VOC XML per selected image with the model's kept
-detections and their confidence (seed figure 6.3), plus the same as one COCO JSON.
+detections and their confidence (seed figure 6.3), plus the same as one COCO JSON and as Label Studio
+tasks with predictions.
 
 Confidence is the detection's cls_conf x loc_conf whatever the selection strategy, so annotators see
 the model's certainty rather than, say, an entropy score. File names come from image ids validated
@@ -15,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib import coco, images, pool, storage
+from raylib import coco, images, labelstudio, pool, storage
 from raylib.paths import UnsafeIdError, safe_relpath
 from raylib.voc import VocAnnotation, VocObject, write_voc
 
@@ -74,7 +75,8 @@ def _start_export(out_dir: str) -> None:
 
 def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri: str, class_names: list[str],
                           out_dir: str, round_idx: int) -> int:
-    """Write `<out_dir>/<image_id>.xml` per selected image and `<out_dir>/preannotations_coco.json`.
+    """Write `<out_dir>/<image_id>.xml` per selected image, `<out_dir>/preannotations_coco.json` and
+    `<out_dir>/preannotations_labelstudio.json`.
 
     Each XML holds every kept detection of its image (the detections Parquet streamed, filtered to
     the selected ids), most confident first. Returns the number of XML files written; ids refused by
@@ -106,13 +108,15 @@ def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri:
                                    height=int(height or 0), objects=objects)
         storage.write_bytes(storage.join(out_dir, relpath + ".xml"), write_voc(annotation, analysis_time))
         coco_images.append({"image_id": image_id, "file_name": relpath, "width": int(width or 0),
-                            "height": int(height or 0)})
+                            "height": int(height or 0), "uri": uri or relpath})
         written += 1
     exported = {image["image_id"] for image in coco_images}
     coco_dets = detections[detections["image_id"].isin(exported)]
     document = coco.detections_to_coco(coco_images, coco_dets, class_names)
     document["info"] = {"description": f"raylib pre-annotations, round {round_idx}", "date_created": analysis_time}
     storage.write_text(storage.join(out_dir, "preannotations_coco.json"), json.dumps(document))
+    tasks = labelstudio.detections_to_tasks(coco_images, coco_dets, class_names, f"raylib round {round_idx}")
+    storage.write_text(storage.join(out_dir, "preannotations_labelstudio.json"), json.dumps(tasks))
     if skipped:
         log.warning("round %d: %d selected image id(s) refused for export: %s", round_idx, len(skipped),
                     list(skipped)[:3])

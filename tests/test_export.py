@@ -67,7 +67,8 @@ def test_xml_per_selected_image_with_confidences(tmp_path):
     out = str(tmp_path / "pre")
     n = _export(tmp_path, manifest, out)
     assert n == 3
-    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "b.xml", "empty.xml", "preannotations_coco.json"])
+    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "b.xml", "empty.xml", "preannotations_coco.json",
+                                              "preannotations_labelstudio.json"])
     a = read_voc(os.path.join(out, "a.xml"))
     assert (a.width, a.height, a.filename) == (200, 100, "a.jpg")
     # Every kept detection of the image, most confident first, confidence = cls_conf x loc_conf.
@@ -82,6 +83,16 @@ def test_xml_per_selected_image_with_confidences(tmp_path):
     image_of = {image["id"]: image["file_name"] for image in coco["images"]}
     assert all(image_of[a["image_id"]] in ("a", "b") for a in coco["annotations"])
     assert all(a["bbox"][2] > 0 and a["bbox"][3] > 0 for a in coco["annotations"])
+    # Label Studio: one task per image, boxes in percent of the 200 x 100 image, most confident first.
+    tasks = {t["data"]["image_id"]: t for t in _read_json(os.path.join(out, "preannotations_labelstudio.json"))}
+    assert set(tasks) == {"a", "b", "empty"} and tasks["a"]["data"]["image"] == "/data/a.jpg"
+    (prediction,) = tasks["a"]["predictions"]
+    assert [(r["value"]["rectanglelabels"], round(r["score"], 3)) for r in prediction["result"]] == [
+        (["cat"], 0.72), (["dog"], 0.3)]
+    dog = prediction["result"][1]
+    assert [round(dog["value"][k], 4) for k in ("x", "y", "width", "height")] == [30.0, 20.0, 30.0, 70.0]
+    assert (dog["original_width"], dog["original_height"], dog["from_name"], dog["to_name"]) == (200, 100, "label", "image")
+    assert round(prediction["score"], 3) == 0.3 and tasks["empty"]["predictions"][0]["result"] == []
 
 
 def test_sizes_come_from_the_image_header_when_the_manifest_has_none(tmp_path):
@@ -115,7 +126,8 @@ def test_rerun_after_a_kill_while_the_marker_was_written(tmp_path):
     out.mkdir()
     (out / f"{MARKER}.tmp-0123abcd").write_text("raylib pre-annotation export\n")
     assert _export(tmp_path, manifest, out) == 1
-    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "preannotations_coco.json"])
+    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "preannotations_coco.json",
+                                              "preannotations_labelstudio.json"])
 
 
 @pytest.mark.parametrize("bad_id", ["../escape", "/abs/path", "a/../../b", "c:\\x", "ok/\x00nul", "", "a//b"])
@@ -139,3 +151,21 @@ def test_export_to_s3(s3_bucket, tmp_path):
     a = read_voc(storage.read_bytes(f"{out}/a.xml"))
     assert [o.name for o in a.objects] == ["cat", "dog"]
     assert json.loads(storage.read_text(f"{out}/preannotations_coco.json"))["annotations"]
+
+
+def test_label_studio_tasks_need_the_image_size_for_boxes():
+    import pandas as pd
+
+    from raylib.labelstudio import detections_to_tasks
+
+    detections = pd.DataFrame({"image_id": ["sized", "unsized"], "class_id": [1, 0], "score": [0.5, 0.6],
+                               "x1": [10.0, 1.0], "y1": [5.0, 1.0], "x2": [60.0, 2.0], "y2": [55.0, 2.0]})
+    images = [{"image_id": "sized", "uri": "s3://b/sized.jpg", "width": 100, "height": 50},
+              {"image_id": "unsized", "uri": "s3://b/unsized.jpg", "width": 0, "height": 0}]
+    sized, unsized = detections_to_tasks(images, detections, CLASSES, "v1")
+    (box,) = sized["predictions"][0]["result"]
+    assert box["value"] == {"x": 10.0, "y": 10.0, "width": 50.0, "height": 100.0, "rotation": 0,
+                            "rectanglelabels": ["dog"]}
+    assert sized["predictions"][0]["model_version"] == "v1" and sized["data"]["image"] == "s3://b/sized.jpg"
+    assert unsized["predictions"][0]["result"] == []
+
