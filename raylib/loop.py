@@ -14,6 +14,7 @@ import hashlib
 import heapq
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -231,17 +232,20 @@ def _select(cfg: Config, rp: RoundPaths, unlabelled: str, take_all: bool, num_cl
 
 
 def _write_selection_of_all(manifest_uri: str, round_idx: int, out_uri: str) -> int:
-    """Every image of `manifest_uri` as a selection row (class_id -1: selected by no class quota)."""
-    tables = []
-    for batch in pool.iter_manifest(manifest_uri, 65536):
-        n = batch.num_rows
-        tables.append(pa.table({
-            "round": pa.array([round_idx] * n, pa.int16()), "image_id": batch.column("image_id"),
-            "class_id": pa.array([-1] * n, pa.int16()), "score": pa.array([0.0] * n, pa.float32()),
-            "rank": pa.array(range(n), pa.int32())}))
-    table = pa.concat_tables(tables) if tables else schemas.empty(schemas.SELECTION)
-    storage.write_table(schemas.check(table, schemas.SELECTION, "selection"), out_uri)
-    return table.num_rows
+    """Every image of `manifest_uri` as a selection row (class_id -1: selected by no class quota),
+    streamed batch by batch: the last round's pool may be most of the dataset."""
+
+    def rows() -> Iterator[pa.RecordBatch]:
+        start = 0
+        for batch in pool.iter_manifest(manifest_uri, 65536):
+            n = batch.num_rows
+            yield pa.RecordBatch.from_arrays([
+                pa.array(np.full(n, round_idx, np.int16)), batch.column("image_id"),
+                pa.array(np.full(n, -1, np.int16)), pa.array(np.zeros(n, np.float32)),
+                pa.array(np.arange(start, start + n, dtype=np.int32))], schema=schemas.SELECTION)
+            start += n
+
+    return storage.write_batches(rows(), out_uri, schemas.SELECTION)
 
 
 class LabelsPending(Exception):

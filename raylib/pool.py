@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
@@ -59,24 +58,7 @@ def _pool_batch(ids: list[str], uris: list[str]) -> pa.RecordBatch:
 
 
 def _write_batches(batches: Iterable[pa.RecordBatch], out_uri: str) -> int:
-    """Stream POOL batches into `out_uri` via a temporary sibling; returns the row count."""
-    fs, path = storage.resolve(out_uri)
-    storage.makedirs(os.path.dirname(out_uri) or ".")
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    count = 0
-    try:
-        with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schemas.POOL, compression="zstd") as writer:
-            for batch in batches:
-                writer.write_batch(batch)
-                count += batch.num_rows
-        fs.move(tmp, path)
-    except BaseException:
-        try:
-            fs.delete_file(tmp)
-        except OSError:
-            pass
-        raise
-    return count
+    return storage.write_batches(batches, out_uri, schemas.POOL)
 
 
 # ------------------------------------------------------------------------------------------ VOC sets

@@ -14,7 +14,7 @@ import functools
 import os
 import posixpath
 import uuid
-from typing import Iterator
+from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -165,6 +165,29 @@ def write_table(table: pa.Table, uri: str) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_bytes(uri, sink.getvalue().to_pybytes())
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], uri: str, schema: pa.Schema) -> int:
+    """Stream record batches into one Parquet file at `uri` through a temporary sibling, renamed when
+    complete (a crash leaves no partial file under the final name); returns the rows written.
+    Memory is one batch, whatever the table's size."""
+    fs, path = resolve(uri)
+    makedirs(posixpath.dirname(uri) or ".")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    count = 0
+    try:
+        with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                count += batch.num_rows
+        fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+    return count
 
 
 def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:

@@ -18,6 +18,9 @@ pytestmark = pytest.mark.s3
 @pytest.fixture
 def proxy(s3_server, monkeypatch):
     fault_proxy = FaultProxy(s3_server).start()
+    # Filesystems are cached per endpoint with their keep-alive connections; a new proxy can get the
+    # port of an earlier, stopped one, whose pooled connections would then fail as extra "faults".
+    storage._s3_filesystem.cache_clear()
     # Clients find S3 through the standard variable, as on a real deployment.
     monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
     yield fault_proxy
