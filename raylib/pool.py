@@ -47,7 +47,7 @@ def _write_rows(rows: Iterable[tuple[str, str]], out_uri: str) -> int:
         if ids:
             yield _pool_batch(ids, uris)
 
-    return _write_batches(batches(), out_uri)
+    return storage.write_batches(batches(), out_uri, schemas.POOL)
 
 
 def _pool_batch(ids: list[str], uris: list[str]) -> pa.RecordBatch:
@@ -55,10 +55,6 @@ def _pool_batch(ids: list[str], uris: list[str]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [pa.array(ids, pa.string()), pa.array(uris, pa.string()), nulls, nulls], schema=schemas.POOL
     )
-
-
-def _write_batches(batches: Iterable[pa.RecordBatch], out_uri: str) -> int:
-    return storage.write_batches(batches, out_uri, schemas.POOL)
 
 
 # ------------------------------------------------------------------------------------------ VOC sets
@@ -223,7 +219,7 @@ def write_remaining(manifest_uri: str, exclude_ids: set[str], out_uri: str) -> i
             mask = pc.invert(pc.is_in(batch.column("image_id"), value_set=value_set))
             yield batch.filter(mask)
 
-    return _write_batches(kept(), out_uri)
+    return storage.write_batches(kept(), out_uri, schemas.POOL)
 
 
 def shared_ids(small_uri: str, large_uri: str, limit: int = 5) -> tuple[int, list[str]]:
