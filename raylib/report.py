@@ -122,7 +122,7 @@ def write_report(run_root: str) -> str:
     ax.legend()
     _save_png(fig, storage.join(out, "splits.png"))
 
-    # 6.5 per-class thresholds of each selection that happened (the take-all one shows N/A, as in the seed)
+    # 6.5 per-class thresholds of each class-quota selection (the take-all one has none and is left out)
     selected_rounds = [r for r in rounds if history.selected[r - 1]]
     selections = [f"{r} to {r + 1}" for r in selected_rounds]
     chosen = [history.thresholds[r - 1] for r in selected_rounds]

@@ -46,16 +46,22 @@ def ensure_dataset(cfg: Config) -> Dataset:
     if cfg.data.kind == "synthetic":
         synthetic.generate(cfg.data.synthetic, voc_root)
     pool_manifest, test_manifest = paths.pool_manifest(cfg.run_root), paths.test_manifest(cfg.run_root)
+    indexed = False
     if not storage.exists(pool_manifest):
         n = pool.index_voc(voc_root, list(cfg.data.pool_sets), pool_manifest)
         log.info("indexed %d pool images into %s", n, pool_manifest)
+        indexed = True
     if not storage.exists(test_manifest):
         n = pool.index_voc(voc_root, list(cfg.data.test_sets), test_manifest)
         log.info("indexed %d test images into %s", n, test_manifest)
-    shared, examples = pool.shared_ids(test_manifest, pool_manifest)
-    if shared:  # a test image in the pool could be selected, labelled and trained on: the curve would lie
-        raise pool.PoolError(
-            f"{shared} performance-test image(s) are also in the pool (e.g. {examples}): data.test_sets "
-            f"{list(cfg.data.test_sets)} and data.pool_sets {list(cfg.data.pool_sets)} of '{voc_root}' must not "
-            f"overlap; fix the image sets, then delete {pool_manifest} and {test_manifest} to re-index")
+        indexed = True
+    if indexed:  # checked once, when the manifests are made; they are removed again if it fails
+        shared, examples = pool.shared_ids(test_manifest, pool_manifest)
+        if shared:  # a test image in the pool could be selected, labelled and trained on: the curve would lie
+            storage.delete(pool_manifest)
+            storage.delete(test_manifest)
+            raise pool.PoolError(
+                f"{shared} performance-test image(s) are also in the pool (e.g. {examples}): data.test_sets "
+                f"{list(cfg.data.test_sets)} and data.pool_sets {list(cfg.data.pool_sets)} of '{voc_root}' "
+                "must not overlap; fix the image sets and run again")
     return Dataset(voc_root, pool_manifest, test_manifest, cfg.data.class_names)

@@ -258,3 +258,7 @@ def test_a_test_set_overlapping_the_pool_is_refused(tmp_path):
                  data=DataConfig(kind="voc", root=str(tmp_path / "voc"), classes=["cat"]))
     with pytest.raises(pool.PoolError, match=r"1 performance-test image\(s\) are also in the pool \(e.g. \['b'\]\)"):
         ensure_dataset(cfg)
+    # The manifests are not left behind: after the sets are fixed, the same run indexes and checks again.
+    write_set(tmp_path / "voc", "test", "c\n")
+    dataset = ensure_dataset(cfg)
+    assert read_manifest(dataset.test_manifest).column("image_id").to_pylist() == ["c"]
