@@ -49,6 +49,15 @@ def _run(args: list[str], log_path: str, timeout: float = 600, cwd=ROOT) -> subp
                               start_new_session=True, env=ENV)
 
 
+def _rerun(args: list[str], log_path: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the command again, appending to its log; returns the run and what this run logged."""
+    start = os.path.getsize(log_path)
+    done = _run(args, log_path)
+    with open(log_path) as handle:
+        handle.seek(start)
+        return done, handle.read()
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """`jobs/loop.py -m strategy=cls_iou,random`: two complete runs side by side."""
@@ -133,11 +142,7 @@ def test_sigkilled_driver_resumes_to_the_same_outputs(reference):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert os.path.exists(round0.marker("unlabelled")) and not os.path.exists(round0.marker("score"))
-    killed_log_size = os.path.getsize(log)
-    resumed = _run(args, log)
-    with open(log) as handle:
-        handle.seek(killed_log_size)
-        resumed_log = handle.read()
+    resumed, resumed_log = _rerun(args, log)
     assert resumed.returncode == 0, resumed_log[-5000:]
     assert "round 0: evaluate already committed, skipping" in resumed_log
     assert "[round 0] train ..." not in resumed_log and "[round 0] score ..." in resumed_log
@@ -192,11 +197,7 @@ def test_external_oracle_stops_for_labels_and_resumes_when_they_arrive(reference
                             storage.read_bytes(str(tmp / "data" / "Annotations" / f"{image_id}.xml")))
         delivered += 1
     assert delivered > 0
-    first_size = os.path.getsize(log)
-    second = _run(args, log)
-    with open(log) as handle:
-        handle.seek(first_size)
-        resumed = handle.read()
+    second, resumed = _rerun(args, log)
     assert second.returncode == 0, resumed[-5000:]
     assert "round 0: export already committed, skipping" in resumed and "[round 0] oracle ..." in resumed
     assert os.path.exists(RoundPaths(run_root, 1).metrics)
