@@ -5,9 +5,18 @@ files come from annotators and other tools, and an entity bomb or an external en
 `/etc/passwd` must be refused, not expanded. Errors are `VocError`s that name the file and what is
 wrong, never the file's content.
 
-Coordinates are taken as written. VOC's boxes are 1-based pixel indices; we treat them as pixel
-coordinates without shifting (half a pixel is immaterial at IoU 0.5), and accept boxes that reach
-one pixel past the image edge.
+Coordinates. Inside raylib a box is (x1, y1, x2, y2) in pixel-edge coordinates: the image spans
+[0, width] x [0, height] and a box covering pixel columns 10..19 (0-based) is x1=10, x2=20. VOC writes
+1-based, inclusive pixel indices: the same box is xmin=11, xmax=20, and a whole W x H image is
+(1, 1, W, H). So, as detectron2's VOC loader does:
+
+    reading   x1 = xmin - 1,  y1 = ymin - 1,  x2 = xmax,  y2 = ymax      (floats accepted as written)
+    writing   xmin = round(x1) + 1,  ymin = round(y1) + 1,  xmax = round(x2),  ymax = round(y2)
+
+`round` is Python's (half to even), then the box is clipped to the image (when its size is known)
+and widened to at least one pixel a side. A box whose corners are whole pixels round-trips exactly;
+any other moves by at most half a pixel a coordinate (clipping aside). The reader accepts boxes that
+reach one pixel past the image edge (tools disagree about 0- or 1-based) and clips them to it.
 """
 from __future__ import annotations
 
@@ -39,12 +48,14 @@ class VocError(ValueError):
 @dataclass
 class VocObject:
     name: str
-    x1: float
+    x1: float  # pixel-edge coordinates (module docstring), not VOC's 1-based indices
     y1: float
     x2: float
     y2: float
     difficult: bool = False
     confidence: float | None = None  # detection confidence in [0, 1]; written as a percentage
+    truncated: bool = False
+    pose: str = "Unspecified"
 
 
 @dataclass
@@ -54,6 +65,8 @@ class VocAnnotation:
     height: int
     depth: int = 3
     objects: list[VocObject] = field(default_factory=list)
+    folder: str = ""  # VOC devkit: the dataset's name ("VOC2007"); we write the image's parent folder
+    database: str = "raylib"  # <source><database>
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -155,22 +168,25 @@ def _object(element: StdET.Element, index: int, width: int, height: int, label: 
     box = element.find("bndbox")
     if box is None:
         raise VocError(f"VOC XML '{label}': {where} has no <bndbox>")
-    x1, y1, x2, y2 = (_number(box, tag, label, where) for tag in ("xmin", "ymin", "xmax", "ymax"))
+    xmin, ymin, xmax, ymax = (_number(box, tag, label, where) for tag in ("xmin", "ymin", "xmax", "ymax"))
+    written = f"({xmin:g},{ymin:g},{xmax:g},{ymax:g})"
+    x1, y1, x2, y2 = from_voc_box(xmin, ymin, xmax, ymax)
     if x2 <= x1 or y2 <= y1:
-        raise VocError(f"VOC XML '{label}': {where} box ({x1:g},{y1:g},{x2:g},{y2:g}) is empty or inverted")
+        raise VocError(f"VOC XML '{label}': {where} box {written} is empty or inverted")
     tol = EDGE_TOLERANCE
     if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
-        raise VocError(
-            f"VOC XML '{label}': {where} box ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the "
-            f"{width}x{height} image"
-        )
+        raise VocError(f"VOC XML '{label}': {where} box {written} lies outside the {width}x{height} image")
+    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+    if x2 <= x1 or y2 <= y1:
+        raise VocError(f"VOC XML '{label}': {where} box {written} lies on the edge of the {width}x{height} image")
     confidence = None
     if _text(element, "confidence") is not None:
         percent = _number(element, "confidence", label, where)
         if not 0.0 <= percent <= 100.0:
             raise VocError(f"VOC XML '{label}': {where} <confidence> {percent:g} is not a percentage in [0, 100]")
         confidence = percent / 100.0
-    return VocObject(name, x1, y1, x2, y2, difficult=_flag(element, "difficult"), confidence=confidence)
+    return VocObject(name, x1, y1, x2, y2, difficult=_flag(element, "difficult"), confidence=confidence,
+                     truncated=_flag(element, "truncated"), pose=_text(element, "pose") or "Unspecified")
 
 
 def _annotation(root: StdET.Element, label: str) -> VocAnnotation:
@@ -179,42 +195,78 @@ def _annotation(root: StdET.Element, label: str) -> VocAnnotation:
     if len(elements) > MAX_OBJECTS:
         raise VocError(f"VOC XML '{label}' has {len(elements)} objects, more than the limit of {MAX_OBJECTS}")
     objects = [_object(element, i, width, height, label) for i, element in enumerate(elements)]
-    return VocAnnotation(_text(root, "filename") or "", width, height, depth, objects)
+    source = root.find("source")
+    database = (_text(source, "database") if source is not None else None) or ""
+    return VocAnnotation(_text(root, "filename") or "", width, height, depth, objects,
+                         folder=_text(root, "folder") or "", database=database)
 
 
 # ----------------------------------------------------------------------------------------- writing
 
 
-def _coord(value: float) -> str:
-    """123 for whole pixels (as in VOC), else up to two decimals."""
-    return f"{value:.2f}".rstrip("0").rstrip(".")
+def from_voc_box(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[float, float, float, float]:
+    """VOC's 1-based inclusive pixel indices -> pixel-edge coordinates (module docstring)."""
+    return float(xmin) - 1.0, float(ymin) - 1.0, float(xmax), float(ymax)
+
+
+def _round_side(low: float, high: float, size: int) -> tuple[int, int]:
+    first, last = round(low) + 1, round(high)  # 1-based first and last pixel covered
+    if size > 0:
+        first, last = min(max(first, 1), size), min(max(last, 1), size)
+    return first, max(first, last)  # under a pixel after rounding: one pixel wide
+
+
+def to_voc_box(x1: float, y1: float, x2: float, y2: float, width: int = 0, height: int = 0) -> tuple[int, int, int, int]:
+    """Pixel-edge coordinates -> VOC's integer (xmin, ymin, xmax, ymax): round to the nearest pixel
+    edge, +1 on xmin/ymin (1-based, inclusive), clip to a known image size (0: unknown) and keep at
+    least one pixel a side. Whole-pixel boxes are exact; others move by at most half a pixel."""
+    xmin, xmax = _round_side(x1, x2, int(width or 0))
+    ymin, ymax = _round_side(y1, y2, int(height or 0))
+    return xmin, ymin, xmax, ymax
 
 
 def write_voc(ann: VocAnnotation, analysis_time: str | None = None) -> bytes:
-    """Serialise `ann` as VOC XML (figure 6.3): `<confidence>` as a percentage with one decimal on
-    objects that carry one (pre-annotations), `<difficult>1</difficult>` only on difficult objects."""
-    lines = ["<annotation>", f"  <filename>{escape(ann.filename)}</filename>"]
+    """Serialise `ann` as the VOC devkit writes it: folder, filename, source, size, segmented, and per
+    object name, pose, truncated, difficult (always) and an integer bndbox (`to_voc_box`), so strict
+    readers (`yolox.evaluators.voc_eval.parse_rec`, torchvision's VOCDetection) take it as is.
+
+    Our extras, which VOC readers ignore: `<analysis_time>` when given, and `<confidence>` (a
+    percentage with one decimal) on objects that carry one (pre-annotations, seed figure 6.3)."""
+    lines = [
+        "<annotation>",
+        f"  <folder>{escape(ann.folder)}</folder>",
+        f"  <filename>{escape(ann.filename)}</filename>",
+    ]
     if analysis_time is not None:
         lines.append(f"  <analysis_time>{escape(analysis_time)}</analysis_time>")
     lines += [
+        "  <source>",
+        f"    <database>{escape(ann.database)}</database>",
+        "  </source>",
         "  <size>",
         f"    <width>{int(ann.width)}</width>",
         f"    <height>{int(ann.height)}</height>",
         f"    <depth>{int(ann.depth)}</depth>",
         "  </size>",
+        "  <segmented>0</segmented>",
     ]
     for obj in ann.objects:
-        lines += ["  <object>", f"    <name>{escape(obj.name)}</name>"]
+        xmin, ymin, xmax, ymax = to_voc_box(obj.x1, obj.y1, obj.x2, obj.y2, ann.width, ann.height)
+        lines += [
+            "  <object>",
+            f"    <name>{escape(obj.name)}</name>",
+            f"    <pose>{escape(obj.pose or 'Unspecified')}</pose>",
+            f"    <truncated>{int(bool(obj.truncated))}</truncated>",
+            f"    <difficult>{int(bool(obj.difficult))}</difficult>",
+        ]
         if obj.confidence is not None:
             lines.append(f"    <confidence>{obj.confidence * 100:.1f}</confidence>")
-        if obj.difficult:
-            lines.append("    <difficult>1</difficult>")
         lines += [
             "    <bndbox>",
-            f"      <xmin>{_coord(obj.x1)}</xmin>",
-            f"      <ymin>{_coord(obj.y1)}</ymin>",
-            f"      <xmax>{_coord(obj.x2)}</xmax>",
-            f"      <ymax>{_coord(obj.y2)}</ymax>",
+            f"      <xmin>{xmin}</xmin>",
+            f"      <ymin>{ymin}</ymin>",
+            f"      <xmax>{xmax}</xmax>",
+            f"      <ymax>{ymax}</ymax>",
             "    </bndbox>",
             "  </object>",
         ]

@@ -34,16 +34,91 @@ def test_round_trip_with_confidence_and_difficult():
     text = data.decode()
     assert "<confidence>85.2</confidence>" in text  # percent, one decimal (figure 6.3)
     assert "<analysis_time>2021-11-27T13:41:49.897255</analysis_time>" in text
-    assert text.count("<confidence>") == 1 and text.count("<difficult>") == 1
-    assert "<xmin>123</xmin>" in text  # whole pixels are written as VOC integers
+    assert text.count("<confidence>") == 1 and text.count("<difficult>") == 2  # difficult always written
+    # 1-based: pixel edge 123 is the 124th pixel's left side; x2 = 429 is the 429th pixel's right side
+    assert "<xmin>124</xmin>" in text and "<xmax>429</xmax>" in text
+    # 166.5 rounds half to even (166), 63.25 to 63: then +1
+    assert "<xmin>167</xmin>" in text and "<ymin>64</ymin>" in text
 
     back = read_voc(data)
     assert (back.filename, back.width, back.height, back.depth) == ("2007_000017.jpg", 480, 364, 3)
     horse, person = back.objects
     assert horse.name == "horse" and horse.confidence == pytest.approx(0.852)
-    assert (horse.x1, horse.y1, horse.x2, horse.y2) == (123, 83, 429, 351)
+    assert (horse.x1, horse.y1, horse.x2, horse.y2) == (123, 83, 429, 351)  # whole pixels: exact
     assert person.difficult and person.confidence is None
-    assert (person.x1, person.y1) == (166.5, 63.25)
+    assert (person.x1, person.y1, person.x2, person.y2) == (166, 63, 286, 204)  # within half a pixel
+
+
+DEVKIT_EXPECTED = """<annotation>
+  <folder>JPEGImages</folder>
+  <filename>000005.jpg</filename>
+  <source>
+    <database>raylib</database>
+  </source>
+  <size>
+    <width>500</width>
+    <height>375</height>
+    <depth>3</depth>
+  </size>
+  <segmented>0</segmented>
+  <object>
+    <name>chair</name>
+    <pose>Unspecified</pose>
+    <truncated>0</truncated>
+    <difficult>0</difficult>
+    <confidence>42.0</confidence>
+    <bndbox>
+      <xmin>263</xmin>
+      <ymin>211</ymin>
+      <xmax>324</xmax>
+      <ymax>339</ymax>
+    </bndbox>
+  </object>
+  <object>
+    <name>chair</name>
+    <pose>Rear</pose>
+    <truncated>1</truncated>
+    <difficult>1</difficult>
+    <bndbox>
+      <xmin>1</xmin>
+      <ymin>1</ymin>
+      <xmax>500</xmax>
+      <ymax>375</ymax>
+    </bndbox>
+  </object>
+</annotation>
+"""
+
+
+def test_written_as_the_voc_devkit_writes_it():
+    ann = VocAnnotation("000005.jpg", 500, 375, folder="JPEGImages", objects=[
+        VocObject("chair", 262.4, 210.2, 323.6, 339.0, confidence=0.42),
+        # Outside the image by a little: clipped to it.
+        VocObject("chair", -0.3, 0, 500.4, 375, difficult=True, truncated=True, pose="Rear"),
+    ])
+    assert write_voc(ann).decode() == DEVKIT_EXPECTED
+    back = read_voc(DEVKIT_EXPECTED.encode())
+    assert back.folder == "JPEGImages" and back.database == "raylib"
+    assert [(o.pose, o.truncated, o.difficult) for o in back.objects] == [
+        ("Unspecified", False, False), ("Rear", True, True)]
+    assert (back.objects[1].x1, back.objects[1].y1, back.objects[1].x2, back.objects[1].y2) == (0, 0, 500, 375)
+
+
+@pytest.mark.parametrize("box, size, expected", [
+    ((10, 20, 30, 40), (100, 80), (11, 21, 30, 40)),  # whole pixels: +1 on the low side only
+    ((10.4, 20.6, 30.5, 39.5), (100, 80), (11, 22, 30, 40)),  # nearest edge, halves to even
+    ((10.6, 5.0, 11.4, 5.2), (100, 80), (12, 6, 12, 6)),  # under a pixel: one pixel wide
+    ((-2, -0.2, 104, 81), (100, 80), (1, 1, 100, 80)),  # clipped to the image
+    ((-2, 0, 104, 81), (0, 0), (-1, 1, 104, 81)),  # size unknown: not clipped
+])
+def test_to_voc_box_rounding(box, size, expected):
+    assert voc.to_voc_box(*box, *size) == expected
+
+
+def test_sub_pixel_boxes_never_become_empty():
+    back = read_voc(write_voc(VocAnnotation("a.jpg", 100, 80, objects=[VocObject("dog", 99.6, 79.7, 99.9, 79.9)])))
+    (dog,) = back.objects
+    assert (dog.x1, dog.y1, dog.x2, dog.y2) == (99, 79, 100, 80)
 
 
 def test_xml_special_characters_are_escaped():
@@ -79,14 +154,21 @@ def test_real_voc_quirks_are_tolerated():
         size="<size><width>100</width><height>80</height></size>",
     )
     ann = read_voc(data)
-    assert ann.depth == 3
+    assert ann.depth == 3 and ann.folder == "" and ann.database == ""
     assert [o.name for o in ann.objects] == ["dog", "cat"]
-    assert ann.objects[0].x1 == 10.5 and ann.objects[0].x2 == 100
-    assert ann.objects[1].x2 == pytest.approx(30.7) and not ann.objects[1].difficult
+    assert ann.objects[0].x1 == 9.5 and ann.objects[0].x2 == 100 and ann.objects[0].pose == "Unspecified"
+    cat = ann.objects[1]
+    assert cat.x2 == pytest.approx(30.7) and not cat.difficult and cat.truncated and cat.pose == "Left"
 
 
-def test_one_pixel_outside_is_tolerated_more_is_not():
-    assert read_voc(xml(obj(box=(0, 0, 101, 81)))).objects[0].x2 == 101
+def test_xmin_equal_to_xmax_is_one_pixel():
+    (dog,) = read_voc(xml(obj(box=(5, 7, 5, 7)))).objects  # 1-based inclusive: the 5th column, 7th row
+    assert (dog.x1, dog.y1, dog.x2, dog.y2) == (4, 6, 5, 7)
+
+
+def test_one_pixel_outside_is_tolerated_and_clipped_more_is_not():
+    (dog,) = read_voc(xml(obj(box=(0, 0, 101, 81)))).objects  # a 0-based tool's box on a 100x80 image
+    assert (dog.x1, dog.y1, dog.x2, dog.y2) == (0, 0, 100, 80)
     with pytest.raises(VocError, match="outside"):
         read_voc(xml(obj(box=(0, 0, 102, 60))))
 
@@ -171,7 +253,7 @@ def test_wrong_root_element():
 @pytest.mark.parametrize(
     "box, match",
     [
-        ((50, 20, 50, 60), "empty or inverted"),  # x2 == x1
+        ((51, 20, 50, 60), "empty or inverted"),  # x2 == x1 (xmin - 1 == xmax)
         ((60, 20, 50, 60), "empty or inverted"),  # x2 < x1
         ((10, 60, 50, 20), "empty or inverted"),  # y2 < y1
         ((10, 20, 150, 60), "outside"),
@@ -243,8 +325,8 @@ def test_read_voc_labels_maps_classes_and_reports_bad_files(tmp_path):
     rows = table.to_pylist()
     assert [r["image_id"] for r in rows] == ["good", "empty"]
     assert rows[0]["objects"] == [
-        {"class_id": 1, "x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 40.0, "difficult": False},
-        {"class_id": 0, "x1": 5.0, "y1": 5.0, "x2": 9.0, "y2": 9.0, "difficult": True},
+        {"class_id": 1, "x1": 0.0, "y1": 1.0, "x2": 30.0, "y2": 40.0, "difficult": False},
+        {"class_id": 0, "x1": 4.0, "y1": 4.0, "x2": 9.0, "y2": 9.0, "difficult": True},
     ]
     assert rows[1]["objects"] == []
 
@@ -266,7 +348,7 @@ def test_read_voc_labels_table_fits_the_labels_schema(tmp_path):
     assert not errors
     full = table.append_column("split", pa.array(["train"])).append_column("round_added", pa.array([0], pa.int16()))
     checked = schemas.check(full.select(schemas.LABELS.names), schemas.LABELS, "labels")
-    assert checked.column("objects").to_pylist()[0][0]["x1"] == 10.0
+    assert checked.column("objects").to_pylist()[0][0]["x1"] == 9.0
 
 
 @pytest.mark.s3
@@ -274,9 +356,44 @@ def test_read_voc_labels_on_s3(s3_bucket):
     from raylib import storage
 
     for i in range(20):
-        storage.write_bytes(f"{s3_bucket}/VOC/Annotations/{i:03d}.xml", xml(obj("dog", (i, 1, i + 10, 30))))
+        storage.write_bytes(f"{s3_bucket}/VOC/Annotations/{i:03d}.xml", xml(obj("dog", (i + 1, 1, i + 10, 30))))
     ids = [f"{i:03d}" for i in range(20)] + ["missing"]
     table, errors = read_voc_labels(f"{s3_bucket}/VOC", ids, ["dog"])
     assert table.column("image_id").to_pylist() == ids[:20]  # input order kept with concurrent reads
     assert [row[0]["x1"] for row in table.column("objects").to_pylist()] == [float(i) for i in range(20)]
     assert len(errors) == 1 and errors[0][0] == "missing" and "not found" in errors[0][1]
+
+
+# ------------------------------------------------------------------------------ other projects' readers
+
+
+def preannotation() -> VocAnnotation:
+    return VocAnnotation("2007_000017.jpg", 480, 364, folder="JPEGImages", objects=[
+        VocObject("horse", 122.6, 83.2, 428.9, 351.0, confidence=0.852),
+        VocObject("person", 166.5, 63.25, 286, 204, difficult=True),
+    ])
+
+
+def test_yolox_parse_rec_reads_our_files(tmp_path):
+    from yolox.evaluators.voc_eval import parse_rec
+
+    path = tmp_path / "2007_000017.xml"
+    path.write_bytes(write_voc(preannotation(), analysis_time="2021-11-27T13:41:49"))
+    assert parse_rec(str(path)) == [
+        {"name": "horse", "pose": "Unspecified", "truncated": 0, "difficult": 0, "bbox": [124, 84, 429, 351]},
+        {"name": "person", "pose": "Unspecified", "truncated": 0, "difficult": 1, "bbox": [167, 64, 286, 204]},
+    ]
+
+
+def test_torchvision_voc_parser_reads_our_files():
+    import xml.etree.ElementTree as ET
+
+    from torchvision.datasets import VOCDetection
+
+    parsed = VOCDetection.parse_voc_xml(ET.fromstring(write_voc(preannotation())))["annotation"]
+    assert parsed["filename"] == "2007_000017.jpg" and parsed["folder"] == "JPEGImages"
+    assert parsed["size"] == {"width": "480", "height": "364", "depth": "3"} and parsed["segmented"] == "0"
+    horse, person = parsed["object"]
+    assert horse["bndbox"] == {"xmin": "124", "ymin": "84", "xmax": "429", "ymax": "351"}
+    assert (horse["name"], horse["difficult"], horse["confidence"]) == ("horse", "0", "85.2")
+    assert (person["difficult"], person["truncated"], person["pose"]) == ("1", "0", "Unspecified")
