@@ -1,12 +1,19 @@
 """COCO JSON import/export for labels and pre-annotations.
 
-COCO ids are integers: images are numbered 1..N in table order and keep our `image_id` as
-`file_name`; category ids are `class_id + 1` (COCO's ids start at 1), matched back by name on import.
-Boxes are COCO's `[x, y, width, height]`. VOC's `difficult` travels as an extra `difficult` key.
+COCO ids are integers: images are numbered 1..N in table order; category ids are `class_id + 1`
+(COCO's ids start at 1), matched back by name on import. Boxes are COCO's `[x, y, width, height]` in
+pixel-edge coordinates, as ours (no rounding). VOC's `difficult` travels as an extra `difficult` key.
+
+`file_name` is the image's file as viewers and annotation tools look it up (`file_name`): the
+image id with the extension of the image's URI, e.g. `2007_000017.jpg` for a VOC pool (id
+`2007_000017`, `.../JPEGImages/2007_000017.jpg`) and `street/cam1/0001.jpg` for a folder pool (the id is
+already the relative path). On import, `file_name`s are mapped back to image ids by `coco_to_labels`'s
+`image_ids` (see `raylib.annotations.name_index`, which also accepts bare base names).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -14,6 +21,16 @@ import pyarrow as pa
 from raylib import paths, schemas
 
 LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field("objects")])
+
+
+def file_name(image_id: str, uri: str | None) -> str:
+    """The file name an image is known by outside raylib: `image_id` plus its URI's extension when
+    the id has none (VOC ids), else the id itself (folder pools: the relative path)."""
+    base = (uri or "").rstrip("/").rsplit("/", 1)[-1]
+    ext = base[base.rfind("."):] if "." in base else ""
+    if not ext or image_id.lower().endswith(ext.lower()):
+        return image_id
+    return image_id + ext
 
 
 def _categories(class_names: list[str]) -> list[dict]:
@@ -65,18 +82,30 @@ def _object(ann: dict, class_of_category: dict, what: str) -> dict:
             "difficult": difficult}
 
 
-def coco_to_labels(coco: dict, class_names: list[str]) -> tuple[pa.Table, list[tuple[str, str]]]:
+def coco_to_labels(coco: dict, class_names: list[str], image_ids: Mapping[str, str] | None = None
+                   ) -> tuple[pa.Table, list[tuple[str, str]]]:
     """A COCO dataset dict -> (`image_id`/`objects` table, [(image_id, error)]).
 
-    `image_id` is the image's `file_name`. Categories are matched to `class_names` by name. An image
-    with a bad annotation (unknown category, bad box) or an unsafe file name is an error for that
-    image; annotations that point at no image are reported under `<annotation N>`.
+    `image_id` is the image's `file_name`, or with `image_ids` (file_name -> image_id) the id it maps
+    to; images whose file_name is not in `image_ids` are left out (not part of this round) and are not
+    errors. An image listed without annotations is a labelled empty image. Categories are matched to
+    `class_names` by name. An image with a bad annotation (unknown category, bad box) or an unsafe
+    file name is an error for that image; annotations that point at no image are reported under
+    `<annotation N>`.
     """
     class_ids = {name: i for i, name in enumerate(class_names)}
     class_of_category = {c["id"]: class_ids[c["name"]] for c in coco.get("categories", []) if c.get("name") in class_ids}
     errors: list[tuple[str, str]] = []
     file_names: dict = {}
+    ignored: set = set()
     for image in coco.get("images", []):
+        if image_ids is not None:
+            name = image.get("file_name")
+            if isinstance(name, str) and name in image_ids:
+                file_names[image.get("id")] = image_ids[name]
+            else:
+                ignored.add(image.get("id"))
+            continue
         try:
             file_names[image["id"]] = paths.safe_relpath(image.get("file_name"))
         except (KeyError, paths.UnsafeIdError) as exc:
@@ -85,6 +114,8 @@ def coco_to_labels(coco: dict, class_names: list[str]) -> tuple[pa.Table, list[t
     failed: set = set()
     for ann in coco.get("annotations", []):
         image_key = ann.get("image_id")
+        if image_key in ignored:
+            continue
         if image_key not in file_names:
             message = f"COCO annotation {ann.get('id')} points at image id {image_key!r}, which is not in 'images'"
             errors.append((f"<annotation {ann.get('id')}>", message))

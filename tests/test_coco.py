@@ -110,3 +110,34 @@ def test_detections_to_coco_rejects_unknown_images_and_classes():
         detections_to_coco(images, pd.DataFrame({"image_id": ["zz"], **row}), CLASSES)
     with pytest.raises(ValueError, match="class_id 3"):
         detections_to_coco(images, pd.DataFrame({"image_id": ["a"], **row, "class_id": [3]}), CLASSES)
+
+
+@pytest.mark.parametrize("image_id, uri, expected", [
+    ("2007_000017", "s3://b/VOC/JPEGImages/2007_000017.jpg", "2007_000017.jpg"),  # VOC id: no extension
+    ("cam1/0001.JPG", "/pool/cam1/0001.JPG", "cam1/0001.JPG"),  # folder id: already the relative path
+    ("cam1/0001.jpg", "/pool/cam1/0001.JPG", "cam1/0001.jpg"),  # extension compared without case
+    ("a.b", "/pool/a.b.png", "a.b.png"),
+    ("noext", "/pool/noext", "noext"),
+    ("x", None, "x"),
+])
+def test_file_name(image_id, uri, expected):
+    from raylib.coco import file_name
+
+    assert file_name(image_id, uri) == expected
+
+
+def test_file_names_map_back_to_image_ids_and_other_images_are_ignored():
+    coco = {
+        "images": [{"id": 1, "file_name": "2007_000017.jpg"}, {"id": 2, "file_name": "other_round.jpg"},
+                   {"id": 3, "file_name": "empty.jpg"}],
+        "categories": [{"id": 1, "name": "dog"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]},
+                        {"id": 2, "image_id": 2, "category_id": 7, "bbox": [1, 2, 3, 4]}],  # ignored, not an error
+    }
+    table, errors = coco_to_labels(coco, CLASSES, image_ids={"2007_000017.jpg": "2007_000017", "empty.jpg": "empty"})
+    assert errors == []
+    assert table.to_pylist() == [
+        {"image_id": "2007_000017",
+         "objects": [{"class_id": 1, "x1": 1.0, "y1": 2.0, "x2": 4.0, "y2": 6.0, "difficult": False}]},
+        {"image_id": "empty", "objects": []},
+    ]

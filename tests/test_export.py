@@ -14,6 +14,8 @@ from raylib.export import MARKER, export_preannotations
 from raylib.voc import read_voc
 
 CLASSES = ["cat", "dog"]
+EXPORT_FILES = ["preannotations_coco.json", "preannotations_labelstudio.json", "label_config.xml",
+                "selected_uris.txt", "preannotations_cvat_voc.zip"]
 
 
 def _read_json(path) -> dict:
@@ -67,8 +69,7 @@ def test_xml_per_selected_image_with_confidences(tmp_path):
     out = str(tmp_path / "pre")
     n = _export(tmp_path, manifest, out)
     assert n == 3
-    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "b.xml", "empty.xml", "preannotations_coco.json",
-                                              "preannotations_labelstudio.json"])
+    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "b.xml", "empty.xml", *EXPORT_FILES])
     a = read_voc(os.path.join(out, "a.xml"))
     assert (a.width, a.height, a.filename) == (200, 100, "a.jpg")
     # Every kept detection of the image, most confident first, confidence = cls_conf x loc_conf.
@@ -81,11 +82,13 @@ def test_xml_per_selected_image_with_confidences(tmp_path):
     assert {c["name"] for c in coco["categories"]} == set(CLASSES)
     assert sorted(round(a["score"], 3) for a in coco["annotations"]) == [0.3, 0.49, 0.72]
     image_of = {image["id"]: image["file_name"] for image in coco["images"]}
-    assert all(image_of[a["image_id"]] in ("a", "b") for a in coco["annotations"])
+    assert all(image_of[a["image_id"]] in ("a.jpg", "b.jpg") for a in coco["annotations"])
+    assert coco["images"][0] == {"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}
     assert all(a["bbox"][2] > 0 and a["bbox"][3] > 0 for a in coco["annotations"])
     # Label Studio: one task per image, boxes in percent of the 200 x 100 image, most confident first.
     tasks = {t["data"]["image_id"]: t for t in _read_json(os.path.join(out, "preannotations_labelstudio.json"))}
-    assert set(tasks) == {"a", "b", "empty"} and tasks["a"]["data"]["image"] == "/data/a.jpg"
+    assert set(tasks) == {"a", "b", "empty"}
+    assert tasks["a"]["data"]["image"] == "/data/local-files/?d=data/a.jpg"  # document root "/"
     (prediction,) = tasks["a"]["predictions"]
     assert [(r["value"]["rectanglelabels"], round(r["score"], 3)) for r in prediction["result"]] == [
         (["cat"], 0.72), (["dog"], 0.3)]
@@ -126,8 +129,7 @@ def test_rerun_after_a_kill_while_the_marker_was_written(tmp_path):
     out.mkdir()
     (out / f"{MARKER}.tmp-0123abcd").write_text("raylib pre-annotation export\n")
     assert _export(tmp_path, manifest, out) == 1
-    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "preannotations_coco.json",
-                                              "preannotations_labelstudio.json"])
+    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", *EXPORT_FILES])
 
 
 @pytest.mark.parametrize("bad_id", ["../escape", "/abs/path", "a/../../b", "c:\\x", "ok/\x00nul", "", "a//b"])
@@ -169,3 +171,112 @@ def test_label_studio_tasks_need_the_image_size_for_boxes():
     assert sized["predictions"][0]["model_version"] == "v1" and sized["data"]["image"] == "s3://b/sized.jpg"
     assert unsized["predictions"][0]["result"] == []
 
+
+
+# ------------------------------------------------------------- the files other tools and libraries read
+
+FOLDER_DETECTIONS = [("cam1/x.png", 0, 0.9, 0.8, (10.4, 10, 50, 40.6)), ("cam1/x.png", 1, 0.5, 0.6, (60, 20, 120, 90))]
+
+
+def _export_folder_pool(tmp_path, **kwargs):
+    """A folder pool: ids are relative paths with their extension, images under /pool/."""
+    ids = ["cam1/x.png", "cam2/empty.jpg"]
+    manifest = _write(tmp_path, ids, FOLDER_DETECTIONS, uris={i: f"/pool/{i}" for i in ids})
+    out = tmp_path / "pre"
+    export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), manifest, CLASSES, str(out), 3,
+                          **kwargs)
+    return out
+
+
+def test_coco_has_real_file_names_and_sizes_and_pycocotools_reads_it(tmp_path):
+    from pycocotools.coco import COCO
+
+    out = _export_folder_pool(tmp_path)
+    api = COCO(str(out / "preannotations_coco.json"))
+    images = {im["file_name"]: im for im in api.loadImgs(api.getImgIds())}
+    assert set(images) == {"cam1/x.png", "cam2/empty.jpg"}
+    assert (images["cam1/x.png"]["width"], images["cam1/x.png"]["height"]) == (200, 100)
+    anns = api.loadAnns(api.getAnnIds(imgIds=[images["cam1/x.png"]["id"]]))
+    names = {c["id"]: c["name"] for c in api.loadCats(api.getCatIds())}
+    got = sorted((names[a["category_id"]], [round(v, 2) for v in a["bbox"]]) for a in anns)
+    assert got == [("cat", [10.4, 10.0, 39.6, 30.6]), ("dog", [60.0, 20.0, 60.0, 70.0])]  # COCO: no rounding
+    assert api.getAnnIds(imgIds=[images["cam2/empty.jpg"]["id"]]) == []
+
+
+def test_voc_files_of_a_folder_pool_read_by_yolox(tmp_path):
+    from yolox.evaluators.voc_eval import parse_rec
+
+    out = _export_folder_pool(tmp_path)
+    path = out / "cam1" / "x.png.xml"  # <image_id>.xml, as before
+    assert read_voc(str(path)).filename == "cam1/x.png"
+    assert sorted((o["name"], o["bbox"], o["difficult"]) for o in parse_rec(str(path))) == [
+        ("cat", [11, 11, 50, 41], 0), ("dog", [61, 21, 120, 90], 0)]  # to_voc_box: round, +1 on xmin/ymin
+
+
+def test_cvat_zip_and_selected_uris(tmp_path):
+    import zipfile
+
+    out = _export_folder_pool(tmp_path)
+    assert (out / "selected_uris.txt").read_text() == "/pool/cam1/x.png\n/pool/cam2/empty.jpg\n"
+    with zipfile.ZipFile(out / "preannotations_cvat_voc.zip") as archive:
+        assert sorted(archive.namelist()) == ["Annotations/cam1/x.xml", "Annotations/cam2/empty.xml",
+                                              "ImageSets/Main/default.txt", "labelmap.txt"]
+        assert archive.read("ImageSets/Main/default.txt").decode() == "cam1/x\ncam2/empty\n"
+        assert archive.read("labelmap.txt").decode() == "# label:color_rgb:parts:actions\ncat:::\ndog:::\n"
+        # CVAT matches <filename> (and the item id) to the task's frame names
+        assert archive.read("Annotations/cam1/x.xml") == (out / "cam1" / "x.png.xml").read_bytes()
+        assert read_voc(archive.read("Annotations/cam2/empty.xml")).filename == "cam2/empty.jpg"
+
+
+def test_label_studio_config_and_urls_under_a_document_root(tmp_path):
+    out = _export_folder_pool(tmp_path, labelstudio_document_root="/pool")
+    tasks = _read_json(out / "preannotations_labelstudio.json")
+    assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=cam1/x.png",
+                                                   "/data/local-files/?d=cam2/empty.jpg"]
+    assert (out / "label_config.xml").read_text() == (
+        '<View>\n  <Image name="image" value="$image"/>\n  <RectangleLabels name="label" toName="image">\n'
+        '    <Label value="cat"/>\n    <Label value="dog"/>\n  </RectangleLabels>\n</View>\n')
+
+
+def test_images_outside_the_label_studio_root_are_reported(tmp_path):
+    out = _export_folder_pool(tmp_path, labelstudio_document_root="/elsewhere")
+    assert _read_json(out / "preannotations_labelstudio.json") == []
+    skipped = _read_json(out / "skipped.json")
+    assert set(skipped) == {"cam1/x.png", "cam2/empty.jpg"} and "document root" in skipped["cam1/x.png"]
+    assert (out / "cam1" / "x.png.xml").exists()  # the other formats are still written
+
+
+def test_label_studio_tasks_match_its_documented_import_format(tmp_path):
+    # Label Studio's converter does not install from this machine's package index: check the
+    # documented task format (labelstud.io/guide/tasks, /guide/predictions) field by field instead.
+    out = _export_folder_pool(tmp_path)
+    (task, empty) = _read_json(out / "preannotations_labelstudio.json")
+    assert set(task) == {"data", "predictions"} and isinstance(task["data"]["image"], str)
+    (prediction,) = task["predictions"]
+    assert set(prediction) == {"model_version", "score", "result"} and prediction["model_version"] == "raylib round 3"
+    for region in prediction["result"]:
+        assert set(region) == {"id", "type", "from_name", "to_name", "original_width", "original_height",
+                               "image_rotation", "score", "value"}
+        assert (region["type"], region["from_name"], region["to_name"]) == ("rectanglelabels", "label", "image")
+        assert set(region["value"]) == {"x", "y", "width", "height", "rotation", "rectanglelabels"}
+        assert all(0 <= region["value"][k] <= 100 for k in ("x", "y", "width", "height"))
+    assert empty["predictions"][0]["result"] == []
+
+
+@pytest.mark.parametrize("uri, root, url", [
+    ("s3://bucket/a b.jpg", None, "s3://bucket/a b.jpg"),
+    ("/data/x/a b.jpg", None, "/data/local-files/?d=data/x/a%20b.jpg"),
+    ("/data/x/a.jpg", "/data", "/data/local-files/?d=x/a.jpg"),
+    ("/data/x/a.jpg", "/data/", "/data/local-files/?d=x/a.jpg"),
+])
+def test_label_studio_image_url(uri, root, url):
+    from raylib.labelstudio import image_url
+
+    assert image_url(uri, root) == url
+
+
+def test_label_studio_image_url_refuses_paths_outside_the_root():
+    from raylib.labelstudio import image_url
+
+    with pytest.raises(ValueError, match="not under the Label Studio document root"):
+        image_url("/data2/a.jpg", "/data")
