@@ -1,33 +1,23 @@
 """Select the images to label from a round's detections (per-class bottom-k, seed pseudo-code 2).
 
-Named select_images.py, not select.py: a script's folder comes first on sys.path, and a
-jobs/select.py would shadow the standard library's `select` module for every job.
+    python jobs/select_images.py strategy.k=50 strategy.budget=300 round_idx=2    # after jobs/score.py
 
-    python jobs/select_images.py                          # after jobs/score.py
-    python jobs/select_images.py strategy.k=50 strategy.budget=300 round_idx=2
+Not select.py: a script's folder is first on sys.path, and it would shadow the standard `select`.
 """
-import logging
-
 import hydra
+from _job import require, start
 from omegaconf import DictConfig
 
-import raylib.config  # noqa: F401  (registers the config schema)
-from raylib import storage
-from raylib.config import to_config
 from raylib.paths import RoundPaths
 from raylib.select import select_round
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    logging.getLogger("raylib").setLevel(logging.INFO)
-    config = to_config(cfg)
-    # Selection streams Parquet in this process: no Ray needed, only the storage endpoint.
-    storage.configure_s3(config.storage.endpoint_url, config.storage.region)
+    config = start(cfg, with_ray=False)  # selection streams Parquet in this process
     rp = RoundPaths(config.run_root, config.round_idx)
-    if not storage.exists(rp.detections):
-        raise SystemExit(f"no detections at {rp.detections}: run jobs/score.py round_idx={config.round_idx} first")
-    summary = select_round(rp.detections, config.strategy, config.round_idx, rp, len(config.data.class_names))
+    detections = require(rp.detections, "detections", f"run jobs/score.py round_idx={config.round_idx} first")
+    summary = select_round(detections, config.strategy, config.round_idx, rp, len(config.data.class_names))
     print(f"selected {summary.n_images} images from {summary.n_candidates} candidate detections")
     print(f"selection: {rp.selection}\nthresholds: {rp.thresholds}")
 

@@ -154,6 +154,7 @@ class TrainConfig:
     mixup_scale: tuple[float, float] = (0.5, 1.5)
     shear: float = 2.0
     eval_interval: int = 2
+    val_batch_size: int = 16  # images per forward pass when validating
     max_failures: int = 2
     num_loader_workers: int = 0
 
@@ -163,6 +164,17 @@ class TrainConfig:
         _require(self.num_workers > 0, "train.num_workers must be > 0")
         _require(0 <= self.no_aug_epochs <= self.epochs, "train.no_aug_epochs must be in [0, epochs]")
         _require(self.eval_interval > 0, "train.eval_interval must be > 0")
+
+
+@dataclass
+class EvalConfig:
+    """The evaluate stage (AP50 on the performance test set and the labelled `test` split)."""
+
+    batch_size: int = 16
+    use_gpu: Optional[bool] = None  # run the model in a Ray task holding a GPU; None: when the cluster has one
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "eval.batch_size must be > 0")
 
 
 @dataclass
@@ -206,6 +218,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

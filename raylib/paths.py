@@ -1,9 +1,21 @@
-"""Every file of a run, in one place. A round's outputs live under `<run_root>/round=NN/`."""
+"""Every file of a run, in one place: no other module spells a run file's name.
+
+    <run_root>/run.json, pool.parquet, test_pool.parquet         what the run is; the manifests
+    <run_root>/labels_seed.parquet, labels_perf_test.parquet    labelled sets made once
+    <run_root>/report/                                          report.md and its figures
+    <run_root>/round=NN/...                                     a round's outputs (RoundPaths)
+    <runs_root>/comparison/                                     the comparison of the runs beside it
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from raylib import storage
+
+WEIGHTS_FILE = "model.pt"  # EMA weights, in a training output folder and in each of its checkpoints
+TRAIN_STATE_FILE = "state.pt"  # model, optimizer, EMA, scaler, epoch: what a resumed worker loads
+TRAIN_HISTORY_FILE = "history.json"  # one entry per evaluation during training
+RUN_INFO_FILE = "run.json"
 
 
 @dataclass(frozen=True)
@@ -25,11 +37,27 @@ class RoundPaths:
 
     @property
     def weights(self) -> str:
-        return self._in("train", "model.pt")
+        return train_weights(self.checkpoint)
 
     @property
     def metrics(self) -> str:
+        """AP50 on the fixed performance test set."""
         return self._in("metrics.json")
+
+    @property
+    def metrics_test(self) -> str:
+        """AP50 on the `test` split of the labelled set."""
+        return self._in("metrics_test.json")
+
+    @property
+    def unlabelled(self) -> str:
+        """The pool manifest without the images labelled so far: what this round scores."""
+        return self._in("unlabelled.parquet")
+
+    @property
+    def scored(self) -> str:
+        """Scoring's intermediate rows (one per image, detections nested), removed when split."""
+        return self._in("scored")
 
     @property
     def detections(self) -> str:
@@ -52,6 +80,11 @@ class RoundPaths:
         return self._in("preannotations")
 
     @property
+    def oracle_errors(self) -> str:
+        """Selected images the oracle gave no usable label for, with the reason each."""
+        return self._in("oracle_errors.json")
+
+    @property
     def labels(self) -> str:
         """The labelled set after this round's oracle answered (input of round + 1)."""
         return self._in("labels.parquet")
@@ -69,8 +102,61 @@ def seed_labels(run_root: str) -> str:
     return storage.join(run_root, "labels_seed.parquet")
 
 
+def round_labels(run_root: str, round_idx: int) -> str:
+    """The labelled set round `round_idx` trains on: the seed labels, then the previous oracle's."""
+    return seed_labels(run_root) if round_idx == 0 else RoundPaths(run_root, round_idx - 1).labels
+
+
+def perf_test_labels(run_root: str) -> str:
+    """Ground truth of the fixed performance test set."""
+    return storage.join(run_root, "labels_perf_test.parquet")
+
+
+def standalone_labels(run_root: str) -> str:
+    """The labelled set the train/evaluate jobs make when run alone, outside the loop."""
+    return storage.join(run_root, "labels_standalone.parquet")
+
+
+def run_info(run_root: str) -> str:
+    """What the run is (strategy, seed, model, k, classes), for the report and the comparison."""
+    return storage.join(run_root, RUN_INFO_FILE)
+
+
 def report_dir(run_root: str) -> str:
     return storage.join(run_root, "report")
+
+
+def report_file(report_root: str) -> str:
+    """The report's Markdown; its figures are PNG files beside it, named in it."""
+    return storage.join(report_root, "report.md")
+
+
+def runs_root(run_root: str) -> str:
+    """The folder holding this run and its siblings of a sweep (compared together)."""
+    stripped = run_root.rstrip("/")
+    return stripped.rsplit("/", 1)[0] if "/" in stripped else "."
+
+
+def comparison_dir(runs_root: str) -> str:
+    return storage.join(runs_root, "comparison")
+
+
+def comparison_file(comparison_root: str) -> str:
+    return storage.join(comparison_root, "comparison.md")
+
+
+def train_weights(out_dir: str) -> str:
+    """The best EMA weights of a training run in `out_dir`."""
+    return storage.join(out_dir, WEIGHTS_FILE)
+
+
+def train_history(out_dir: str) -> str:
+    return storage.join(out_dir, TRAIN_HISTORY_FILE)
+
+
+def train_ray_dir(out_dir: str) -> str:
+    """Ray Train's storage path (its checkpoints) for a training run in `out_dir`."""
+    return storage.join(out_dir, "ray")
 
 
 def test_manifest(run_root: str) -> str:

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raylib import paths, schemas, storage
@@ -194,19 +193,25 @@ def index_folder(root_uri: str, out_uri: str, extensions: tuple[str, ...] = IMAG
 
 def iter_manifest(uri: str, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
     """Stream a manifest (one Parquet file or a directory of them) as POOL record batches."""
-    fs, path = storage.resolve(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        raw: Iterator[pa.RecordBatch] = storage.iter_parquet_batches(uri, batch_size=batch_size)
-    else:
-        raw = _iter_file(fs, path, batch_size)
-    for batch in raw:
+    for batch in storage.iter_parquet_batches(uri, batch_size=batch_size):
         table = schemas.check(pa.Table.from_batches([batch]), schemas.POOL, f"pool manifest '{uri}'")
         yield from table.to_batches()
 
 
-def _iter_file(fs: pafs.FileSystem, path: str, batch_size: int) -> Iterator[pa.RecordBatch]:
-    with fs.open_input_file(path) as handle:
-        yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size)
+def image_uris(manifest_uri: str, image_ids: list[str]) -> dict[str, str]:
+    """image_id -> uri for `image_ids`, reading only the matching rows of the (possibly huge) manifest."""
+    if not image_ids:
+        return {}
+    fs, path = storage.resolve(manifest_uri)
+    table = pq.read_table(path, filesystem=fs, columns=["image_id", "uri"],
+                          filters=pc.field("image_id").isin(pa.array(sorted(set(image_ids)), pa.string())))
+    return dict(zip(table.column("image_id").to_pylist(), table.column("uri").to_pylist()))
+
+
+def round_pool(rp: paths.RoundPaths, pool_manifest: str) -> str:
+    """What a round scores: its unlabelled manifest when the loop wrote one, else the whole pool
+    (single-stage jobs run outside the loop)."""
+    return rp.unlabelled if storage.exists(rp.unlabelled) else pool_manifest
 
 
 def write_remaining(manifest_uri: str, exclude_ids: set[str], out_uri: str) -> int:

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from raylib import paths, storage  # noqa: E402
+from raylib.config import Config  # noqa: E402
 from raylib.paths import RoundPaths  # noqa: E402
 
 
@@ -38,12 +39,15 @@ class RunHistory:
     labelled: list[int] = field(default_factory=list)
 
 
-def _labels_for_round(run_root: str, round_idx: int) -> str:
-    return paths.seed_labels(run_root) if round_idx == 0 else RoundPaths(run_root, round_idx - 1).labels
+def write_run_info(run_root: str, cfg: Config, class_names: list[str]) -> None:
+    """What the run is, for the report's title and for grouping runs in the comparison."""
+    storage.write_text(paths.run_info(run_root), json.dumps({
+        "strategy": cfg.strategy.name, "seed": cfg.seed, "model": cfg.model.size, "k": cfg.strategy.k,
+        "classes": class_names}))
 
 
 def load_history(run_root: str) -> RunHistory:
-    run = json.loads(storage.read_text(storage.join(run_root, "run.json")))
+    run = json.loads(storage.read_text(paths.run_info(run_root)))
     history = RunHistory(classes=run["classes"], strategy=run["strategy"], seed=run["seed"])
     manifest = paths.pool_manifest(run_root)
     if storage.exists(manifest):
@@ -52,7 +56,7 @@ def load_history(run_root: str) -> RunHistory:
     round_idx = 0
     while storage.exists(RoundPaths(run_root, round_idx).metrics):
         rp = RoundPaths(run_root, round_idx)
-        labels = storage.read_table(_labels_for_round(run_root, round_idx), columns=["split", "objects"])
+        labels = storage.read_table(paths.round_labels(run_root, round_idx), columns=["split", "objects"])
         split_counts = {item["values"]: item["counts"] for item in labels.column("split").value_counts().to_pylist()}
         history.splits.append(split_counts)
         history.labelled.append(labels.num_rows)
@@ -102,8 +106,8 @@ def write_report(run_root: str) -> str:
     sections = [f"# Active-learning run: strategy `{history.strategy}`, seed {history.seed}\n",
                 f"Run root: `{run_root}`; pool of {history.pool_size} images; {len(rounds)} round(s) trained.\n"]
     if not rounds:
-        storage.write_text(storage.join(out, "report.md"), "\n".join(sections) + "\nNo round evaluated yet.\n")
-        return storage.join(out, "report.md")
+        storage.write_text(paths.report_file(out), "\n".join(sections) + "\nNo round evaluated yet.\n")
+        return paths.report_file(out)
 
     # 6.4 images per split per round
     split_names = ["train", "val", "test"]
@@ -172,7 +176,7 @@ def write_report(run_root: str) -> str:
     ax.set(xlabel="labelled images", ylabel="mAP50", ylim=(0, 1), title="mAP50 vs labelled images")
     _save_png(fig, storage.join(out, "map50.png"))
 
-    uri = storage.join(out, "report.md")
+    uri = paths.report_file(out)
     storage.write_text(uri, "\n".join(sections))
     return uri
 
@@ -180,10 +184,11 @@ def write_report(run_root: str) -> str:
 def compare_runs(runs_root: str, out_dir: str) -> str | None:
     """mAP50 vs labelled images per strategy (mean and min-max spread over seeds) for every run under
     `runs_root` that has a `run.json`; writes `comparison.md` + `comparison.png`. None if no runs."""
-    run_files = [uri for uri in storage.list_files(runs_root, "run.json") if uri.count("run.json") == 1]
+    name = paths.RUN_INFO_FILE
+    run_files = [uri for uri in storage.list_files(runs_root, "/" + name) if uri.count(name) == 1]
     by_strategy: dict[str, list[RunHistory]] = {}
     for run_file in run_files:
-        run_root = run_file[: -len("/run.json")]
+        run_root = run_file[: -len("/" + name)]
         history = load_history(run_root)
         if history.map50:
             by_strategy.setdefault(history.strategy, []).append(history)
@@ -204,7 +209,7 @@ def compare_runs(runs_root: str, out_dir: str) -> str | None:
            title="Label efficiency per strategy")
     ax.legend()
     _save_png(fig, storage.join(out_dir, "comparison.png"))
-    uri = storage.join(out_dir, "comparison.md")
+    uri = paths.comparison_file(out_dir)
     storage.write_text(uri, "# Strategy comparison\n\n" + _table(
         ["Strategy", "Round", "Labelled images (mean)", "mAP50 mean", "mAP50 range"], rows) + "\n\n![comparison](comparison.png)\n")
     return uri

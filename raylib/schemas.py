@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-# Column names used across stages.
-IMAGE_ID = "image_id"
-CLASS_ID = "class_id"
-SCORE = "score"
-BOX = ("x1", "y1", "x2", "y2")
+BOX = ("x1", "y1", "x2", "y2")  # box columns, in pixels of the stored image
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
-SPLITS = ("train", "val", "test", "perf_test")
 
 POOL = pa.schema(
     [

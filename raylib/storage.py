@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -211,10 +212,13 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
 
 
 def iter_parquet_batches(uri: str, columns: list[str] | None = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
-    """Stream record batches from every Parquet file under `uri`, one file open at a time."""
-    fs, _ = resolve(uri)
-    for file_uri in list_files(uri, ".parquet"):
-        _, path = resolve(file_uri)
-        with fs.open_input_file(path) as handle:
-            reader = pq.ParquetFile(handle)
-            yield from reader.iter_batches(batch_size=batch_size, columns=columns)
+    """Stream record batches from a Parquet file, or from every `.parquet` file under a folder (in
+    name order; stray temporary siblings of an interrupted write are not read)."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        files = [path]
+    else:
+        files = [resolve(file_uri)[1] for file_uri in list_files(uri, ".parquet")]
+    if not files:
+        return iter(())
+    return pads.dataset(files, filesystem=fs, format="parquet").to_batches(columns=columns, batch_size=batch_size)

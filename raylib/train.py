@@ -1,7 +1,12 @@
 """Train YOLOX on the labelled set with Ray Train (DDP), following YOLOX's recipe (seed 6.3).
 
-    result = train_model(cfg, labels_uri, manifest_uri, out_dir, class_names, init_weights=None)
+    result = train_model(cfg, labels_uri, manifest_uri, out_dir, class_names, init_weights=None,
+                         max_pixels=cfg.score.max_pixels)
     result.weights_uri  # <out_dir>/model.pt: EMA weights of the epoch with the best val mAP50
+
+Reads `cfg.train`, `cfg.model` and `cfg.seed` only. Images are decoded by `raylib.detect.read_image`,
+the decoder scoring uses; a labelled image that can't be read, decoded or is over `max_pixels` is
+logged and left out.
 
 What one worker does (`train_loop_per_worker`), per YOLOX (yolox/core/trainer.py, yolox/config.py):
   * data: its shard (by rank) of the `train` split, images copied into a worker-private temp dir under
@@ -36,7 +41,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,17 +55,14 @@ from yolox.data import MosaicDetection, TrainTransform
 from yolox.data.datasets import Dataset as YoloxDataset
 from yolox.utils import LRScheduler, ModelEMA
 
-from raylib import evaluate, schemas, storage
+from raylib import detect, labels, metrics, paths, storage
 from raylib.config import Config, TrainConfig
+from raylib.images import ImageError
 from raylib.model import build_model, load_weights, save_weights, unwrap
-from raylib.paths import RoundPaths
 
 log = logging.getLogger(__name__)
 
 RUN_NAME = "train"  # Ray Train experiment name under <out_dir>/ray
-WEIGHTS_FILE = "model.pt"
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 EMA_DECAY = 0.9998  # yolox/core/trainer.py
 MAX_LABELS = 120  # TrainTransform(max_labels=120), as in YoloxConfig.get_data_loader
 NO_VAL_SCORE = -1.0  # reported as val_map50 when val has no ground truth (no selection signal)
@@ -81,23 +83,25 @@ class TrainResult:
 
 
 def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, class_names: list[str],
-                init_weights: str | None = None, extra_loop_config: dict | None = None) -> TrainResult:
+                init_weights: str | None = None, max_pixels: int | None = None,
+                on_step: Callable[[int, int, int], None] | None = None) -> TrainResult:
     """Train on the `train` split of `labels_uri` (images from `manifest_uri`), select on `val`.
 
     Writes Ray Train's checkpoints under `<out_dir>/ray/train/` and the best EMA weights to
     `<out_dir>/model.pt`. Calling again with the same `out_dir` resumes from the latest checkpoint.
-    `extra_loop_config` is merged into the workers' config (testing hooks such as `_fail_at_epoch`).
+    `max_pixels`: larger images are left out (None: the decoder's default). `on_step(epoch, rank,
+    world_size)` runs in each worker after every optimizer step (tests inject failures with it).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    n_train = _count_split(labels_uri, "train")
-    if n_train == 0:
+    if labels.split_counts(labels_uri).get("train", 0) == 0:
         raise ValueError(f"labels '{labels_uri}' have no rows with split == 'train': nothing to train on; "
                          "label some images (or check the split column) first")
     tc = cfg.train
     loop_config = {"cfg": cfg, "labels_uri": labels_uri, "manifest_uri": manifest_uri,
-                   "class_names": list(class_names), "init_weights": init_weights, **(extra_loop_config or {})}
+                   "class_names": list(class_names), "init_weights": init_weights, "max_pixels": max_pixels,
+                   "on_step": on_step}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -105,7 +109,7 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
         run_config=RunConfig(
-            storage_path=_storage_path(out_dir),
+            storage_path=_storage_path(paths.train_ray_dir(out_dir)),
             name=RUN_NAME,
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_map50",
                                                checkpoint_score_order="max"),
@@ -117,10 +121,10 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
         raise RuntimeError(f"training in '{out_dir}' finished without reporting a checkpoint")
     best_checkpoint, best_metrics = max(result.best_checkpoints,
                                         key=lambda item: (item[1]["val_map50"], item[1]["epoch"]))
-    weights_uri = storage.join(out_dir, WEIGHTS_FILE)
-    storage.write_bytes(weights_uri, _read_checkpoint_file(best_checkpoint, WEIGHTS_FILE))
-    history = json.loads(_read_checkpoint_file(result.checkpoint, HISTORY_FILE))
-    storage.write_text(storage.join(out_dir, HISTORY_FILE), json.dumps(history, indent=2))
+    weights_uri = paths.train_weights(out_dir)
+    storage.write_bytes(weights_uri, _read_checkpoint_file(best_checkpoint, paths.WEIGHTS_FILE))
+    history = json.loads(_read_checkpoint_file(result.checkpoint, paths.TRAIN_HISTORY_FILE))
+    storage.write_text(paths.train_history(out_dir), json.dumps(history, indent=2))
     best_map50 = best_metrics["val_map50"]
     return TrainResult(
         weights_uri=weights_uri,
@@ -132,13 +136,7 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     )
 
 
-def _count_split(labels_uri: str, split: str) -> int:
-    splits = storage.read_table(labels_uri, columns=["split"]).column("split")
-    return int(pc.sum(pc.equal(splits, split)).as_py() or 0)
-
-
-def _storage_path(out_dir: str) -> str:
-    path = storage.join(out_dir, "ray")
+def _storage_path(path: str) -> str:
     return path if storage.is_s3(path) else os.path.abspath(path)
 
 
@@ -179,13 +177,14 @@ class ImageCache:
 
 
 def load_split(labels_uri: str, manifest_uri: str, split: str, rank: int = 0, world_size: int = 1,
-               cache: ImageCache | None = None) -> tuple[list[Sample], pa.Table]:
+               cache: ImageCache | None = None, max_pixels: int | None = None) -> tuple[list[Sample], pa.Table]:
     """This rank's shard of `split`: copied to `cache`, decoded once to check it and get its size.
 
-    Returns (samples of the shard, labels of the whole split). Images that are missing from the manifest
-    or fail to copy/decode are logged and left out; an empty split gives an empty shard.
+    Returns (samples of the shard, labels of the whole split). Images that are missing from the manifest,
+    fail to copy or decode, or are over `max_pixels` are logged and left out; an empty split gives an
+    empty shard.
     """
-    labels, items, missing = evaluate.split_items(labels_uri, manifest_uri, split)
+    split_labels, items, missing = labels.read_split(labels_uri, manifest_uri, split)
     if missing:
         log.warning("%d %s image(s) are not in manifest %s, e.g. %s; skipped", len(missing), split,
                     manifest_uri, missing[:3])
@@ -193,19 +192,20 @@ def load_split(labels_uri: str, manifest_uri: str, split: str, rank: int = 0, wo
     shard = items[rank::world_size]
     if not shard and items and split == "train":
         shard = [items[rank % len(items)]]  # fewer images than workers: every rank still needs data
-    objects = dict(zip(labels.column("image_id").to_pylist(), labels.column("objects").to_pylist()))
+    objects = dict(zip(split_labels.column("image_id").to_pylist(), split_labels.column("objects").to_pylist()))
     with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-        samples = list(pool.map(lambda item: _sample(item, objects[item[0]], cache), shard))
-    return [s for s in samples if s is not None], labels
+        samples = list(pool.map(lambda item: _sample(item, objects[item[0]], cache, max_pixels), shard))
+    return [s for s in samples if s is not None], split_labels
 
 
-def _sample(item: tuple[str, str], objects: list[dict], cache: ImageCache | None) -> Sample | None:
+def _sample(item: tuple[str, str], objects: list[dict], cache: ImageCache | None,
+            max_pixels: int | None) -> Sample | None:
     image_id, uri = item
     try:
         path = cache.fetch(uri) if cache else uri
-        height, width = evaluate.read_image(path).shape[:2]
-    except (OSError, ValueError) as exc:
-        log.warning("training image %s (%s) skipped: %s", image_id, uri, exc)
+        height, width = detect.read_image(path, image_id, max_pixels).shape[:2]
+    except (OSError, ImageError) as exc:
+        log.warning("labelled image '%s' (%s) left out of training: %s", image_id, uri, exc)
         return None
     targets = np.array([[o["x1"], o["y1"], o["x2"], o["y2"], o["class_id"]] for o in objects or []],
                        dtype=np.float32).reshape(-1, 5)
@@ -217,9 +217,10 @@ class LabelledImages(YoloxDataset):
     `pull_item(i)` -> (image resized to fit `input_dim`, targets [n, 5] x1y1x2y2+class scaled the same,
     (height, width), i); `load_anno(i)` -> those targets."""
 
-    def __init__(self, samples: list[Sample], input_size: int):
+    def __init__(self, samples: list[Sample], input_size: int, max_pixels: int | None = None):
         super().__init__((input_size, input_size))
         self.samples = samples
+        self.max_pixels = max_pixels
         self.preproc = None
 
     def __len__(self) -> int:
@@ -238,7 +239,7 @@ class LabelledImages(YoloxDataset):
         import cv2
 
         sample = self.samples[index]
-        image = evaluate.read_image(sample.path)
+        image = detect.read_image(sample.path, sample.image_id, self.max_pixels)
         ratio = self._ratio(index)
         image = cv2.resize(image, (int(sample.width * ratio), int(sample.height * ratio)),
                            interpolation=cv2.INTER_LINEAR)
@@ -252,11 +253,11 @@ class LabelledImages(YoloxDataset):
         return image, targets, info, index
 
 
-def make_train_dataset(samples: list[Sample], cfg: Config) -> MosaicDetection:
+def make_train_dataset(samples: list[Sample], cfg: Config, max_pixels: int | None = None) -> MosaicDetection:
     """The package's augmentation stack over our samples (as `YoloxConfig.get_data_loader` builds it)."""
     tc, size = cfg.train, cfg.model.input_size
     return MosaicDetection(
-        LabelledImages(samples, size),
+        LabelledImages(samples, size, max_pixels),
         img_size=(size, size),
         mosaic=True,
         preproc=TrainTransform(max_labels=MAX_LABELS, flip_prob=tc.flip_prob, hsv_prob=tc.hsv_prob),
@@ -401,13 +402,14 @@ def train_loop_per_worker(config: dict) -> None:
 
     with tempfile.TemporaryDirectory(prefix="raylib-train-images-") as cache_dir:
         cache = ImageCache(cache_dir)
+        max_pixels, on_step = config["max_pixels"], config["on_step"]
         train_samples, train_labels = load_split(config["labels_uri"], config["manifest_uri"], "train",
-                                                 rank, world, cache)
+                                                 rank, world, cache, max_pixels)
         if not train_samples:
             raise ValueError(f"rank {rank}: no readable training image in labels '{config['labels_uri']}' "
                              "(empty train split, or every image failed to load; see the warnings above)")
         val_samples, val_labels = load_split(config["labels_uri"], config["manifest_uri"], "val",
-                                             rank, world, cache)
+                                             rank, world, cache, max_pixels)
         local_batch = max(1, tc.batch_size // world)
         global_batch = local_batch * world
         steps_per_epoch = max(1, -(-train_labels.num_rows // global_batch))
@@ -419,7 +421,7 @@ def train_loop_per_worker(config: dict) -> None:
         model = ray.train.torch.prepare_model(model)
         state = make_state(model, cfg, global_batch, steps_per_epoch, device)
         start_epoch, history = restore(state, ray.train.get_checkpoint())
-        dataset = make_train_dataset(train_samples, cfg)
+        dataset = make_train_dataset(train_samples, cfg, max_pixels)
 
         for epoch in range(start_epoch, tc.epochs):
             started = time.time()
@@ -430,11 +432,12 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum = torch.zeros((), device=device)
             for images, targets in loader:
                 loss_sum += train_step(state, images, targets)
-                _maybe_inject_failure(config, epoch, rank, world)
+                if on_step is not None:
+                    on_step(epoch, rank, world)
             if (epoch + 1) % tc.eval_interval and epoch + 1 < tc.epochs:
                 continue
             train_seconds = time.time() - started
-            map50 = validate(state, val_samples, val_labels, cfg, len(config["class_names"]))
+            map50 = validate(state, val_samples, val_labels, cfg, len(config["class_names"]), max_pixels)
             history.append({
                 "epoch": epoch + 1, "val_map50": map50, "loss": float(loss_sum) / steps_per_epoch,
                 "lr": state.lr(), "no_aug": not dataset.enable_mosaic, "attempt_start_epoch": start_epoch,
@@ -452,41 +455,24 @@ def _seed(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(value)
 
 
-def _maybe_inject_failure(config: dict, epoch: int, rank: int, world: int) -> None:
-    """Test hook: `_fail_at_epoch` raises in the last rank mid-epoch, once (a marker file remembers)."""
-    fail_at, marker = config.get("_fail_at_epoch"), config.get("_fail_marker")
-    if fail_at is None or epoch != fail_at or rank != world - 1 or not marker or os.path.exists(marker):
-        return
-    with open(marker, "w") as handle:
-        handle.write(f"failed at epoch {epoch}\n")
-    raise RuntimeError(f"injected failure in rank {rank} at epoch {epoch} (test hook _fail_at_epoch)")
-
-
 def validate(state: TrainState, val_samples: list[Sample], val_labels: pa.Table, cfg: Config,
-             num_classes: int) -> float | None:
+             num_classes: int, max_pixels: int | None = None) -> float | None:
     """AP50 of the EMA model on val: each rank detects on its shard; detections are all-gathered."""
     import torch.distributed as dist
 
     eval_model = state.ema.ema if state.ema is not None else unwrap(state.model)
     items = [(sample.image_id, sample.path) for sample in val_samples]
-    detections, failed = evaluate.detect_images(eval_model, items, cfg.model.input_size,
-                                                cfg.score.batch_size, state.device)
+    detections, failed = detect.detect_images(eval_model, items, cfg.model.input_size, max_pixels,
+                                              cfg.train.val_batch_size, state.device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (detections, failed))
-        detections = _concat([frame for frame, _ in gathered])
+        detections = detect.concat([frame for frame, _ in gathered])
         failed = [image_id for _, ids in gathered for image_id in ids]
     if failed:
         val_labels = val_labels.filter(pc.invert(pc.is_in(val_labels.column("image_id"), pa.array(failed, pa.string()))))
-    result = evaluate.ap50_per_class(detections, evaluate.labels_to_ground_truth(val_labels), num_classes)
+    result = metrics.ap50_per_class(detections, metrics.labels_to_ground_truth(val_labels), num_classes)
     return None if np.isnan(result["map50"]) else float(result["map50"])
-
-
-def _concat(frames: list) -> Any:
-    import pandas as pd
-
-    frames = [frame for frame in frames if len(frame)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=evaluate.DETECTION_COLUMNS)
 
 
 def report(state: TrainState, history: list[dict], cfg: Config, class_names: list[str], rank: int) -> None:
@@ -494,18 +480,18 @@ def report(state: TrainState, history: list[dict], cfg: Config, class_names: lis
     import ray.train
 
     last = history[-1]
-    metrics = {"val_map50": NO_VAL_SCORE if last["val_map50"] is None else last["val_map50"],
-               "epoch": last["epoch"], "loss": last["loss"], "lr": last["lr"]}
+    reported = {"val_map50": NO_VAL_SCORE if last["val_map50"] is None else last["val_map50"],
+                "epoch": last["epoch"], "loss": last["loss"], "lr": last["lr"]}
     if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+        ray.train.report(reported, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="raylib-ckpt-") as directory:
         weights_model = state.ema.ema if state.ema is not None else state.model
-        save_weights(weights_model, os.path.join(directory, WEIGHTS_FILE), cfg.model.size, class_names)
-        torch.save(_state_dict(state, last["epoch"]), os.path.join(directory, STATE_FILE))
-        with open(os.path.join(directory, HISTORY_FILE), "w") as handle:
+        save_weights(weights_model, os.path.join(directory, paths.WEIGHTS_FILE), cfg.model.size, class_names)
+        torch.save(_state_dict(state, last["epoch"]), os.path.join(directory, paths.TRAIN_STATE_FILE))
+        with open(os.path.join(directory, paths.TRAIN_HISTORY_FILE), "w") as handle:
             json.dump(history, handle, indent=2)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+        ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory),
                          checkpoint_dir_name=f"epoch_{last['epoch']:04d}")
 
 
@@ -526,9 +512,9 @@ def restore(state: TrainState, checkpoint: Any) -> tuple[int, list[dict]]:
     if checkpoint is None:
         return 0, []
     with checkpoint.as_directory() as directory:
-        with open(os.path.join(directory, STATE_FILE), "rb") as handle:
+        with open(os.path.join(directory, paths.TRAIN_STATE_FILE), "rb") as handle:
             saved = torch.load(io.BytesIO(handle.read()), map_location=state.device, weights_only=True)
-        with open(os.path.join(directory, HISTORY_FILE)) as handle:
+        with open(os.path.join(directory, paths.TRAIN_HISTORY_FILE)) as handle:
             history = json.load(handle)
     unwrap(state.model).load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
@@ -539,41 +525,3 @@ def restore(state: TrainState, checkpoint: Any) -> tuple[int, list[dict]]:
     state.step = saved["step"]
     log.info("resumed from checkpoint at epoch %d", saved["epoch"])
     return int(saved["epoch"]), history
-
-
-# ------------------------------------------------------------------------------- standalone labels
-
-
-def standalone_labels(cfg: Config, pool_manifest: str, voc_root: str, class_names: list[str]) -> str:
-    """A labelled set for running the train/evaluate jobs alone on the embedded defaults: every pool
-    image with its VOC annotation, split 70/15/15 (cfg.loop.split) by a seeded shuffle of the sorted ids.
-    Written once to `<run_root>/labels_standalone.parquet`."""
-    from raylib import pool, voc
-
-    uri = storage.join(cfg.run_root, "labels_standalone.parquet")
-    if storage.exists(uri):
-        return uri
-    ids = sorted(i for batch in pool.iter_manifest(pool_manifest, 65536) for i in batch.column("image_id").to_pylist())
-    table, errors = voc.read_voc_labels(voc_root, ids, class_names)
-    for image_id, message in errors:
-        log.warning("pool image %s left out of the standalone labels: %s", image_id, message)
-    ids = table.column("image_id").to_pylist()
-    order = np.random.default_rng(cfg.seed).permutation(len(ids))
-    bounds = np.cumsum(np.floor(np.asarray(cfg.loop.split[:2]) * len(ids)).astype(int))
-    split_of = np.empty(len(ids), dtype=object)
-    for position, index in enumerate(order):
-        split_of[index] = "train" if position < bounds[0] else "val" if position < bounds[1] else "test"
-    n = table.num_rows
-    labels = pa.table({"image_id": table.column("image_id"), "split": pa.array(list(split_of), pa.string()),
-                       "round_added": pa.array([0] * n, pa.int16()), "objects": table.column("objects")})
-    storage.write_table(schemas.check(labels, schemas.LABELS, "standalone labels"), uri)
-    return uri
-
-
-def round_labels(run_root: str, round_idx: int) -> str | None:
-    """The labelled set round `round_idx` of the loop trains on, if it exists: the seed labels for
-    round 0, else the labels the previous round's oracle wrote."""
-    from raylib import paths
-
-    uri = paths.seed_labels(run_root) if round_idx == 0 else RoundPaths(run_root, round_idx - 1).labels
-    return uri if storage.exists(uri) else None

@@ -1,2 +1,66 @@
-"""Small generators shared by tests: images and label tables built in the test, never downloaded."""
+"""Small generators shared by tests: images, manifests and label tables built in the test, never downloaded."""
 from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from raylib import schemas, storage
+from raylib.config import Config, ModelConfig, TrainConfig
+
+CLASSES = ["red", "blue"]
+COLOURS = [(0, 0, 255), (255, 0, 0)]  # BGR
+
+
+def obj(class_id: int, x1: float, y1: float, x2: float, y2: float, difficult: bool = False) -> dict:
+    """One labelled object (schemas.OBJECT)."""
+    return {"class_id": class_id, "x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2),
+            "difficult": difficult}
+
+
+def labels_table(rows: list[tuple[str, str, list[dict]]], round_added: int = 0) -> pa.Table:
+    """A LABELS table from (image_id, split, objects) rows."""
+    table = pa.table({"image_id": [r[0] for r in rows], "split": [r[1] for r in rows],
+                      "round_added": pa.array([round_added] * len(rows), pa.int16()),
+                      "objects": pa.array([r[2] for r in rows], pa.list_(schemas.OBJECT))})
+    return schemas.check(table, schemas.LABELS, "labels")
+
+
+def write_manifest(uri: str, ids: list[str], uris: list[str] | None = None) -> str:
+    """A POOL manifest of `ids` (URIs made up unless given)."""
+    table = pa.table({"image_id": ids, "uri": uris if uris is not None else [f"/data/{i}.jpg" for i in ids]})
+    storage.write_table(schemas.check(table, schemas.POOL, "pool"), uri)
+    return uri
+
+
+def make_dataset(root, n_train: int = 8, n_val: int = 3, size: int = 64, seed: int = 0) -> tuple[str, str]:
+    """Tiny images with filled rectangles; one background training image. Returns (labels, manifest)."""
+    os.makedirs(str(root), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids, uris, rows = [], [], []
+    for i in range(n_train + n_val):
+        image = np.full((size, size + 16, 3), 110, np.uint8)
+        objs = []
+        for _ in range(0 if i == 0 else 1 + i % 2):
+            x1, y1 = (int(v) for v in rng.integers(0, size // 2, 2))
+            w, h = (int(v) for v in rng.integers(12, size // 2, 2))
+            class_id = int(rng.integers(0, len(CLASSES)))
+            cv2.rectangle(image, (x1, y1), (x1 + w, y1 + h), COLOURS[class_id], -1)
+            objs.append(obj(class_id, x1, y1, x1 + w, y1 + h))
+        ids.append(f"set/{i:03d}")
+        uris.append(os.path.join(str(root), f"img_{i:03d}.jpg"))
+        cv2.imwrite(uris[-1], image)
+        rows.append((ids[-1], "train" if i < n_train else "val", objs))
+    manifest = write_manifest(storage.join(str(root), "pool.parquet"), ids, uris)
+    labels = storage.join(str(root), "labels.parquet")
+    storage.write_table(labels_table(rows), labels)
+    return labels, manifest
+
+
+def tiny_config(**train_overrides) -> Config:
+    """Nano at input 64, one epoch, two workers: seconds of compute for Ray Train plumbing tests."""
+    train_cfg = {"epochs": 1, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 1.0, "warmup_epochs": 0,
+                 "no_aug_epochs": 0, "eval_interval": 1, "max_failures": 0, **train_overrides}
+    return Config(model=ModelConfig(size="nano", input_size=64), train=TrainConfig(**train_cfg))

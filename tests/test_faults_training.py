@@ -15,7 +15,7 @@ from ray.cluster_utils import Cluster
 
 from raylib import train
 from raylib.model import load_model
-from tests.test_train import CLASSES, make_dataset, tiny_config
+from tests.helpers import CLASSES, make_dataset, tiny_config
 
 EPOCHS = 12
 

@@ -262,3 +262,21 @@ def test_a_test_set_overlapping_the_pool_is_refused(tmp_path):
     write_set(tmp_path / "voc", "test", "c\n")
     dataset = ensure_dataset(cfg)
     assert read_manifest(dataset.test_manifest).column("image_id").to_pylist() == ["c"]
+
+
+def test_image_uris_reads_only_the_asked_ids(tmp_path):
+    manifest = str(tmp_path / "pool.parquet")
+    storage.write_table(schemas.check(pa.table({"image_id": ["a", "b", "c"], "uri": ["/a", "/b", "/c"]}),
+                                      schemas.POOL, "pool"), manifest)
+    assert pool.image_uris(manifest, ["c", "a", "zz"]) == {"a": "/a", "c": "/c"}
+    assert pool.image_uris(manifest, []) == {}
+
+
+def test_round_pool_is_the_unlabelled_manifest_when_the_loop_wrote_one(tmp_path):
+    from raylib.paths import RoundPaths
+
+    rp = RoundPaths(str(tmp_path / "run"), 1)
+    assert pool.round_pool(rp, "/whole/pool.parquet") == "/whole/pool.parquet"
+    storage.write_table(schemas.empty(schemas.POOL), rp.unlabelled)
+    assert pool.round_pool(rp, "/whole/pool.parquet") == rp.unlabelled
+

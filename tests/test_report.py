@@ -8,22 +8,18 @@ import pyarrow as pa
 
 from raylib import paths, report, schemas, storage
 from raylib.paths import RoundPaths
+from tests.helpers import labels_table, obj
 
 CLASSES = ["cat", "dog"]
 
 
 def _labels(rows):
-    table = pa.table({
-        "image_id": [r[0] for r in rows], "split": [r[1] for r in rows], "round_added": [0] * len(rows),
-        "objects": [[{"class_id": c, "x1": 0.0, "y1": 0.0, "x2": 5.0, "y2": 5.0, "difficult": False} for c in r[2]]
-                    for r in rows],
-    })
-    return schemas.check(table, schemas.LABELS, "labels")
+    """rows: (image_id, split, class ids of its objects)."""
+    return labels_table([(image_id, split, [obj(c, 0, 0, 5, 5) for c in classes]) for image_id, split, classes in rows])
 
 
 def _fake_run(run_root: str, strategy: str, seed: int, map50s: list[float]) -> None:
-    storage.write_text(storage.join(run_root, "run.json"),
-                       json.dumps({"strategy": strategy, "seed": seed, "classes": CLASSES}))
+    storage.write_text(paths.run_info(run_root), json.dumps({"strategy": strategy, "seed": seed, "classes": CLASSES}))
     pool = pa.table({"image_id": [f"p{i}" for i in range(10)], "uri": [f"/p{i}.jpg" for i in range(10)]})
     storage.write_table(schemas.check(pool, schemas.POOL, "pool"), paths.pool_manifest(run_root))
     labelled = [("p0", "train", [0, 0]), ("p1", "val", [1]), ("p2", "test", [])]

@@ -78,6 +78,19 @@ def test_read_directory_of_parquet_on_s3(s3_bucket):
 # ----------------------------------------------------------------------------------------- local
 
 
+def test_iter_parquet_batches_reads_a_file_or_the_parquet_files_of_a_folder(tmp_path):
+    folder = tmp_path / "d"
+    storage.write_table(pool_table(3), str(folder / "part-0.parquet"))
+    storage.write_table(pool_table(5).slice(3), str(folder / "part-1.parquet"))
+    (folder / "part-2.parquet.tmp-0123").write_bytes(b"half a file from an interrupted write")
+    (folder / "notes.txt").write_text("not parquet")
+    ids = [i for b in storage.iter_parquet_batches(str(folder), batch_size=2) for i in b.column("image_id").to_pylist()]
+    assert ids == [f"img{i}" for i in range(5)]
+    one = list(storage.iter_parquet_batches(str(folder / "part-1.parquet"), columns=["image_id"]))
+    assert [b.column_names for b in one] == [["image_id"]] and sum(b.num_rows for b in one) == 2
+    assert list(storage.iter_parquet_batches(str(tmp_path / "empty_or_missing"))) == []
+
+
 def test_local_parquet_and_text_round_trip(tmp_path):
     uri = str(tmp_path / "deep" / "dir" / "pool.parquet")  # parent folders are created
     storage.write_table(pool_table(), uri)

@@ -5,59 +5,19 @@ Ray start-up. They check plumbing (reports, checkpoints, resume, S3), not accura
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 
 import cv2
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
-from raylib import schemas, storage, train
-from raylib.config import Config, ModelConfig, TrainConfig
+from raylib import storage, train
+from raylib.config import TrainConfig
 from raylib.model import build_model, load_model
-
-CLASSES = ["red", "blue"]
-COLOURS = [(0, 0, 255), (255, 0, 0)]  # BGR
-
-
-def make_dataset(root, n_train: int = 8, n_val: int = 3, size: int = 64, seed: int = 0) -> tuple[str, str]:
-    """Tiny images with filled rectangles; one background training image. Returns (labels, manifest)."""
-    os.makedirs(str(root), exist_ok=True)
-    rng = np.random.default_rng(seed)
-    ids, uris, splits, objects = [], [], [], []
-    for i in range(n_train + n_val):
-        image = np.full((size, size + 16, 3), 110, np.uint8)
-        objs = []
-        for _ in range(0 if i == 0 else 1 + i % 2):
-            x1, y1 = (int(v) for v in rng.integers(0, size // 2, 2))
-            w, h = (int(v) for v in rng.integers(12, size // 2, 2))
-            class_id = int(rng.integers(0, len(CLASSES)))
-            cv2.rectangle(image, (x1, y1), (x1 + w, y1 + h), COLOURS[class_id], -1)
-            objs.append({"class_id": class_id, "x1": float(x1), "y1": float(y1), "x2": float(x1 + w),
-                         "y2": float(y1 + h), "difficult": False})
-        image_id = f"set/{i:03d}"
-        path = os.path.join(str(root), f"img_{i:03d}.jpg")
-        cv2.imwrite(path, image)
-        ids.append(image_id)
-        uris.append(path)
-        splits.append("train" if i < n_train else "val")
-        objects.append(objs)
-    manifest = storage.join(str(root), "pool.parquet")
-    storage.write_table(pa.table({"image_id": ids, "uri": uris}), manifest)
-    labels = storage.join(str(root), "labels.parquet")
-    table = pa.table({"image_id": ids, "split": splits, "round_added": pa.array([0] * len(ids), pa.int16()),
-                      "objects": pa.array(objects, pa.list_(schemas.OBJECT))})
-    storage.write_table(schemas.check(table, schemas.LABELS, "labels"), labels)
-    return labels, manifest
-
-
-def tiny_config(**train_overrides) -> Config:
-    train_cfg = {"epochs": 1, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 1.0, "warmup_epochs": 0,
-                 "no_aug_epochs": 0, "eval_interval": 1, "max_failures": 0, **train_overrides}
-    return Config(model=ModelConfig(size="nano", input_size=64), train=TrainConfig(**train_cfg))
-
+from tests.helpers import CLASSES, make_dataset, tiny_config
 
 # ------------------------------------------------------------------------------ without Ray
 
@@ -82,6 +42,18 @@ def test_load_split_skips_undecodable_images(tmp_path):
         handle.write(b"broken")
     samples, split_labels = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
     assert [s.image_id for s in samples] == ["set/000", "set/002"] and split_labels.num_rows == 3
+
+
+def test_over_limit_labelled_image_is_left_out_of_training_with_a_log_line(tmp_path, caplog):
+    labels, manifest = make_dataset(tmp_path / "data", n_train=3, n_val=0)
+    big = np.full((64, 200, 3), 110, np.uint8)  # 12,800 pixels; the others are 64 x 80 = 5,120
+    cv2.imwrite(str(tmp_path / "data" / "img_002.jpg"), big)
+    with caplog.at_level(logging.WARNING, logger="raylib.train"):
+        samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")),
+                                      max_pixels=10_000)
+    assert [s.image_id for s in samples] == ["set/000", "set/001"]
+    [record] = [r for r in caplog.records if "set/002" in r.getMessage()]
+    assert "left out of training" in record.getMessage() and "over the limit" in record.getMessage()
 
 
 def test_train_dataset_uses_yolox_augmentations_and_closes_them(tmp_path):
@@ -170,11 +142,18 @@ def test_checkpoints_to_s3_and_weights_load_back(ray_session, s3_bucket, tmp_pat
 @pytest.mark.slow
 def test_worker_failure_mid_epoch_resumes_from_last_checkpoint(ray_session, tmp_path):
     labels, manifest = make_dataset(tmp_path / "data")
-    marker = tmp_path / "failed_once"
+    marker = str(tmp_path / "failed_once")
+
+    def fail_once_in_epoch_1(epoch: int, rank: int, world_size: int) -> None:
+        """Raises in the last rank mid-epoch 1, once (the marker file remembers across restarts)."""
+        if epoch == 1 and rank == world_size - 1 and not os.path.exists(marker):
+            with open(marker, "w") as handle:
+                handle.write("failed\n")
+            raise RuntimeError("injected failure in epoch 1")
+
     cfg = tiny_config(epochs=2, max_failures=1)
-    result = train.train_model(cfg, labels, manifest, str(tmp_path / "out"), CLASSES,
-                               extra_loop_config={"_fail_at_epoch": 1, "_fail_marker": str(marker)})
-    assert marker.exists()  # rank 1 did raise in epoch index 1
+    result = train.train_model(cfg, labels, manifest, str(tmp_path / "out"), CLASSES, on_step=fail_once_in_epoch_1)
+    assert os.path.exists(marker)  # rank 1 did raise in epoch index 1
     assert [h["epoch"] for h in result.history] == [1, 2]
     # Epoch 1 came from the first attempt; epoch 2 from the restart, which began at the checkpoint.
     assert [h["attempt_start_epoch"] for h in result.history] == [0, 1]

@@ -1,0 +1,200 @@
+"""The labelled set (schemas.LABELS): which images are labelled, in which split, since which round.
+
+    seed_labels        round 0: `seed_size` random pool images (seed 6.5 step 2) with their VOC labels
+    oracle             labels for a round's selection: the dataset's VOC (simulation) or annotators' XML
+    perf_test_labels   ground truth of the fixed performance test set (split `perf_test`)
+    standalone_labels  every pool image, for the train/evaluate jobs run outside the loop
+    read_split         one split's labels with the URIs of its images (training, evaluation)
+
+Every table is built by `as_labels` and every split assigned by `assign_splits` (stratified 70/15/15,
+seed 6.6). Newly labelled images get a split; earlier ones keep theirs, so val/test never leak into train.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raylib import paths, pool, schemas, storage, voc
+from raylib.config import LoopConfig
+from raylib.paths import RoundPaths
+from raylib.runtime import Dataset
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class LabelsPending(Exception):
+    """The external oracle found no usable label for any selected image: the round waits for them."""
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def as_labels(table: pa.Table, split: str | list[str], round_added: int) -> pa.Table:
+    """(image_id, objects) rows of `voc.read_voc_labels` -> a LABELS table."""
+    splits = [split] * table.num_rows if isinstance(split, str) else split
+    return schemas.check(
+        pa.table({"image_id": table.column("image_id"), "split": pa.array(splits, pa.string()),
+                  "round_added": pa.array([round_added] * table.num_rows, pa.int16()),
+                  "objects": table.column("objects")}),
+        schemas.LABELS, "labels",
+    )
+
+
+def assign_splits(table: pa.Table, fractions: tuple[float, float, float], seed: int, round_added: int) -> pa.Table:
+    """Labels for newly labelled images, split train/val/test per stratum (the class an image is
+    rarest in: small classes then reach every split), seeded by (seed, round)."""
+    strata = []
+    for objects in table.column("objects").to_pylist():
+        classes = sorted({obj["class_id"] for obj in objects})
+        strata.append(str(max(classes)) if classes else "empty")
+    splits = stratified_split(table.column("image_id").to_pylist(), strata, tuple(fractions),
+                              seed=seed * 1000 + round_added)
+    return as_labels(table, splits, round_added)
+
+
+def stratified_split(image_ids: list[str], strata: list[str], fractions: tuple[float, float, float],
+                     seed: int) -> list[str]:
+    """Assign train/val/test per stratum in the given fractions (seed 6.6: stratified 70/15/15).
+
+    Within a stratum ids are shuffled with `seed`; counts use the largest remainder, so a stratum of
+    n images gets round(n * fraction) of each split, with leftovers going to the largest fractions.
+    """
+    rng = np.random.default_rng(seed)
+    assigned: dict[str, str] = {}
+    by_stratum: dict[str, list[str]] = {}
+    for image_id, stratum in zip(image_ids, strata):
+        by_stratum.setdefault(stratum, []).append(image_id)
+    for stratum in sorted(by_stratum):
+        members = sorted(by_stratum[stratum])
+        rng.shuffle(members)
+        exact = np.asarray(fractions) * len(members)
+        counts = np.floor(exact).astype(int)
+        for idx in np.argsort(-(exact - counts), kind="stable")[: len(members) - counts.sum()]:
+            counts[idx] += 1
+        bounds = np.cumsum(counts)
+        for position, image_id in enumerate(members):
+            assigned[image_id] = SPLIT_NAMES[int(np.searchsorted(bounds, position, side="right"))]
+    return [assigned[image_id] for image_id in image_ids]
+
+
+def sample_ids(manifest_uri: str, n: int, seed: int) -> list[str]:
+    """A uniform random sample of `n` ids, streaming: each id gets a seeded hash key and the n smallest
+    keys win, so memory is O(n) however large the pool, and the sample doesn't depend on file order."""
+    heap: list[tuple[int, str]] = []  # max-heap of the n smallest keys, as negated keys
+    for batch in pool.iter_manifest(manifest_uri):
+        for image_id in batch.column("image_id").to_pylist():
+            digest = hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
+            key = int.from_bytes(digest, "big")
+            if len(heap) < n:
+                heapq.heappush(heap, (-key, image_id))
+            elif key < -heap[0][0]:
+                heapq.heapreplace(heap, (-key, image_id))
+    return sorted(image_id for _, image_id in heap)
+
+
+def _voc_labels(source: str, image_ids: list[str], class_names: list[str], warning: str) -> pa.Table:
+    """VOC labels of `image_ids`; each image without a usable file is logged with `warning` % (id, why)."""
+    table, errors = voc.read_voc_labels(source, image_ids, class_names)
+    for image_id, message in errors:
+        log.warning(warning, image_id, message)
+    return table
+
+
+def _write_once(uri: str, build: Callable[[], pa.Table]) -> str:
+    if not storage.exists(uri):
+        storage.write_table(build(), uri)
+    return uri
+
+
+def _manifest_ids(manifest_uri: str) -> list[str]:
+    return [i for batch in pool.iter_manifest(manifest_uri) for i in batch.column("image_id").to_pylist()]
+
+
+# ------------------------------------------------------------------------------- labelled sets
+
+
+def perf_test_labels(run_root: str, ds: Dataset) -> str:
+    """Ground truth of the fixed performance test set, from the VOC files of the test manifest; once."""
+    return _write_once(paths.perf_test_labels(run_root), lambda: as_labels(_voc_labels(
+        ds.voc_root, _manifest_ids(ds.test_manifest), ds.class_names, "performance test image %s left out: %s"),
+        "perf_test", 0))
+
+
+def seed_labels(run_root: str, ds: Dataset, loop: LoopConfig, seed: int) -> str:
+    """Round 0's labelled set: `loop.seed_size` random pool images, split per `loop.split`; once."""
+    return _write_once(paths.seed_labels(run_root), lambda: assign_splits(_voc_labels(
+        ds.voc_root, sample_ids(ds.pool_manifest, loop.seed_size, seed), ds.class_names,
+        "seed image %s stays unlabelled: %s"), loop.split, seed, round_added=0))
+
+
+def standalone_labels(run_root: str, ds: Dataset, fractions: tuple[float, float, float], seed: int) -> str:
+    """Every pool image with its VOC labels, split as the seed set is: for running the train and
+    evaluate jobs alone on the embedded defaults; once."""
+    return _write_once(paths.standalone_labels(run_root), lambda: assign_splits(_voc_labels(
+        ds.voc_root, sorted(_manifest_ids(ds.pool_manifest)), ds.class_names,
+        "pool image %s left out of the standalone labels: %s"), fractions, seed, round_added=0))
+
+
+def labels_for_round(run_root: str, round_idx: int, ds: Dataset, fractions: tuple[float, float, float],
+                     seed: int) -> str:
+    """The labelled set the loop's round `round_idx` trains on; outside a loop, the standalone set."""
+    uri = paths.round_labels(run_root, round_idx)
+    return uri if storage.exists(uri) else standalone_labels(run_root, ds, fractions, seed)
+
+
+def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str) -> dict:
+    """Labels for the selected images added to `labels_uri`, written to `rp.labels`.
+
+    The labels come from the dataset's ground truth (`simulate`, the seed's experiment) or from
+    annotators' corrected XML under `loop.labels_in/Annotations/` (`external`). Images whose labels are
+    missing or invalid stay in the pool; the reasons go to `rp.oracle_errors`.
+
+    With `external`, a round for which no label has arrived yet raises `LabelsPending` before anything
+    is committed: the loop stops there, and running the same command again once the annotators have
+    delivered resumes at this stage (a Ray job should not hold a cluster while people annotate)."""
+    selected = sorted(set(storage.read_table(rp.selection, columns=["image_id"]).column("image_id").to_pylist()))
+    source = ds.voc_root if loop.oracle == "simulate" else loop.labels_in
+    table, errors = voc.read_voc_labels(source, selected, ds.class_names)
+    storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
+    if loop.oracle == "external" and selected and table.num_rows == 0:
+        raise LabelsPending(
+            f"round {rp.round_idx}: waiting for labels: none of the {len(selected)} selected images has a "
+            f"usable VOC file under '{storage.join(source, 'Annotations')}/' yet (pre-annotations to correct: "
+            f"'{rp.preannotations}'; reasons per image: '{rp.oracle_errors}'). "
+            "Run the same command again when they are in.")
+    previous = storage.read_table(labels_uri, schema=schemas.LABELS)
+    new = assign_splits(table, loop.split, seed, round_added=rp.round_idx + 1)
+    new = new.filter(pc.invert(pc.is_in(new.column("image_id"), previous.column("image_id"))))
+    storage.write_table(pa.concat_tables([previous, new]), rp.labels)
+    return {"n_selected": len(selected), "n_labelled": new.num_rows, "n_missing": len(errors)}
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def labelled_ids(labels_uri: str) -> set[str]:
+    return set(storage.read_table(labels_uri, columns=["image_id"]).column("image_id").to_pylist())
+
+
+def split_counts(labels_uri: str) -> dict[str, int]:
+    counts = storage.read_table(labels_uri, columns=["split"]).column("split").value_counts().to_pylist()
+    return {item["values"]: item["counts"] for item in counts}
+
+
+def read_split(labels_uri: str, manifest_uri: str, split: str) -> tuple[pa.Table, list[tuple[str, str]], list[str]]:
+    """Labels of `split`, their (image_id, uri) from the manifest, and the ids missing from it."""
+    labels = schemas.check(storage.read_table(labels_uri), schemas.LABELS, f"labels '{labels_uri}'")
+    labels = labels.filter(pc.equal(labels.column("split"), split))
+    ids = labels.column("image_id").to_pylist()
+    uris = pool.image_uris(manifest_uri, ids)
+    missing = [image_id for image_id in ids if image_id not in uris]
+    return labels, [(image_id, uris[image_id]) for image_id in ids if image_id in uris], missing
