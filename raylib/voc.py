@@ -280,7 +280,12 @@ def write_voc(ann: VocAnnotation, analysis_time: str | None = None) -> bytes:
 def _labels_of(voc_root: str, image_id: str, class_ids: dict[str, int]) -> list[dict]:
     """Objects of one image as OBJECT dicts; raises (VocError, UnsafeIdError) for this image only."""
     paths.safe_relpath(image_id)
-    uri = storage.join(voc_root, "Annotations", f"{image_id}.xml")
+    return label_objects(storage.join(voc_root, "Annotations", f"{image_id}.xml"), class_ids)
+
+
+def label_objects(uri: str, class_ids: dict[str, int]) -> list[dict]:
+    """The objects of the VOC file at `uri` as OBJECT dicts (schemas.OBJECT); raises VocError for a
+    bad file or a class name not in `class_ids` (name -> class_id)."""
     ann = read_voc(uri)
     objects = []
     for obj in ann.objects:

@@ -1,0 +1,206 @@
+"""Importers of annotators' deliveries (VOC, COCO, Label Studio), reviewed-empty ids and the
+delivery-complete check. Deliveries are written by hand here as the tools write them."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from raylib import annotations, schemas
+from raylib.annotations import (check_delivery, delivery_marker, import_coco, import_delivery, import_labelstudio,
+                                import_voc, name_index)
+
+CLASSES = ["cat", "dog"]
+# A round's selection: image_id -> uri. VOC-style ids (no extension) and folder-pool ids (relative paths).
+SELECTED = {"2007_000017": "/voc/JPEGImages/2007_000017.jpg", "2007_000018": "/voc/JPEGImages/2007_000018.jpg",
+            "cam1/x.png": "/pool/cam1/x.png", "cam2/y.jpg": "/pool/cam2/y.jpg", "gone": "/voc/JPEGImages/gone.jpg"}
+
+
+def box(class_id, x1, y1, x2, y2, difficult=False) -> dict:
+    return {"class_id": class_id, "x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2),
+            "difficult": difficult}
+
+
+def voc_xml(filename: str, objects: str = "") -> bytes:
+    return (f"<annotation><filename>{filename}</filename><size><width>100</width><height>80</height>"
+            f"<depth>3</depth></size>{objects}</annotation>").encode()
+
+
+def voc_obj(name: str, xmin, ymin, xmax, ymax, difficult: int = 0) -> str:
+    return (f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{xmin}</xmin>"
+            f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+
+
+def write(path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def test_name_index():
+    index = name_index({"2007_000017": "/v/JPEGImages/2007_000017.jpg", "cam1/x.png": "/p/cam1/x.png",
+                        "cam2/x.png": "/p/cam2/x.png"})
+    assert index == {
+        "2007_000017": "2007_000017", "2007_000017.jpg": "2007_000017",
+        "cam1/x.png": "cam1/x.png", "cam1/x": "cam1/x.png",
+        "cam2/x.png": "cam2/x.png", "cam2/x": "cam2/x.png",
+        # 'x.png' and 'x' name two images: left out rather than guessed
+    }
+
+
+# ---------------------------------------------------------------------------------------------- VOC
+
+
+def test_voc_delivery(tmp_path):
+    ann = tmp_path / "Annotations"
+    write(ann / "2007_000017.xml", voc_xml("2007_000017.jpg", voc_obj("dog", 11, 21, 30, 40, 1) + voc_obj("cat", 1, 1, 100, 80)))
+    write(ann / "cam1" / "x.xml", voc_xml("cam1/x.png", voc_obj("cat", 5, 5, 9.5, 9)))  # CVAT's item: no extension
+    write(ann / "2007_000018.xml", voc_xml("2007_000018.jpg", voc_obj("zebra", 1, 1, 5, 5)))
+    write(ann / "not_selected.xml", voc_xml("not_selected.jpg"))
+    # Label Studio's VOC export drops images without boxes: the annotator lists them instead.
+    write(tmp_path / "reviewed_empty.txt", "# reviewed, nothing there\ncam2/y.jpg\n\n")
+
+    delivery = import_voc(str(tmp_path), SELECTED, CLASSES)
+    assert delivery.labels.schema.field("objects").type == pa.list_(schemas.OBJECT)
+    assert delivery.labels.to_pylist() == [
+        {"image_id": "2007_000017", "objects": [box(1, 10, 20, 30, 40, True), box(0, 0, 0, 100, 80)]},
+        {"image_id": "cam1/x.png", "objects": [box(0, 4, 4, 9.5, 9)]},
+        {"image_id": "cam2/y.jpg", "objects": []},
+    ]
+    (error,) = delivery.errors
+    assert error[0] == "2007_000018" and "zebra" in error[1] and "2007_000018.xml" in error[1]
+    assert delivery.missing == ["gone"]
+
+
+def test_voc_hostile_file_costs_one_image(tmp_path):
+    evil = b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><annotation>&e;</annotation>'
+    write(tmp_path / "Annotations" / "2007_000017.xml", evil)
+    write(tmp_path / "Annotations" / "2007_000018.xml", voc_xml("2007_000018.jpg"))
+    delivery = import_voc(str(tmp_path), SELECTED, CLASSES)
+    assert delivery.labels.column("image_id").to_pylist() == ["2007_000018"]
+    assert [e[0] for e in delivery.errors] == ["2007_000017"] and "refused" in delivery.errors[0][1]
+
+
+def test_reviewed_empty_but_delivered_with_boxes_is_an_error(tmp_path):
+    write(tmp_path / "Annotations" / "2007_000017.xml", voc_xml("2007_000017.jpg", voc_obj("dog", 1, 1, 5, 5)))
+    write(tmp_path / "Annotations" / "2007_000018.xml", voc_xml("2007_000018.jpg"))
+    write(tmp_path / "reviewed_empty.txt", "2007_000017.jpg\n2007_000018\nunknown.jpg\n")  # file names work too
+    delivery = import_voc(str(tmp_path), SELECTED, CLASSES)
+    assert delivery.labels.to_pylist() == [{"image_id": "2007_000018", "objects": []}]
+    assert [e[0] for e in delivery.errors] == ["2007_000017"] and "reviewed_empty.txt" in delivery.errors[0][1]
+    assert delivery.missing == ["cam1/x.png", "cam2/y.jpg", "gone"]
+    assert annotations.reviewed_empty(str(tmp_path), SELECTED) == ({"2007_000017", "2007_000018"}, ["unknown.jpg"])
+
+
+# --------------------------------------------------------------------------------------------- COCO
+
+
+def coco_doc(images, anns, categories=({"id": 1, "name": "cat"}, {"id": 2, "name": "dog"})) -> str:
+    return json.dumps({"images": images, "annotations": anns, "categories": list(categories)})
+
+
+def test_coco_delivery(tmp_path):
+    # CVAT's COCO export: base names as file_name, its own ids; an image from another round; an empty image.
+    write(tmp_path / "annotations" / "instances_default.json", coco_doc(
+        [{"id": 1, "file_name": "2007_000017.jpg", "width": 100, "height": 80},
+         {"id": 2, "file_name": "y.jpg", "width": 100, "height": 80},
+         {"id": 3, "file_name": "older_round.jpg", "width": 100, "height": 80},
+         {"id": 4, "file_name": "cam1/x.png", "width": 100, "height": 80}],
+        [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [10.5, 20, 30, 40], "iscrowd": 0},
+         {"id": 2, "image_id": 3, "category_id": 1, "bbox": [1, 1, 2, 2], "iscrowd": 0},
+         {"id": 3, "image_id": 4, "category_id": 2, "bbox": [0, 0, 0, 5], "iscrowd": 0}]))
+    write(tmp_path / "broken.json", "{not json")
+    delivery = import_coco(str(tmp_path), SELECTED, CLASSES)
+    assert delivery.labels.to_pylist() == [
+        {"image_id": "2007_000017", "objects": [box(1, 10.5, 20, 40.5, 60)]},
+        {"image_id": "cam2/y.jpg", "objects": []},
+    ]
+    assert sorted(e[0] for e in delivery.errors) == [f"<{tmp_path / 'broken.json'}>", "cam1/x.png"]
+    assert delivery.missing == ["2007_000018", "gone"]
+
+
+def test_coco_same_image_twice_with_different_labels(tmp_path):
+    image = {"id": 1, "file_name": "2007_000017.jpg"}
+    write(tmp_path / "a.json", coco_doc([image], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]}]))
+    write(tmp_path / "b.json", coco_doc([image], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]}]))
+    write(tmp_path / "c.json", coco_doc([{"id": 5, "file_name": "2007_000018.jpg"}], []))
+    assert import_coco(str(tmp_path), SELECTED, CLASSES).labels.num_rows == 2  # identical twice: fine
+    write(tmp_path / "b.json", coco_doc([image], [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [1, 1, 2, 2]}]))
+    delivery = import_coco(str(tmp_path), SELECTED, CLASSES)
+    assert delivery.labels.column("image_id").to_pylist() == ["2007_000018"]
+    assert [e[0] for e in delivery.errors] == ["2007_000017"] and "twice" in delivery.errors[0][1]
+
+
+# ------------------------------------------------------------------------------------- Label Studio
+
+
+def ls_region(label, x, y, w, h, rotation=0, width=200, height=100) -> dict:
+    return {"type": "rectanglelabels", "from_name": "label", "to_name": "image", "original_width": width,
+            "original_height": height, "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation,
+                                                 "rectanglelabels": [label]}}
+
+
+def ls_task(task_id, data, *annotations_) -> dict:
+    return {"id": task_id, "data": data, "annotations": list(annotations_), "predictions": []}
+
+
+def test_labelstudio_delivery(tmp_path):
+    tasks = [
+        ls_task(1, {"image": "s3://b/voc/2007_000017.jpg", "image_id": "2007_000017"},
+                {"id": 10, "result": [ls_region("dog", 5, 10, 50, 20)], "was_cancelled": False,
+                 "updated_at": "2026-01-01T10:00:00Z"},
+                {"id": 11, "result": [ls_region("cat", 10, 10, 10, 10)], "was_cancelled": False,
+                 "updated_at": "2026-01-02T10:00:00Z"}),  # the later annotation counts
+        ls_task(2, {"image": "/data/local-files/?d=pool/cam1/x.png"},  # no image_id: matched by URL
+                {"id": 12, "result": [], "was_cancelled": False}),  # reviewed: nothing there
+        ls_task(3, {"image": "s3://b/cam2/y.jpg", "image_id": "cam2/y.jpg"},
+                {"id": 13, "result": [], "was_cancelled": True}),  # skipped: not labelled yet
+        ls_task(4, {"image": "s3://b/2007_000018.jpg", "image_id": "2007_000018"},
+                {"id": 14, "result": [ls_region("dog", 1, 1, 5, 5, rotation=30)]}),
+        ls_task(5, {"image": "s3://b/older.jpg", "image_id": "older"}, {"id": 15, "result": []}),
+    ]
+    write(tmp_path / "project-1-at-2026.json", json.dumps(tasks))
+    delivery = import_labelstudio(str(tmp_path), SELECTED, CLASSES)
+    assert delivery.labels.to_pylist() == [
+        {"image_id": "2007_000017", "objects": [box(0, 20, 10, 40, 20)]},  # percent of 200 x 100
+        {"image_id": "cam1/x.png", "objects": []},
+    ]
+    assert [e[0] for e in delivery.errors] == ["2007_000018"] and "rotated" in delivery.errors[0][1]
+    assert delivery.missing == ["cam2/y.jpg", "gone"]
+
+
+def test_import_delivery_dispatches_and_refuses_unknown_formats(tmp_path):
+    write(tmp_path / "Annotations" / "gone.xml", voc_xml("gone.jpg"))
+    assert import_delivery("voc", str(tmp_path), SELECTED, CLASSES).labels.column("image_id").to_pylist() == ["gone"]
+    with pytest.raises(ValueError, match="'yolo' is not one of voc, coco, labelstudio"):
+        import_delivery("yolo", str(tmp_path), SELECTED, CLASSES)
+
+
+# ------------------------------------------------------------------------------------- completeness
+
+
+def test_waits_until_every_image_is_labelled_or_the_delivery_is_marked(tmp_path):
+    write(tmp_path / "Annotations" / "2007_000017.xml", voc_xml("2007_000017.jpg"))
+    write(tmp_path / "Annotations" / "2007_000018.xml", b"<annotation>")
+    delivery = import_voc(str(tmp_path), SELECTED, CLASSES)
+
+    status = check_delivery(delivery, str(tmp_path), 2, len(SELECTED))
+    assert not status.complete and not status.marked
+    assert (status.n_labelled, status.n_invalid, status.n_missing) == (1, 1, 3)
+    assert status.message.startswith("round 2: waiting for labels: 1 of 5 selected images labelled, 3 missing, "
+                                     "1 delivered but invalid")
+    assert delivery_marker(str(tmp_path), 2) in status.message
+
+    assert check_delivery(delivery, str(tmp_path), 2, len(SELECTED), accept_partial=True).complete
+
+    write(tmp_path / "_complete" / "round=02", "")
+    status = check_delivery(delivery, str(tmp_path), 2, len(SELECTED))
+    assert status.complete and status.marked and "the rest stays in the pool" in status.message
+    assert not check_delivery(delivery, str(tmp_path), 3, len(SELECTED)).complete  # the marker is per round
+
+
+def test_complete_without_marker_when_everything_is_labelled(tmp_path):
+    for image_id in SELECTED:
+        write(tmp_path / "Annotations" / f"{image_id}.xml", voc_xml(image_id))
+    status = check_delivery(import_voc(str(tmp_path), SELECTED, CLASSES), str(tmp_path), 0, len(SELECTED))
+    assert status.complete and not status.marked and (status.n_labelled, status.n_missing) == (5, 0)
