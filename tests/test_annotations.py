@@ -204,3 +204,59 @@ def test_complete_without_marker_when_everything_is_labelled(tmp_path):
         write(tmp_path / "Annotations" / f"{image_id}.xml", voc_xml(image_id))
     status = check_delivery(import_voc(str(tmp_path), SELECTED, CLASSES), str(tmp_path), 0, len(SELECTED))
     assert status.complete and not status.marked and (status.n_labelled, status.n_missing) == (5, 0)
+
+
+# ------------------------------------------- round trip: our export, "annotators" accept it, our import
+
+EXPECTED = [  # tests.test_export.DETECTIONS of the selected images, most confident first; boxes are whole pixels
+    {"image_id": "a", "objects": [box(0, 10, 10, 50, 40), box(1, 60, 20, 120, 90)]},
+    {"image_id": "b", "objects": [box(1, 0, 0, 30, 30)]},
+    {"image_id": "empty", "objects": []},
+]
+ROUND_TRIP_SELECTED = {"a": "/data/a.jpg", "b": "/data/b.jpg", "empty": "/data/empty.jpg"}
+
+
+@pytest.fixture
+def exported(tmp_path):
+    from raylib.export import export_preannotations
+    from tests.test_export import DETECTIONS, _write
+
+    manifest = _write(tmp_path, list(ROUND_TRIP_SELECTED), DETECTIONS)
+    out = tmp_path / "pre"
+    export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), manifest, CLASSES, str(out), 0)
+    return out
+
+
+def test_round_trip_voc(exported, tmp_path):
+    for image_id in ROUND_TRIP_SELECTED:
+        write(tmp_path / "in" / "Annotations" / f"{image_id}.xml", (exported / f"{image_id}.xml").read_bytes())
+    assert import_voc(str(tmp_path / "in"), ROUND_TRIP_SELECTED, CLASSES).labels.to_pylist() == EXPECTED
+
+
+def test_round_trip_cvat_zip(exported, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(exported / "preannotations_cvat_voc.zip") as archive:
+        archive.extractall(tmp_path / "in")  # CVAT's VOC export has the same layout
+    delivery = import_voc(str(tmp_path / "in"), ROUND_TRIP_SELECTED, CLASSES)
+    assert delivery.labels.to_pylist() == EXPECTED and delivery.missing == [] and delivery.errors == []
+
+
+def test_round_trip_coco(exported, tmp_path):
+    write(tmp_path / "in" / "result.json", (exported / "preannotations_coco.json").read_bytes())
+    assert import_coco(str(tmp_path / "in"), ROUND_TRIP_SELECTED, CLASSES).labels.to_pylist() == EXPECTED
+
+
+def test_round_trip_labelstudio(exported, tmp_path):
+    tasks = json.loads((exported / "preannotations_labelstudio.json").read_text())
+    for n, task in enumerate(tasks):  # the annotator submits the predictions unchanged
+        task["id"] = n + 1
+        task["annotations"] = [{"id": n + 1, "result": task["predictions"][0]["result"], "was_cancelled": False}]
+    write(tmp_path / "in" / "export.json", json.dumps(tasks))
+    rows = import_labelstudio(str(tmp_path / "in"), ROUND_TRIP_SELECTED, CLASSES).labels.to_pylist()
+    assert [r["image_id"] for r in rows] == [r["image_id"] for r in EXPECTED]
+    for row, expected in zip(rows, EXPECTED):
+        assert [o["class_id"] for o in row["objects"]] == [o["class_id"] for o in expected["objects"]]
+        for got, want in zip(row["objects"], expected["objects"]):
+            assert [got[k] for k in ("x1", "y1", "x2", "y2")] == pytest.approx(
+                [want[k] for k in ("x1", "y1", "x2", "y2")], abs=1e-3)  # percent and back, in float32
