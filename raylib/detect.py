@@ -1,7 +1,10 @@
 """A model's detections on labelled images, for validation during training and for evaluation.
 
-Images are read with `read_image`, the same decoder scoring uses (`raylib.images`), so training,
-evaluation and scoring see the same pixels; an image that can't be read or decoded is reported by id.
+Images are decoded by `decode_bytes`, the decoder scoring uses (`raylib.images`), so training, evaluation
+and scoring see the same pixels; an image that can't be read or decoded is reported by id. Bytes may be
+fetched in threads, but decoding stays on the calling thread: `images.decode_image` turns warnings into
+errors with `warnings.catch_warnings`, which swaps process-wide state and is not thread-safe (decoding
+in threads left the filter at "error" for the rest of the process).
 """
 from __future__ import annotations
 
@@ -25,20 +28,32 @@ EVAL_NMS_THRESHOLD = 0.65
 EVAL_MAX_DETECTIONS = 100
 
 
-def read_image(uri: str, image_id: str, max_pixels: int | None = None) -> np.ndarray:
-    """The image at `uri` (local path or s3://) as BGR uint8 HWC, decoded by `images.decode_image`.
-    Raises OSError (unreadable) or images.ImageError (not decodable, over `max_pixels`; None: the
-    decoder's default limit)."""
-    data = storage.read_bytes(uri)
+def decode_bytes(data: bytes, image_id: str, max_pixels: int | None = None) -> np.ndarray:
+    """Image bytes as BGR uint8 HWC, by `images.decode_image`. Raises images.ImageError (not decodable,
+    over `max_pixels`; None: the decoder's default limit). Call from one thread (module docstring)."""
     if max_pixels is None:
         return images.decode_image(data, image_id)
     return images.decode_image(data, image_id, max_pixels)
 
 
-def _read_or_none(item: tuple[str, str], max_pixels: int | None) -> np.ndarray | None:
+def read_image(uri: str, image_id: str, max_pixels: int | None = None) -> np.ndarray:
+    """The image at `uri` (local path or s3://), decoded; raises OSError (unreadable) or ImageError."""
+    return decode_bytes(storage.read_bytes(uri), image_id, max_pixels)
+
+
+def _read_bytes(item: tuple[str, str]) -> bytes | OSError:
+    try:
+        return storage.read_bytes(item[1])
+    except OSError as exc:
+        return exc
+
+
+def _decode_or_none(item: tuple[str, str], data: bytes | OSError, max_pixels: int | None) -> np.ndarray | None:
     image_id, uri = item
     try:
-        return read_image(uri, image_id, max_pixels)
+        if isinstance(data, OSError):
+            raise data
+        return decode_bytes(data, image_id, max_pixels)
     except (OSError, images.ImageError) as exc:
         log.warning("image '%s' (%s) counted as failed, skipped: %s", image_id, uri, exc)
         return None
@@ -60,7 +75,7 @@ def predict(model: torch.nn.Module, batch: Sequence[np.ndarray], input_size: int
 def detect_images(model: torch.nn.Module, items: Iterable[tuple[str, str]], input_size: int, max_pixels: int | None,
                   batch_size: int = 16, device: torch.device | str = "cpu",
                   read_threads: int = 4) -> tuple[pd.DataFrame, list[str]]:
-    """Detections of every (image_id, uri) in `items`, reading the next batch while one is computed.
+    """Detections of every (image_id, uri) in `items`, fetching the next batch while one is computed.
 
     Returns (detections frame with DETECTION_COLUMNS, ids of images that failed to read or decode)."""
     was_training = model.training
@@ -70,11 +85,12 @@ def detect_images(model: torch.nn.Module, items: Iterable[tuple[str, str]], inpu
     items = list(items)
     batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(max_workers=read_threads) as pool:
-        pending = [pool.submit(_read_or_none, item, max_pixels) for item in batches[0]] if batches else []
+        pending = [pool.submit(_read_bytes, item) for item in batches[0]] if batches else []
         for index, batch in enumerate(batches):
-            decoded = [future.result() for future in pending]
+            fetched = [future.result() for future in pending]
             if index + 1 < len(batches):
-                pending = [pool.submit(_read_or_none, item, max_pixels) for item in batches[index + 1]]
+                pending = [pool.submit(_read_bytes, item) for item in batches[index + 1]]
+            decoded = [_decode_or_none(item, data, max_pixels) for item, data in zip(batch, fetched)]
             ok = [(image_id, image) for (image_id, _), image in zip(batch, decoded) if image is not None]
             failed += [image_id for (image_id, _), image in zip(batch, decoded) if image is None]
             results = predict(model, [image for _, image in ok], input_size, device)

@@ -193,16 +193,24 @@ def load_split(labels_uri: str, manifest_uri: str, split: str, rank: int = 0, wo
     if not shard and items and split == "train":
         shard = [items[rank % len(items)]]  # fewer images than workers: every rank still needs data
     objects = dict(zip(split_labels.column("image_id").to_pylist(), split_labels.column("objects").to_pylist()))
-    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-        samples = list(pool.map(lambda item: _sample(item, objects[item[0]], cache, max_pixels), shard))
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:  # copies in threads, decoding here (detect.py)
+        fetched = list(pool.map(lambda item: _fetch(item, cache), shard))
+    samples = [_sample(item, path, objects[item[0]], max_pixels) for item, path in zip(shard, fetched)]
     return [s for s in samples if s is not None], split_labels
 
 
-def _sample(item: tuple[str, str], objects: list[dict], cache: ImageCache | None,
-            max_pixels: int | None) -> Sample | None:
+def _fetch(item: tuple[str, str], cache: ImageCache | None) -> str | OSError:
+    try:
+        return cache.fetch(item[1]) if cache else item[1]
+    except OSError as exc:
+        return exc
+
+
+def _sample(item: tuple[str, str], path: str | OSError, objects: list[dict], max_pixels: int | None) -> Sample | None:
     image_id, uri = item
     try:
-        path = cache.fetch(uri) if cache else uri
+        if isinstance(path, OSError):
+            raise path
         height, width = detect.read_image(path, image_id, max_pixels).shape[:2]
     except (OSError, ImageError) as exc:
         log.warning("labelled image '%s' (%s) left out of training: %s", image_id, uri, exc)
