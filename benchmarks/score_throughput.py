@@ -1,25 +1,28 @@
-"""Scoring throughput: our Ray Data pipeline (raylib.score.score_pool) against a bare PyTorch loop.
+"""Scoring throughput: raylib.score.score_pool against a strong bare PyTorch loop, with the model alone
+as the upper bound. Every ratio is measured in the same run.
 
-    python benchmarks/score_throughput.py                                   # CPU: nano, input 256, 400 images
-    python benchmarks/score_throughput.py --device cuda --size s --input 640 --fp16 --n 2000
+    python benchmarks/score_throughput.py                       # CPU: nano, input 256, 3,000 images
+    python benchmarks/score_throughput.py --device cuda --size s --input 640 --batch-size 64 --n 40000
+    python benchmarks/score_throughput.py --nodes                # CPU: two 1-CPU Ray nodes vs one
 
-One process, one run, the same model, weights file and generated images (N JPEGs of VOC size 500x375
-with drawn shapes; a YOLOX whose head biases are raised so that the untrained model has detections, as
-tests/test_score.py does). Measured, in images/s:
+Images: `--unique` generated JPEGs of VOC's size (500x375, ~55 KB), listed `--n` times in all in the
+manifest under distinct image ids (reads come from the page cache, as on a warm local disk).
+Model: YOLOX with its BatchNorm statistics set from generated images (an untrained YOLOX in eval mode
+gives every anchor the same score) and its objectness bias chosen so that `--candidates` anchors per
+image clear `strategy.min_score` (a trained detector on VOC keeps tens); `--candidates all` makes every
+anchor a candidate, the worst case of the post-process.
 
-  bare        torch DataLoader (workers read + decode with raylib.images.decode_image + model.letterbox)
-              -> model -> model.decode -> cls_conf * loc_conf, detections over min_score kept as arrays;
-  ray         raylib.score.score_pool end to end on a manifest of the same images: Ray Data read ->
-              load_images -> YoloxScorer actors -> write_parquet -> split into detections/ + image_status/.
-              Ray is started (ray.init(address="local")) and warmed up by one score_pool run on a few
-              images before any timing, so Ray's own start-up and the first worker imports are not
-              counted; each timed run still starts its actor pool (model load) as every real run does;
-  model       the model alone on pre-decoded, letterboxed tensors (upper bound of both);
-  model+nms   the model and model.decode on pre-decoded tensors.
-
-bare and ray alternate over --repeats rounds and the median is reported, so that a noisy neighbour on a
-shared machine hits both. `--profile` also prints the single-core cost of each stage per image.
-The ratio printed is ray / bare (1.0 = no overhead).
+Paths, images/s:
+  model         the model alone on letterboxed, pinned batches (fp16 + channels_last on a GPU): the bound;
+  model+post    the model and model.decode_batch (one post-process per batch) on the same batches;
+  model+post1   the model and the per-image post-process it replaced (tests/reference_decode.py);
+  bare          a DataLoader whose workers read, decode (raylib.images) and letterbox, pinned memory,
+                non-blocking copies, the model, decode_batch, the confidence floor: what a good engineer
+                writes without Ray;
+  ray           score_pool end to end (Ray Data read -> read_images/load_images -> YoloxScorer actors ->
+                Parquet -> detections/ + image_status/), after an untimed warm-up run that starts Ray's
+                workers; each timed run starts its own actors as every real run does. Its steady state is
+                first to last batch in the actors.
 """
 from __future__ import annotations
 
@@ -29,94 +32,140 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import torch
 
-from raylib import images, model, schemas, storage
-from raylib.config import Config, ModelConfig, ScoreConfig, StrategyConfig
-from raylib.paths import RoundPaths
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # tests.reference_decode: the per-image post-process, kept as the baseline
 
+from raylib import images, model, schemas, storage  # noqa: E402
+from raylib.config import Config, ModelConfig, ScoreConfig, StrategyConfig  # noqa: E402
+from raylib.paths import RoundPaths  # noqa: E402
+from tests.reference_decode import decode_per_image  # noqa: E402
+
+MIN_SCORE = 0.2
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor"]
 
 
-def make_images(root: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """n JPEGs of 500x375 (VOC's typical size): a smooth gradient with sensor-like noise and 2-6 filled
-    shapes, quality 90 (about 60 KB each, like VOC photos). Returns [(image_id, path)]."""
+def _one_image(args: tuple[str, int]) -> None:
+    path, seed = args
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
-    out = []
-    for i in range(n):
-        a, b, c = rng.uniform(0.2, 0.8, 3)
-        base = np.stack([xx * a * 255 / 500, yy * b * 255 / 375, (xx + yy) * c * 255 / 875], -1)
-        image = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
-        for _ in range(int(rng.integers(2, 7))):
-            color = tuple(int(v) for v in rng.integers(0, 256, 3))
-            x, y, s = int(rng.integers(20, 480)), int(rng.integers(20, 355)), int(rng.integers(12, 90))
-            if rng.random() < 0.5:
-                cv2.circle(image, (x, y), s, color, -1)
-            else:
-                cv2.rectangle(image, (x - s, y - s // 2), (x + s, y + s // 2), color, -1)
-        path = os.path.join(root, f"{i:06d}.jpg")
-        cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        out.append((f"{i:06d}", path))
-    return out
+    a, b, c = rng.uniform(0.2, 0.8, 3)
+    base = np.stack([xx * a * 255 / 500, yy * b * 255 / 375, (xx + yy) * c * 255 / 875], -1)
+    image = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(2, 7))):
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x, y, s = int(rng.integers(20, 480)), int(rng.integers(20, 355)), int(rng.integers(12, 90))
+        if rng.random() < 0.5:
+            cv2.circle(image, (x, y), s, color, -1)
+        else:
+            cv2.rectangle(image, (x - s, y - s // 2), (x + s, y + s // 2), color, -1)
+    cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
-def write_manifest(items: list[tuple[str, str]], uri: str) -> str:
-    table = pa.table({"image_id": [i for i, _ in items], "uri": [p for _, p in items]})
+def make_images(folder: str, n: int) -> list[str]:
+    """n JPEGs of 500x375: a noisy gradient with 2-6 filled shapes, quality 90 (~55 KB, like VOC)."""
+    paths = [os.path.join(folder, f"{i:06d}.jpg") for i in range(n)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(_one_image, [(p, i) for i, p in enumerate(paths)], chunksize=16))
+    return paths
+
+
+def write_manifest(paths: list[str], n: int, uri: str) -> str:
+    """`n` rows cycling over `paths`, each with its own image id."""
+    uris = [paths[i % len(paths)] for i in range(n)]
+    table = pa.table({"image_id": [f"img{i:07d}" for i in range(n)], "uri": uris})
     storage.write_table(schemas.check(table, schemas.POOL, "pool"), uri)
     return uri
 
 
-def confident_weights(path: str, size: str, num_classes: int, bias: float) -> str:
-    """Untrained YOLOX with objectness and class biases set to `bias` (tests/test_score.py)."""
+def letterboxed(paths: list[str], side: int) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
+    canvases, ratios, sizes = [], [], []
+    for path in paths:
+        with open(path, "rb") as handle:
+            image = images.decode_image(handle.read(), path)
+        canvas, ratio = model.letterbox(image, side)
+        canvases.append(canvas)
+        ratios.append(ratio)
+        sizes.append(image.shape[:2])
+    return torch.from_numpy(np.stack(canvases)), ratios, sizes
+
+
+def calibrated_weights(path: str, size: str, num_classes: int, side: int, paths: list[str],
+                       candidates: str) -> tuple[str, float]:
+    """Weights whose detections differ per anchor and image, with about `candidates` anchors per
+    image over MIN_SCORE ("all": every anchor). Returns (path, measured candidates per image)."""
     torch.manual_seed(0)
     net = model.build_model(size, num_classes)
-    for conv in list(net.head.obj_preds) + list(net.head.cls_preds):
-        torch.nn.init.constant_(conv.bias, bias)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # running stats = the plain average of the calibration pass
+    canvases, _, _ = letterboxed(paths[:16], side)
+    inputs = model.to_input(canvases)
+    net.train()
+    with torch.no_grad():
+        for level, x in enumerate(net.backbone(inputs)):
+            x = net.head.stems[level](x)
+            net.head.cls_convs[level](x)
+            net.head.reg_convs[level](x)
+    net.eval()
+    for conv in net.head.cls_preds:
+        torch.nn.init.constant_(conv.bias, 4.0)  # cls_conf ~ 1: objectness alone decides the count
+
+    def per_image(bias: float) -> float:
+        for conv in net.head.obj_preds:
+            torch.nn.init.constant_(conv.bias, bias)
+        with torch.inference_mode():
+            out = net(inputs[:8])
+        return float(((out[..., 4] * out[..., 5:].max(-1).values) > MIN_SCORE).sum(1).float().mean())
+
+    if candidates == "all":
+        bias = 8.0
+    else:  # the count grows with the bias: bisect
+        low, high = -40.0, 20.0
+        for _ in range(40):
+            bias = (low + high) / 2
+            low, high = (bias, high) if per_image(bias) < float(candidates) else (low, bias)
+    measured = per_image(bias)
     model.save_weights(net, path, size, VOC_CLASSES[:num_classes])
-    return path
+    return path, measured
 
 
 class LetterboxedImages(torch.utils.data.Dataset):
-    """What a hand-written PyTorch scorer does: read + decode + letterbox in DataLoader workers."""
+    """The bare loop's dataset: read + decode + letterbox in DataLoader workers."""
 
-    def __init__(self, paths: list[str], side: int, max_pixels: int):
-        self.paths, self.side, self.max_pixels = paths, side, max_pixels
+    def __init__(self, paths: list[str], side: int):
+        self.paths, self.side = paths, side
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         with open(self.paths[index], "rb") as handle:
-            image = images.decode_image(handle.read(), self.paths[index], self.max_pixels)
+            image = images.decode_image(handle.read(), self.paths[index])
         canvas, ratio = model.letterbox(image, self.side)
         return torch.from_numpy(canvas), ratio, image.shape[0], image.shape[1]
 
 
-def prepare(net: torch.nn.Module, device: torch.device, half: bool, channels_last: bool) -> torch.nn.Module:
+def prepare(net: torch.nn.Module, device: torch.device, half: bool) -> torch.nn.Module:
     net = net.eval().to(device)
-    if half:
-        net = net.half()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    return net
+    return net.half().to(memory_format=torch.channels_last) if half else net
 
 
-def to_device(canvases: torch.Tensor, device: torch.device, half: bool, channels_last: bool) -> torch.Tensor:
+def to_device(canvases: torch.Tensor, device: torch.device, half: bool) -> torch.Tensor:
     inputs = model.to_input(canvases.to(device, non_blocking=True))
-    if half:
-        inputs = inputs.half()
-    if channels_last:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    return inputs
+    return inputs.half().contiguous(memory_format=torch.channels_last) if half else inputs
 
 
 def sync(device: torch.device) -> None:
@@ -125,48 +174,49 @@ def sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def run_bare(net, paths, cfg: Config, device, half, channels_last, workers: int) -> tuple[float, int]:
-    """Seconds and detections kept for the bare loop over `paths` (loader start-up included)."""
+def run_bare(net, paths: list[str], cfg: Config, device, half: bool, workers: int) -> tuple[float, int]:
+    """Seconds (loader start-up included) and detections kept, over `paths`."""
     sc = cfg.score
     loader = torch.utils.data.DataLoader(
-        LetterboxedImages(paths, cfg.model.input_size, sc.max_pixels), batch_size=sc.batch_size,
-        num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+        LetterboxedImages(paths, cfg.model.input_size), batch_size=sc.batch_size, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     kept = 0
     sync(device)
     started = time.perf_counter()
     for canvases, ratios, heights, widths in loader:
-        outputs = net(to_device(canvases, device, half, channels_last))
-        decoded = model.decode(outputs, ratios.tolist(), list(zip(heights.tolist(), widths.tolist())),
-                               candidate_conf=sc.candidate_conf, nms_threshold=sc.nms_threshold,
-                               max_detections=sc.max_detections)
-        for dets in decoded:
-            score = dets.cls_conf * dets.loc_conf
-            kept += int((score > cfg.strategy.min_score).sum())
+        outputs = net(to_device(canvases, device, half))
+        dets = model.decode_batch(outputs, ratios, torch.stack([heights, widths], 1),
+                                  candidate_conf=max(sc.candidate_conf, MIN_SCORE),
+                                  nms_threshold=sc.nms_threshold, max_detections=sc.max_detections)
+        kept += int((dets.cls_conf * dets.loc_conf > MIN_SCORE).sum())
     sync(device)
     return time.perf_counter() - started, kept
 
 
 @torch.inference_mode()
-def run_model(net, canvases: torch.Tensor, ratios, sizes, cfg: Config, device, half, channels_last,
-              with_decode: bool) -> float:
-    """Seconds for the model (and optionally decode) over pre-decoded canvases, batch by batch."""
-    sc = cfg.score
+def run_model(net, canvases: torch.Tensor, ratios, sizes, cfg: Config, device, half: bool,
+              post: str | None) -> float:
+    """Seconds for the model (and a post-process: "batch", "image" or None) over pinned canvases."""
+    sc, side = cfg.score, cfg.model.input_size
+    options = {"candidate_conf": max(sc.candidate_conf, MIN_SCORE), "nms_threshold": sc.nms_threshold,
+               "max_detections": sc.max_detections}
     sync(device)
     started = time.perf_counter()
     for start in range(0, len(canvases), sc.batch_size):
-        outputs = net(to_device(canvases[start:start + sc.batch_size], device, half, channels_last))
-        if with_decode:
-            model.decode(outputs, ratios[start:start + sc.batch_size], sizes[start:start + sc.batch_size],
-                         candidate_conf=sc.candidate_conf, nms_threshold=sc.nms_threshold,
-                         max_detections=sc.max_detections)
+        outputs = net(to_device(canvases[start:start + sc.batch_size], device, half))
+        part = slice(start, start + sc.batch_size)
+        if post == "batch":
+            model.decode_batch(outputs, ratios[part], sizes[part], **options)
+        elif post == "image":
+            decode_per_image(outputs, ratios[part], sizes[part], **options)
     sync(device)
+    del side
     return time.perf_counter() - started
 
 
 def timed_scorer(log_path: str) -> type:
     """YoloxScorer that appends wall-clock stamps (actor start, model ready, each batch) to `log_path`,
-    so the benchmark can tell the actor pool's start-up from its steady state. Ray pickles this class
-    by value (it lives in __main__), log path included."""
+    so that actor start-up and steady state can be told apart. Ray pickles it by value (__main__)."""
     from raylib.score import YoloxScorer
 
     class TimedScorer(YoloxScorer):
@@ -189,102 +239,63 @@ def timed_scorer(log_path: str) -> type:
 
 
 def run_ray(manifest: str, weights: str, root: str, cfg: Config, class_names: list[str]) -> tuple[float, int, dict]:
-    """Seconds and detections of score_pool, and when (seconds after the call) the actors started,
-    had their model, and scored their first and last batch."""
+    """Seconds and detections of score_pool, and its timeline (seconds after the call)."""
     from raylib.score import score_pool
 
     os.makedirs(root, exist_ok=True)
     log_path = os.path.join(root, "stamps.txt")
-    out = RoundPaths(os.path.join(root, "run"), 0)
     started = time.time()
-    summary = score_pool(manifest, weights, out, cfg, class_names, scorer_cls=timed_scorer(log_path))
+    summary = score_pool(manifest, weights, RoundPaths(os.path.join(root, "run"), 0), cfg, class_names,
+                         scorer_cls=timed_scorer(log_path))
     elapsed = time.time() - started
     stamps = [line.split() for line in open(log_path)] if os.path.exists(log_path) else []
-    inits = [(float(a) - started, float(b) - started) for kind, _, a, b, _ in stamps if kind == "init"]
+    inits = [float(b) - started for kind, _, _, b, _ in stamps if kind == "init"]
     batches = [(float(a) - started, float(b) - started) for kind, _, a, b, _ in stamps if kind == "batch"]
-    timeline = {"actors": len(inits),
-                "actor_ready": max((b for _, b in inits), default=float("nan")),
+    timeline = {"actor_ready": max(inits, default=float("nan")),
                 "first_batch": min((a for a, _ in batches), default=float("nan")),
-                "last_batch": max((b for _, b in batches), default=float("nan")),
-                "busy": sum(b - a for a, b in batches)}
+                "last_batch": max((b for _, b in batches), default=float("nan"))}
     shutil.rmtree(root, ignore_errors=True)
     return elapsed, summary.n_detections, timeline
 
 
-def print_stats_after_write() -> None:
-    """Print Ray Data's execution stats (time per operator, actor/task counts) after score_pool's write."""
-    import ray.data
+def start_ray(gpu: bool, num_cpus: int | None) -> None:
+    import ray
+    from ray.data import DataContext
 
-    write_parquet = ray.data.Dataset.write_parquet
-
-    def write_and_print(self, *args, **kwargs):
-        result = write_parquet(self, *args, **kwargs)
-        print(self.stats())
-        return result
-
-    ray.data.Dataset.write_parquet = write_and_print
+    DataContext.get_current().enable_progress_bars = False
+    ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, num_gpus=1 if gpu else 0,
+             object_store_memory=4 * 1024**3, log_to_driver=True)
 
 
-def profile(paths: list[str], net, cfg: Config, device, half, channels_last, class_names, weights) -> None:
-    """Per-image cost of each stage on this process (torch threads as set), from a few batches."""
-    from raylib.score import YoloxScorer, load_images
+def nodes_scaling(args, root: str, paths: list[str], weights: str, class_names: list[str]) -> None:
+    """The same work on one 1-CPU Ray node, then on two (ray.cluster_utils.Cluster): one actor per node."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.data import DataContext
 
-    sc, n = cfg.score, min(len(paths), 4 * cfg.score.batch_size)
-    batch = {"image_id": np.array([os.path.basename(p) for p in paths[:n]], dtype=object),
-             "uri": np.array(paths[:n], dtype=object)}
-    times: dict[str, float] = {}
-    started = time.perf_counter()
-    for p in paths[:n]:
-        with open(p, "rb") as handle:
-            data = handle.read()
-        decoded = images.decode_image(data, p)
-    times["read+decode_image (1 core)"] = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(n):
-        model.letterbox(decoded, cfg.model.input_size)
-    times["letterbox (1 core)"] = time.perf_counter() - started
-    started = time.perf_counter()
-    loaded = {k: [] for k in ("image_id", "image", "ratio", "height", "width", "error")}
-    for start in range(0, n, sc.batch_size):
-        part = load_images({k: v[start:start + sc.batch_size] for k, v in batch.items()},
-                           cfg.model.input_size, sc.max_pixels)
-        for k in loaded:
-            loaded[k].append(part[k])
-    times["load_images = all of the above (1 core)"] = time.perf_counter() - started
-    loaded = {k: np.concatenate(v) for k, v in loaded.items()}
-    scorer = YoloxScorer(cfg, weights, len(class_names), 0)  # sets torch threads as the actor does
-    scorer(({k: v[:sc.batch_size] for k, v in loaded.items()}))  # warm-up
-    threads = torch.get_num_threads()
-    canvases = torch.from_numpy(loaded["image"])
-    ratios, sizes = loaded["ratio"].tolist(), list(zip(loaded["height"].tolist(), loaded["width"].tolist()))
-    times[f"model ({threads} threads)"] = run_model(scorer.model, canvases, ratios, sizes, cfg, device, half,
-                                                    channels_last, with_decode=False)
-    times[f"model + decode/NMS ({threads} threads)"] = run_model(scorer.model, canvases, ratios, sizes, cfg,
-                                                                 device, half, channels_last, with_decode=True)
-    started = time.perf_counter()
-    for start in range(0, n, sc.batch_size):
-        scorer({k: v[start:start + sc.batch_size] for k, v in loaded.items()})
-    times[f"YoloxScorer.__call__ = model+NMS+rows ({threads} threads)"] = time.perf_counter() - started
-    print(f"\nprofile: cost per image on {n} images (this process, no Ray)")
-    for name, seconds in times.items():
-        print(f"  {name:55s} {1000 * seconds / n:8.2f} ms/image")
-
-
-def parse_ray_configs(text: str) -> list[dict]:
-    """"ACTORS:CPUS_PER_ACTOR:DECODE_CPUS:TORCH_THREADS,..." -> ScoreConfig overrides (threads 0: the default)."""
-    configs = []
-    for item in filter(None, text.split(",")):
-        actors, cpus, decode_cpus, threads = item.split(":")
-        configs.append({"num_actors": int(actors), "num_cpus_per_actor": float(cpus),
-                        "decode_num_cpus": float(decode_cpus), "torch_threads": int(threads) or None})
-    return configs
-
-
-def ray_name(score: dict, gpu: bool) -> str:
-    """A short name; "fused" when Ray Data runs load_images inside the actor (equal CPU and no GPU)."""
-    fused = not gpu and score["decode_num_cpus"] == score["num_cpus_per_actor"]
-    return (f"ray_{score['num_actors']}x{score['num_cpus_per_actor']:g}cpu_t{score['torch_threads'] or 'auto'}"
-            f"_d{score['decode_num_cpus']:g}" + ("_fused" if fused else ""))
+    manifest = write_manifest(paths, args.n, os.path.join(root, "pool.parquet"))
+    warm = write_manifest(paths, 32, os.path.join(root, "warm.parquet"))
+    rates = {}
+    for nodes in (1, 2):
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        DataContext.get_current().enable_progress_bars = False
+        # One fused actor per node (decode inside it: equal CPU requests), the CPU preset's shape.
+        cfg = Config(model=ModelConfig(size=args.size, input_size=args.input),
+                     strategy=StrategyConfig(min_score=MIN_SCORE),
+                     score=ScoreConfig(batch_size=args.batch_size or 16, num_actors=nodes, num_cpus_per_actor=1,
+                                       decode_num_cpus=1, torch_threads=1))
+        run_ray(warm, weights, os.path.join(root, "warm"), cfg, class_names)
+        seconds = [run_ray(manifest, weights, os.path.join(root, f"n{nodes}r{r}"), cfg, class_names)[0]
+                   for r in range(args.repeats)]
+        rates[nodes] = args.n / statistics.median(seconds)
+        print(f"{nodes} node(s) x 1 CPU: {rates[nodes]:.1f} images/s (median of {args.repeats}: "
+              + ", ".join(f"{s:.1f}s" for s in seconds) + ")", flush=True)
+        ray.shutdown()
+        cluster.shutdown()
+    print(f"ratio two nodes / one node: {rates[2] / rates[1]:.2f}")
 
 
 def main() -> None:
@@ -292,169 +303,119 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--size", default="nano")
     parser.add_argument("--input", type=int, default=256)
-    parser.add_argument("--fp16", action="store_true", help="half precision and channels_last (CUDA only)")
-    parser.add_argument("--n", type=int, default=400, help="generated images")
     parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--bias", type=float, default=0.5, help="head bias of the untrained model (detections)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds over all paths; median reported")
-    parser.add_argument("--warmup", type=int, default=32, help="images of the untimed Ray warm-up run")
-    parser.add_argument("--batch-size", type=int, default=None, help="both paths (default: ScoreConfig's)")
-    parser.add_argument("--bare", default=None,
-                        help="bare configurations, THREADS:LOADER_WORKERS,...; the fastest is the baseline "
-                             "(default CPU: CORES:1,1:1; CUDA: CORES:CORES/2,CORES:CORES-1)")
-    parser.add_argument("--ray", default=None,
-                        help="ray configurations, ACTORS:CPUS_PER_ACTOR:DECODE_CPUS:TORCH_THREADS,... (threads 0: "
-                             "ScoreConfig's rule); decode is fused into the actor when DECODE_CPUS == "
-                             "CPUS_PER_ACTOR (Ray Data fuses operators with equal resources). Default: "
-                             "conf/score/cpu.yaml (CPU) or 1 actor per GPU with 1 CPU for decode tasks (CUDA)")
-    parser.add_argument("--ray-cpus", type=int, default=None, help="ray.init num_cpus (default: all)")
-    parser.add_argument("--skip", default="", help="comma list of paths not to run: bare,ray,model")
-    parser.add_argument("--profile", action="store_true", help="also print the per-stage cost per image")
-    parser.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of each ray run")
-    parser.add_argument("--keep", default=None, help="folder to generate into and keep (default: temp)")
+    parser.add_argument("--n", type=int, default=3000, help="manifest rows (images scored per run)")
+    parser.add_argument("--unique", type=int, default=400, help="distinct generated JPEGs")
+    parser.add_argument("--candidates", default="20", help="anchors per image over min_score, or 'all'")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: conf/score/<cpu|gpu>.yaml")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians reported")
+    parser.add_argument("--workers", type=int, default=None, help="bare DataLoader workers (default: cores-1)")
+    parser.add_argument("--actors", type=int, default=None, help="score.num_actors (default: the preset's)")
+    parser.add_argument("--concurrent", type=int, default=None, help="score.concurrent_batches (default: preset)")
+    parser.add_argument("--skip", default="", help="comma list of paths not to run: model,bare,ray")
+    parser.add_argument("--nodes", action="store_true", help="only the two-node vs one-node scaling (CPU)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    half = channels_last = gpu and args.fp16
     class_names = VOC_CLASSES[:args.classes]
-    base = ScoreConfig()
-    common = {"fp16": args.fp16, "channels_last": args.fp16, "num_gpus_per_actor": 1.0 if gpu else 0.0}
-    if args.batch_size:
-        common["batch_size"] = args.batch_size
-    if args.ray:
-        ray_scores = parse_ray_configs(args.ray)
-    elif gpu:
-        ray_scores = [{"num_actors": 1, "num_cpus_per_actor": 1.0, "decode_num_cpus": 1.0, "torch_threads": None}]
-    else:  # what ./run.sh scores with: conf/score/cpu.yaml over the schema's defaults
-        from omegaconf import OmegaConf
 
-        shipped = OmegaConf.merge(OmegaConf.structured(base), OmegaConf.load(
-            os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "score", "cpu.yaml")))
-        ray_scores = [{"num_actors": shipped.num_actors, "num_cpus_per_actor": shipped.num_cpus_per_actor,
-                       "decode_num_cpus": shipped.decode_num_cpus, "torch_threads": shipped.torch_threads}]
-    if "ray" in skip:
-        ray_scores = []
-
-    def make_cfg(score: dict) -> Config:
-        return Config(model=ModelConfig(size=args.size, input_size=args.input),
-                      score=ScoreConfig(**common, **score), strategy=StrategyConfig(min_score=0.2))
-
-    cfg = make_cfg(ray_scores[0] if ray_scores else {})
+    from omegaconf import OmegaConf
+    preset = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ScoreConfig), OmegaConf.load(
+        os.path.join(ROOT, "conf", "score", "gpu.yaml" if gpu else "cpu.yaml"))))
+    preset.num_actors = args.actors or (1 if gpu else preset.num_actors)  # one GPU here
+    preset.concurrent_batches = args.concurrent or preset.concurrent_batches
+    preset.batch_size = args.batch_size or preset.batch_size
+    if gpu:
+        preset.num_cpus_per_actor = 2
+    cfg = Config(model=ModelConfig(size=args.size, input_size=args.input), score=preset,
+                 strategy=StrategyConfig(min_score=MIN_SCORE))
+    half = gpu and preset.fp16
     cores = os.cpu_count() or 1
-    bare_text = args.bare or (f"{cores}:{max(1, cores // 2)},{cores}:{max(1, cores - 1)}" if gpu else f"{cores}:1,1:1")
-    bare_configs = list(dict.fromkeys(tuple(int(v) for v in item.split(":")) for item in bare_text.split(",") if item))
-    if "bare" in skip:
-        bare_configs = []
-    model_threads = bare_configs[0][0] if bare_configs else os.cpu_count()
+    workers = args.workers or max(1, cores - 1)
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, device {device}"
+    print(f"machine: {platform.machine()}, {cores} CPU(s), torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if gpu else "") + f", load average {os.getloadavg()[0]:.2f}")
-    print(f"model yolox_{args.size}, input {args.input}, {args.classes} classes, {args.n} generated 500x375 JPEGs, "
-          f"batch {cfg.score.batch_size}" + (", fp16 + channels_last" if half else ""))
-    for t, w in bare_configs:
-        print(f"  bare_t{t}w{w}: torch threads {t}, {w} DataLoader worker(s)")
-    for score in ray_scores:
-        print(f"  {ray_name(score, gpu)}: num_actors {score['num_actors']}, num_cpus_per_actor "
-              f"{score['num_cpus_per_actor']}, decode_num_cpus {score['decode_num_cpus']}, torch_threads "
-              f"{score['torch_threads']}, num_gpus_per_actor {common['num_gpus_per_actor']}")
-
-    root = args.keep or tempfile.mkdtemp(prefix="score-bench-")
-    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    root = tempfile.mkdtemp(prefix="score-bench-")
     try:
         started = time.perf_counter()
-        items = make_images(os.path.join(root, "images"), args.n)
-        paths = [p for _, p in items]
-        manifest = write_manifest(items, os.path.join(root, "pool.parquet"))
-        warm_manifest = write_manifest(items[:args.warmup], os.path.join(root, "warmup.parquet"))
-        weights = confident_weights(os.path.join(root, "weights.pt"), args.size, args.classes, args.bias)
-        size_kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
-        print(f"generated in {time.perf_counter() - started:.1f}s (mean JPEG {size_kb:.0f} KB)")
+        paths = make_images(os.path.join(root, "images") if os.makedirs(os.path.join(root, "images")) is None
+                            else "", args.unique)
+        weights, per_image = calibrated_weights(os.path.join(root, "w.pt"), args.size, args.classes, args.input,
+                                                paths, args.candidates)
+        print(f"{args.unique} JPEGs (mean {np.mean([os.path.getsize(p) for p in paths]) / 1024:.0f} KB) and "
+              f"weights in {time.perf_counter() - started:.1f}s; yolox_{args.size} {args.input}px, {args.classes} "
+              f"classes, {per_image:.1f} candidates per image over min_score {MIN_SCORE}")
+        if args.nodes:
+            nodes_scaling(args, root, paths, weights, class_names)
+            return
+        print(f"batch {preset.batch_size}" + (", fp16 + channels_last" if half else "") + f"; bare: {workers} "
+              f"loader workers; ray: {preset.num_actors} actor(s) x {preset.num_cpus_per_actor} CPU, "
+              f"device_decode={preset.device_decode}, concurrent_batches={preset.concurrent_batches}; "
+              f"{args.n} images per run", flush=True)
 
-        torch.set_num_threads(model_threads)
-        net = prepare(model.load_model(args.size, args.classes, weights), device, half, channels_last)
-
-        if ray_scores:
-            import ray
-            from ray.data import DataContext
-
-            DataContext.get_current().enable_progress_bars = False
-            if args.stats:
-                print_stats_after_write()
-            ray.init(address="local", include_dashboard=False, num_cpus=args.ray_cpus,
-                     num_gpus=1 if gpu else 0, object_store_memory=2 * 1024**3, log_to_driver=True)
-            started = time.perf_counter()
-            run_ray(warm_manifest, weights, os.path.join(root, "warm"), cfg, class_names)
-            print(f"ray warm-up: {args.warmup} images in {time.perf_counter() - started:.1f}s (not counted)")
-
-        bare_names = [f"bare_t{t}w{w}" for t, w in bare_configs]
-        ray_names = [ray_name(score, gpu) for score in ray_scores]
-        times: dict[str, list[float]] = {name: [] for name in bare_names + ray_names}
-        timelines: dict[str, list[dict]] = {name: [] for name in ray_names}
-        detections: dict[str, int] = {}
-        for r in range(args.repeats):
-            for name, (threads, workers) in zip(bare_names, bare_configs):
-                torch.set_num_threads(threads)
-                seconds, detections[name] = run_bare(net, paths, cfg, device, half, channels_last, workers)
-                times[name].append(seconds)
-            for name, score in zip(ray_names, ray_scores):
-                seconds, detections[name], timeline = run_ray(manifest, weights, os.path.join(root, f"run{r}"),
-                                                              make_cfg(score), class_names)
-                times[name].append(seconds)
-                timelines[name].append(timeline)
-            print(f"round {r}: " + ", ".join(f"{k} {args.n / v[-1]:.1f}" for k, v in times.items() if v)
-                  + f" img/s (load average {os.getloadavg()[0]:.2f})", flush=True)
-
-        torch.set_num_threads(model_threads)
+        torch.set_num_threads(cores if gpu else max(1, int(preset.num_cpus_per_actor * preset.num_actors)))
+        net = prepare(model.load_model(args.size, args.classes, weights), device, half)
+        times: dict[str, list[float]] = {}
+        n_of: dict[str, int] = {}
         if "model" not in skip:
-            canvases, ratios, sizes = [], [], []
-            for p in paths:
-                with open(p, "rb") as handle:
-                    image = images.decode_image(handle.read(), p)
-                canvas, ratio = model.letterbox(image, args.input)
-                canvases.append(canvas)
-                ratios.append(ratio)
-                sizes.append(image.shape[:2])
-            canvases = torch.from_numpy(np.stack(canvases))
-            if gpu:
-                canvases = canvases.pin_memory()
-            run_model(net, canvases[:cfg.score.batch_size], ratios, sizes, cfg, device, half, channels_last, True)
-            times[f"model_t{model_threads}"], times[f"model+nms_t{model_threads}"] = [], []
-            for _ in range(args.repeats):
-                times[f"model_t{model_threads}"].append(
-                    run_model(net, canvases, ratios, sizes, cfg, device, half, channels_last, False))
-                times[f"model+nms_t{model_threads}"].append(
-                    run_model(net, canvases, ratios, sizes, cfg, device, half, channels_last, True))
+            count = min(len(paths), 1024)
+            canvases, ratios, sizes = letterboxed(paths[:count], args.input)
+            canvases = canvases.pin_memory() if gpu else canvases
+            run_model(net, canvases[:preset.batch_size], ratios, sizes, cfg, device, half, "batch")  # warm-up
+            for name, post in [("model", None), ("model+post", "batch"), ("model+post1", "image")]:
+                times[name] = [run_model(net, canvases, ratios, sizes, cfg, device, half, post)
+                               for _ in range(args.repeats)]
+                n_of[name] = count
+            print("model: " + ", ".join(f"{k} {count / statistics.median(v):.0f}" for k, v in times.items())
+                  + " images/s", flush=True)
 
-        rates = {k: args.n / statistics.median(v) for k, v in times.items() if v}
-        width = max(len(k) for k in times) + 2
-        print(f"\n{'path':{width}s} {'images/s':>9s} {'min..max':>15s}  runs  (end to end: median of {args.repeats})")
+        manifest = write_manifest(paths, args.n, os.path.join(root, "pool.parquet"))
+        bare_paths = [paths[i % len(paths)] for i in range(args.n)]
+        timelines, detections = [], {}
+        if "ray" not in skip:
+            start_ray(gpu, None)
+            started = time.perf_counter()
+            run_ray(write_manifest(paths, 2 * preset.batch_size, os.path.join(root, "warm.parquet")), weights,
+                    os.path.join(root, "warm"), cfg, class_names)
+            print(f"ray warm-up in {time.perf_counter() - started:.1f}s (not counted)", flush=True)
+        for r in range(args.repeats):
+            if "bare" not in skip:
+                seconds, detections["bare"] = run_bare(net, bare_paths, cfg, device, half, workers)
+                times.setdefault("bare", []).append(seconds)
+                n_of["bare"] = args.n
+            if "ray" not in skip:
+                seconds, detections["ray"], timeline = run_ray(manifest, weights, os.path.join(root, f"r{r}"),
+                                                               cfg, class_names)
+                times.setdefault("ray", []).append(seconds)
+                timelines.append(timeline)
+                n_of["ray"] = args.n
+            print(f"round {r}: " + ", ".join(f"{k} {n_of[k] / times[k][-1]:.0f}" for k in ("bare", "ray")
+                                            if k in times) + f" images/s (load {os.getloadavg()[0]:.1f})", flush=True)
+
+        rate = {k: n_of[k] / statistics.median(v) for k, v in times.items()}
+        print(f"\n{'path':12s} {'images/s':>9s} {'min..max':>17s}")
         for name, values in times.items():
-            lo, hi = args.n / max(values), args.n / min(values)
-            print(f"{name:{width}s} {rates[name]:9.1f} {lo:7.1f}..{hi:<7.1f}  {len(values)}")
+            print(f"{name:12s} {rate[name]:9.0f} {n_of[name] / max(values):8.0f}..{n_of[name] / min(values):<8.0f}")
+        if "model" in rate:
+            print(f"post-process: model+post / model {rate['model+post'] / rate['model']:.3f}; "
+                  f"model+post1 (per image) / model {rate['model+post1'] / rate['model']:.3f}; "
+                  f"batched / per-image {rate['model+post'] / rate['model+post1']:.3f}")
         if detections:
-            print("detections over min_score: " + ", ".join(f"{k} {v}" for k, v in detections.items()))
-        best_bare = max(bare_names, key=rates.get) if bare_names else None
-        for name in ray_names:
-            line = timelines[name]
-            steady = statistics.median(args.n / (t["last_batch"] - t["first_batch"]) for t in line)
-            print(f"\n{name}: timeline, seconds after score_pool was called (median of {len(line)})")
-            for key, what in [("actor_ready", "last actor has loaded its model"),
-                              ("first_batch", "first batch reaches YoloxScorer.__call__"),
-                              ("last_batch", "last batch scored"),
-                              ("busy", "time in YoloxScorer.__call__, summed over actors")]:
-                print(f"  {what:50s} {statistics.median(t[key] for t in line):7.2f}")
-            print(f"  {'score_pool returned':50s} {statistics.median(times[name]):7.2f}")
-            print(f"  steady state (first to last batch)               {steady:7.1f} images/s")
-            if best_bare:
-                print(f"  ratio {name} / {best_bare} (best bare): end to end {rates[name] / rates[best_bare]:.3f}, "
-                      f"steady state {steady / rates[best_bare]:.3f}")
-        if args.profile:
-            profile(paths, net, cfg, device, half, channels_last, class_names, weights)
+            print("detections kept: " + ", ".join(f"{k} {v}" for k, v in detections.items()))
+        if timelines:
+            steady = statistics.median(args.n / (t["last_batch"] - t["first_batch"]) for t in timelines)
+            print(f"ray timeline (median, s after score_pool was called): actors ready "
+                  f"{statistics.median(t['actor_ready'] for t in timelines):.1f}, first batch "
+                  f"{statistics.median(t['first_batch'] for t in timelines):.1f}, last batch "
+                  f"{statistics.median(t['last_batch'] for t in timelines):.1f}, returned "
+                  f"{statistics.median(times['ray']):.1f}; steady state {steady:.0f} images/s")
+            for other in ("bare", "model", "model+post"):
+                if other in rate:
+                    print(f"ratio ray / {other}: end to end {rate['ray'] / rate[other]:.3f}, "
+                          f"steady state {steady / rate[other]:.3f}")
     finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

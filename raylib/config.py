@@ -120,12 +120,18 @@ class ScoreConfig:
     keep_class_probs: bool = True  # needed by margin/entropy
     torch_threads: Optional[int] = None  # intra-op threads per actor; None: the actor's CPUs (at least 1)
     rows_per_file: int = 20_000  # images per scored Parquet file
+    # JPEGs travel to the actor as bytes and are decoded there in batches on its device (nvJPEG on a
+    # GPU) and letterboxed there; other images are decoded by CPU tasks. Off: CPU tasks decode and
+    # letterbox every image and canvases travel (on a CPU-only machine that is fused into the actor).
+    device_decode: bool = False
+    concurrent_batches: int = 1  # batches each actor works on at once (threads; a CUDA stream each)
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "score.batch_size must be > 0")
         _require(self.num_actors > 0, "score.num_actors must be > 0")
         _require(0 < self.nms_threshold <= 1, "score.nms_threshold must be in (0, 1]")
         _require(self.max_pixels > 0, "score.max_pixels must be > 0")
+        _require(self.concurrent_batches > 0, "score.concurrent_batches must be > 0")
 
 
 @dataclass

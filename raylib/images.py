@@ -1,6 +1,8 @@
 """Decode untrusted image bytes into BGR uint8, or raise `ImageError` with a message naming the image.
 
-One decoder for scoring, training and evaluation, so all three see the same pixels. Coordinates are
+`decode_image` is the one decoder of scoring, training and evaluation, so all three see the same
+pixels. On a GPU, scoring decodes JPEGs in batches with nvJPEG (`decode_jpegs`, chosen by `probe`) and
+falls back to `decode_image` for everything else. Coordinates are
 those of the stored pixels (EXIF orientation is not applied), which is the frame VOC and COCO boxes
 are written in.
 """
@@ -10,7 +12,9 @@ import io
 import warnings
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
 
 # We enforce our own limit before decoding; PIL's would only warn below 2x its default.
 Image.MAX_IMAGE_PIXELS = None
@@ -22,11 +26,17 @@ class ImageError(ValueError):
 
 def header_size(data: bytes, name: str) -> tuple[int, int]:
     """(width, height) from the header only: cheap, and safe against decompression bombs."""
+    width, height, _, _ = _header(data, name)
+    return width, height
+
+
+def _header(data: bytes, name: str) -> tuple[int, int, str | None, str]:
+    """(width, height, format, mode) from the header only."""
     if not data:
         raise ImageError(f"image '{name}' is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.size
+            return image.size[0], image.size[1], image.format, image.mode
     except UnidentifiedImageError as exc:
         raise ImageError(f"image '{name}' is not a readable image file") from exc
     except (OSError, ValueError, SyntaxError) as exc:
@@ -37,11 +47,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = 40_000_000) -> np.nda
     """Bytes -> HxWx3 uint8 BGR. Grayscale, palette, CMYK, alpha and 16-bit images are converted;
     truncated or corrupt files and images over `max_pixels` raise ImageError."""
     width, height = header_size(data, name)
-    if width * height > max_pixels:
-        raise ImageError(
-            f"image '{name}' is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
-            f"{max_pixels / 1e6:.0f} MP (score.max_pixels); skipped"
-        )
+    _check_pixels(width, height, name, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # PIL warns, instead of failing, on some corrupt data
@@ -54,6 +60,14 @@ def decode_image(data: bytes, name: str, max_pixels: int = 40_000_000) -> np.nda
         reason = "truncated" if "truncated" in str(exc) else str(exc)
         raise ImageError(f"image '{name}' could not be decoded ({reason})") from exc
     return np.ascontiguousarray(array[:, :, ::-1])
+
+
+def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image '{name}' is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
+            f"{max_pixels / 1e6:.0f} MP (score.max_pixels); skipped"
+        )
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
@@ -75,3 +89,38 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
     if image.mode in ("RGB;16", "RGB;16B"):
         raise ImageError("48-bit RGB is not supported")
     return np.asarray(image.convert("RGB"))
+
+
+# Formats and modes the device decoder (nvJPEG through torchvision) reads as we do; anything else,
+# CMYK JPEGs included (PIL inverts Adobe CMYK, nvJPEG does not), goes to `decode_image` on a CPU.
+_DEVICE_MODES = ("RGB", "L")
+_JPEG_END = b"\xff\xd9"
+
+
+def probe(data: bytes, name: str, max_pixels: int) -> tuple[int, int, bool]:
+    """(width, height, device_decodable) from the header; raises ImageError as `decode_image` would
+    for empty, unreadable and over-limit files. `device_decodable`: a complete baseline/progressive
+    JPEG in RGB or grayscale, which `decode_jpegs` may decode on a GPU. A JPEG without its end marker
+    is left to the CPU, whose decoder reports it as truncated (nvJPEG may decode it silently)."""
+    width, height, kind, mode = _header(data, name)
+    _check_pixels(width, height, name, max_pixels)
+    return width, height, kind == "JPEG" and mode in _DEVICE_MODES and data[-64:].rstrip(b"\0\r\n ").endswith(_JPEG_END)
+
+
+def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+    """JPEG bytes -> [3, H, W] uint8 BGR tensors on `device`, decoded as one batch (nvJPEG on a GPU).
+    An image the batch decoder refuses is retried alone; one that still fails is None, for the caller
+    to decode with `decode_image` (same pixels rules, same error messages)."""
+    if not datas:
+        return []
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    try:
+        decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        decoded = []
+        for tensor in tensors:
+            try:
+                decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                decoded.append(None)
+    return [None if image is None else image.flip(0) for image in decoded]

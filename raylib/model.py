@@ -103,6 +103,27 @@ def letterbox(image_bgr: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     return canvas, ratio
 
 
+def letterbox_on_device(images_bgr: list[torch.Tensor], side: int) -> tuple[torch.Tensor, list[float]]:
+    """`letterbox` for [3, H, W] uint8 tensors already on the model's device -> float [B, 3, side, side]
+    in 0..255 (the model's input, as `to_input` makes it) and each image's ratio. Bilinear without
+    antialiasing and half-pixel centres, as cv2.INTER_LINEAR; values differ from the uint8 path by
+    less than one grey level (cv2 rounds to uint8, we keep the float)."""
+    canvas = torch.full((len(images_bgr), 3, side, side), float(PAD_VALUE),
+                        device=images_bgr[0].device if images_bgr else "cpu")
+    ratios = []
+    for i, image in enumerate(images_bgr):
+        height, width = image.shape[1:]
+        ratio = min(side / height, side / width)
+        new_height, new_width = int(height * ratio), int(width * ratio)
+        pixels = image[None].float()
+        if (new_height, new_width) != (height, width):
+            pixels = torch.nn.functional.interpolate(pixels, size=(new_height, new_width), mode="bilinear",
+                                                     align_corners=False, antialias=False).round_()
+        canvas[i, :, :new_height, :new_width] = pixels[0]
+        ratios.append(ratio)
+    return canvas, ratios
+
+
 @dataclass
 class ImageDetections:
     """Detections of one image, boxes in original image pixels."""
@@ -114,57 +135,112 @@ class ImageDetections:
     class_probs: np.ndarray  # float32 [n, num_classes]
 
 
-def decode(
+@dataclass
+class BatchDetections(ImageDetections):
+    """Detections of a batch of images as flat arrays: row i belongs to image `image_index[i]` of the
+    batch. Rows are grouped by image (ascending), and by decreasing `cls_conf * loc_conf` within one."""
+
+    image_index: np.ndarray  # int64 [n]
+
+    def counts(self, n_images: int) -> np.ndarray:
+        return np.bincount(self.image_index, minlength=n_images)
+
+    def per_image(self, n_images: int) -> list[ImageDetections]:
+        bounds = np.concatenate([[0], np.cumsum(self.counts(n_images))])
+        return [ImageDetections(class_id=self.class_id[a:b], cls_conf=self.cls_conf[a:b], loc_conf=self.loc_conf[a:b],
+                                boxes=self.boxes[a:b], class_probs=self.class_probs[a:b])
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# Boxes per NMS call. One call over many (image, class) groups is one kernel launch on a GPU, but
+# NMS compares the boxes of a call with each other (the CUDA kernel builds an n^2 bit mask, the CPU
+# loop costs n x kept), so the groups of a batch are cut into calls of about this many boxes.
+NMS_CHUNK_BOXES = {"cuda": 32_768, "cpu": 256}
+
+
+def decode_batch(
     outputs: torch.Tensor,
-    ratios: list[float],
-    sizes: list[tuple[int, int]],
+    ratios: torch.Tensor | list[float],
+    sizes: torch.Tensor | list[tuple[int, int]],
     candidate_conf: float = 0.01,
     nms_threshold: float = 0.45,
     max_detections: int = 100,
-) -> list[ImageDetections]:
+) -> BatchDetections:
     """YOLOX eval output `[B, anchors, 5 + C]` (cx, cy, w, h in input pixels; objectness and class
-    probabilities sigmoided) -> per-image detections in original pixels, clipped to the image (boxes
-    left under `MIN_BOX_SIDE` a side dropped), after class-aware NMS.
+    probabilities sigmoided) -> the batch's detections in original pixels (`sizes` are (height, width)),
+    clipped to the image (boxes left under `MIN_BOX_SIDE` a side dropped), after class-aware NMS per
+    image, at most `max_detections` per image.
 
-    We don't use `yolox.utils.postprocess`: it keeps only the top class (margin/entropy need all
-    class probabilities) and writes into its input.
+    The whole batch is post-processed at once on the outputs' device: one candidate filter, one box
+    conversion, NMS over (image, class) groups in a few calls, and one device-to-host copy. We don't use
+    `yolox.utils.postprocess`: it keeps only the top class (margin/entropy need all class
+    probabilities), loops over images and writes into its input.
     """
     outputs = outputs.detach().float()
-    results = []
-    for i in range(outputs.shape[0]):
-        pred = outputs[i]
-        loc_conf = pred[:, 4]
-        class_probs = pred[:, 5:]
-        cls_conf, class_id = class_probs.max(dim=1)
-        keep = (loc_conf * cls_conf) >= candidate_conf
-        pred, loc_conf, cls_conf, class_id, class_probs = (
-            pred[keep], loc_conf[keep], cls_conf[keep], class_id[keep], class_probs[keep]
-        )
-        boxes = torch.stack(
-            [pred[:, 0] - pred[:, 2] / 2, pred[:, 1] - pred[:, 3] / 2,
-             pred[:, 0] + pred[:, 2] / 2, pred[:, 1] + pred[:, 3] / 2], dim=1
-        ) / ratios[i]
-        height, width = sizes[i]
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        # A box in the letterbox padding clips to a line on the image edge: no object an annotator
-        # could check, and an empty box that VOC readers (ours included) refuse.
-        visible = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
-        boxes, loc_conf, cls_conf, class_id, class_probs = (
-            boxes[visible], loc_conf[visible], cls_conf[visible], class_id[visible], class_probs[visible]
-        )
-        kept = torchvision.ops.batched_nms(boxes, loc_conf * cls_conf, class_id, nms_threshold)[:max_detections]
-        boxes = boxes[kept]
-        results.append(
-            ImageDetections(
-                class_id=class_id[kept].cpu().numpy().astype(np.int16),
-                cls_conf=cls_conf[kept].cpu().numpy().astype(np.float32),
-                loc_conf=loc_conf[kept].cpu().numpy().astype(np.float32),
-                boxes=boxes.cpu().numpy().astype(np.float32),
-                class_probs=class_probs[kept].cpu().numpy().astype(np.float32),
-            )
-        )
-    return results
+    device, (n_images, _, width) = outputs.device, outputs.shape
+    num_classes = width - 5
+    ratios = torch.as_tensor(ratios, dtype=torch.float32, device=device)
+    sizes = torch.as_tensor(sizes, dtype=torch.float32, device=device).reshape(n_images, 2)
+    cls_conf, class_id = outputs[..., 5:].max(dim=2)
+    image_index, anchor = torch.nonzero(outputs[..., 4] * cls_conf >= candidate_conf, as_tuple=True)
+    pred, cls_conf, class_id = outputs[image_index, anchor], cls_conf[image_index, anchor], class_id[image_index, anchor]
+    half_wh = pred[:, 2:4] / 2
+    boxes = torch.cat([pred[:, :2] - half_wh, pred[:, :2] + half_wh], dim=1) / ratios[image_index, None]
+    upper = sizes[image_index].flip(1).repeat(1, 2)  # (width, height, width, height) of each box's image
+    boxes = torch.minimum(boxes.clamp(min=0), upper)
+    # A box in the letterbox padding clips to a line on the image edge: no object an annotator
+    # could check, and an empty box that VOC readers (ours included) refuse.
+    visible = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
+    image_index, pred, cls_conf, class_id, boxes = (
+        image_index[visible], pred[visible], cls_conf[visible], class_id[visible], boxes[visible])
+    kept = _nms_per_image_and_class(boxes, pred[:, 4] * cls_conf, image_index, class_id, n_images,
+                                    num_classes, nms_threshold, max_detections)
+    rows = torch.cat([image_index[kept, None].float(), class_id[kept, None].float(), cls_conf[kept, None],
+                      pred[kept, 4:5], boxes[kept], pred[kept, 5:]], dim=1).cpu().numpy()
+    return BatchDetections(image_index=rows[:, 0].astype(np.int64), class_id=rows[:, 1].astype(np.int16),
+                           cls_conf=rows[:, 2].copy(), loc_conf=rows[:, 3].copy(),
+                           boxes=np.ascontiguousarray(rows[:, 4:8]), class_probs=np.ascontiguousarray(rows[:, 8:]))
+
+
+def _nms_per_image_and_class(boxes: torch.Tensor, scores: torch.Tensor, image_index: torch.Tensor,
+                             class_id: torch.Tensor, n_images: int, num_classes: int, nms_threshold: float,
+                             max_detections: int) -> torch.Tensor:
+    """Indices of the boxes NMS keeps within each (image, class) group, at most `max_detections` per
+    image, grouped by image and by decreasing score within one.
+
+    Groups are kept apart by shifting each group's boxes to its own region (as torchvision's
+    batched_nms does per class), in float64: the shifts of a whole batch would eat float32's mantissa."""
+    if not len(boxes):
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    group = image_index * num_classes + class_id
+    order = torch.argsort(group, stable=True)
+    group_sizes = torch.unique_consecutive(group[order], return_counts=True)[1].cpu().numpy()
+    # Whole groups per call: a call starts at the first group that begins past the next multiple of
+    # the chunk size (a group larger than a chunk gets a call of its own).
+    limit = NMS_CHUNK_BOXES.get(boxes.device.type, NMS_CHUNK_BOXES["cuda"])
+    group_starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]])
+    chunk_of_group = group_starts // limit
+    bounds = np.concatenate([group_starts[np.flatnonzero(np.diff(chunk_of_group)) + 1], [len(boxes)]]).tolist()
+    shifted = boxes.double()[order] + (group[order].double() * (float(boxes.max()) + 1.0))[:, None]
+    sorted_scores = scores.double()[order]  # nms wants one dtype; float32 -> float64 keeps the order
+    kept, start = [], 0
+    for end in bounds:
+        kept.append(order[torchvision.ops.nms(shifted[start:end], sorted_scores[start:end], nms_threshold) + start])
+        start = end
+    kept = torch.cat(kept)
+    # By decreasing score, then (stable) by image: each image's boxes in nms's order; rank within image.
+    kept = kept[torch.argsort(scores[kept], descending=True, stable=True)]
+    kept = kept[torch.argsort(image_index[kept], stable=True)]
+    per_image = torch.bincount(image_index[kept], minlength=n_images)
+    rank = torch.arange(len(kept), device=kept.device) - (torch.cumsum(per_image, 0) - per_image)[image_index[kept]]
+    return kept[rank < max_detections]
+
+
+def decode(outputs: torch.Tensor, ratios: list[float], sizes: list[tuple[int, int]], candidate_conf: float = 0.01,
+           nms_threshold: float = 0.45, max_detections: int = 100) -> list[ImageDetections]:
+    """`decode_batch`, split per image."""
+    return decode_batch(outputs, ratios, sizes, candidate_conf, nms_threshold,
+                        max_detections).per_image(outputs.shape[0])
 
 
 def to_input(batch_hwc_uint8: torch.Tensor) -> torch.Tensor:

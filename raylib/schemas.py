@@ -43,6 +43,10 @@ IMAGE_STATUS = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("n_detections", pa.int32(), nullable=False),
+        # From the image's header: export writes sizes without reading the image again. Null when
+        # the header could not be read.
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
     ]
 )
 

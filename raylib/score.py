@@ -2,8 +2,11 @@
 
     manifest (image_id, uri)
       -> load_images   CPU tasks: read bytes (local/S3), decode (raylib.images), letterbox to uint8
-      -> YoloxScorer   actor pool: YOLOX once per actor (GPU: fp16, channels_last), decode + NMS,
-                       strategy score; one row per image with its detections nested
+         or read_images  (score.device_decode, GPUs) read bytes, check headers: JPEGs travel as bytes
+      -> YoloxScorer   actor pool: YOLOX once per actor (GPU: JPEGs decoded with nvJPEG and letterboxed
+                       on the device, fp16, channels_last, several batches in flight), post-process of
+                       the whole batch at once (model.decode_batch), strategy score; one row per image
+                       (its size, status and its detections nested)
       -> write_parquet round=NN/scored/
       -> split tasks   scored file i -> detections/i.parquet (one row per detection)
                                       + image_status/i.parquet (one row per image)
@@ -22,7 +25,10 @@ written last, which keeps one code path and costs at most one scoring pass per c
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +38,8 @@ import ray
 import torch
 
 from raylib import images, schemas, storage, strategies
-from raylib.config import Config
-from raylib.model import ImageDetections, decode, letterbox, load_model, to_input
+from raylib.config import Config, StrategyConfig
+from raylib.model import BatchDetections, decode_batch, letterbox, letterbox_on_device, load_model, to_input
 from raylib.paths import RoundPaths
 
 log = logging.getLogger(__name__)
@@ -54,17 +60,31 @@ class ScoreSummary:
     n_detections: int
 
 
-def read_error(image_id: str, exc: BaseException) -> str:
-    """The status message for an image whose bytes could not be read."""
-    text = str(exc)
-    if isinstance(exc, FileNotFoundError) or "NoSuchKey" in text or "not found" in text.lower() \
-            or "does not exist" in text.lower():
-        return f"image '{image_id}' is missing at its uri; recorded, skipped"
-    return f"image '{image_id}' could not be read ({type(exc).__name__}: {text[:200]}); recorded, skipped"
+def read_image_bytes(image_id: str, uri: str) -> bytes:
+    """The bytes at `uri`; an ImageError with the status message if they can't be read."""
+    try:
+        return storage.read_bytes(uri)
+    except FileNotFoundError as exc:  # local files and S3 keys alike (pyarrow maps NoSuchKey to it)
+        raise images.ImageError(f"image '{image_id}' is missing at its uri; recorded, skipped") from exc
+    except Exception as exc:  # noqa: BLE001 - OSError from S3, permissions, ...
+        raise images.ImageError(f"image '{image_id}' could not be read ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); recorded, skipped") from exc
+
+
+def decode_on_cpu(data: bytes, image_id: str, max_pixels: int) -> np.ndarray:
+    """`images.decode_image`, with anything a decoder raises on hostile bytes turned into ImageError."""
+    try:
+        return images.decode_image(data, image_id, max_pixels)
+    except images.ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise odd types on hostile files
+        raise images.ImageError(f"image '{image_id}' could not be decoded ({type(exc).__name__}: {exc}); "
+                                "skipped") from exc
 
 
 def load_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dict[str, np.ndarray]:
-    """Read and letterbox a batch of manifest rows; a bad image gets an error message, not an exception.
+    """Read, decode and letterbox a batch of manifest rows on a CPU; a bad image gets an error message,
+    not an exception.
 
     Every failure of one image (missing, unreadable, not an image, truncated, over `max_pixels`, or
     anything a decoder raises on hostile bytes) becomes that image's `error`, so one file can never
@@ -72,27 +92,46 @@ def load_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dic
     n = len(batch["image_id"])
     canvases = np.full((n, side, side, 3), 114, dtype=np.uint8)
     ratios = np.ones(n, dtype=np.float32)
-    heights = np.zeros(n, dtype=np.int32)
-    widths = np.zeros(n, dtype=np.int32)
+    heights, widths = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
     errors = np.array([""] * n, dtype=object)
     for i, (image_id, uri) in enumerate(zip(batch["image_id"], batch["uri"])):
         try:
-            data = storage.read_bytes(uri)
-        except Exception as exc:  # noqa: BLE001 - FileNotFoundError, OSError from S3, ...
-            errors[i] = read_error(image_id, exc)
-            continue
-        try:
-            image = images.decode_image(data, image_id, max_pixels)
+            image = decode_on_cpu(read_image_bytes(image_id, uri), image_id, max_pixels)
         except images.ImageError as exc:
             errors[i] = str(exc)
-            continue
-        except Exception as exc:  # noqa: BLE001 - decoders raise odd types on hostile files
-            errors[i] = f"image '{image_id}' could not be decoded ({type(exc).__name__}: {exc}); skipped"
             continue
         canvases[i], ratios[i] = letterbox(image, side)
         heights[i], widths[i] = image.shape[:2]
     return {"image_id": batch["image_id"], "image": canvases, "ratio": ratios, "height": heights,
             "width": widths, "error": errors}
+
+
+def read_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dict[str, np.ndarray]:
+    """The device-decode path's CPU task: read each image and look at its header only. JPEGs the
+    device can decode travel as their bytes (tens of KB, not a 1.2 MB canvas); every other image is
+    decoded and letterboxed here, as `load_images` does, and travels as its canvas bytes. Errors as
+    in `load_images`."""
+    n = len(batch["image_id"])
+    payloads = np.array([b""] * n, dtype=object)
+    is_jpeg = np.zeros(n, dtype=bool)
+    ratios = np.ones(n, dtype=np.float32)
+    heights, widths = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
+    errors = np.array([""] * n, dtype=object)
+    for i, (image_id, uri) in enumerate(zip(batch["image_id"], batch["uri"])):
+        try:
+            data = read_image_bytes(image_id, uri)
+            widths[i], heights[i], is_jpeg[i] = images.probe(data, image_id, max_pixels)
+            if not is_jpeg[i]:
+                image = decode_on_cpu(data, image_id, max_pixels)
+                canvas, ratios[i] = letterbox(image, side)
+                heights[i], widths[i] = image.shape[:2]
+                data = canvas.tobytes()
+        except images.ImageError as exc:
+            errors[i] = str(exc)
+            continue
+        payloads[i] = data
+    return {"image_id": batch["image_id"], "data": payloads, "is_jpeg": is_jpeg, "ratio": ratios,
+            "height": heights, "width": widths, "error": errors}
 
 
 def cpu_threads(num_cpus: float, torch_threads: int | None) -> int:
@@ -104,115 +143,178 @@ def cpu_threads(num_cpus: float, torch_threads: int | None) -> int:
 
 
 class YoloxScorer:
-    """Ray Data callable class: the model is loaded once per actor, then scores batches."""
+    """Ray Data callable class: the model is loaded once per actor, then scores batches.
+
+    A batch comes from `load_images` (letterboxed canvases) or `read_images` (JPEG bytes, decoded and
+    letterboxed here on the actor's device). With `score.concurrent_batches` > 1 Ray Data calls it from
+    that many threads at once; each thread has its own CUDA stream, so one batch's decode, the model on
+    another and a third one's Arrow rows overlap."""
 
     def __init__(self, cfg: Config, weights_uri: str | None, num_classes: int, round_idx: int):
-        wants_gpu = cfg.score.num_gpus_per_actor > 0
+        self.score, self.strategy, self.side = cfg.score, cfg.strategy, cfg.model.input_size
+        wants_gpu = self.score.num_gpus_per_actor > 0
         if wants_gpu and not torch.cuda.is_available():
             log.warning("score.num_gpus_per_actor=%s but this actor sees no CUDA device: scoring on CPU",
-                        cfg.score.num_gpus_per_actor)
+                        self.score.num_gpus_per_actor)
         self.device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(cfg.score.num_cpus_per_actor, cfg.score.torch_threads))
+            torch.set_num_threads(cpu_threads(self.score.num_cpus_per_actor, self.score.torch_threads))
         model = load_model(cfg.model.size, num_classes, weights_uri).eval().to(self.device)
-        self.half = self.device.type == "cuda" and cfg.score.fp16
-        self.channels_last = self.device.type == "cuda" and cfg.score.channels_last
+        self.half = self.device.type == "cuda" and self.score.fp16
+        self.channels_last = self.device.type == "cuda" and self.score.channels_last
         if self.half:
             model = model.half()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.cfg = cfg
         self.round_idx = round_idx
+        # Detections at or under strategy.min_score are dropped after NMS, and NMS never lets a lower
+        # score suppress a higher one, so filtering them before NMS keeps exactly the same rows.
+        self.candidate_conf = max(self.score.candidate_conf, self.strategy.min_score)
+        self._threads = threading.local()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Score a batch. If the model raises on it, score its images one by one so one bad input
         costs only its own row (recorded as an error), not the batch or the run."""
-        ok = np.flatnonzero(batch["error"] == "")
-        try:
-            detections = self._detect(batch, ok)
-        except Exception as exc:  # noqa: BLE001 - any model failure becomes error rows, never a lost batch
-            log.warning("scoring a batch of %d failed (%s); retrying image by image", len(ok), type(exc).__name__)
-            detections = {}
-            errors = batch["error"].copy()
-            for i in ok:
-                try:
-                    detections.update(self._detect(batch, np.array([i])))
-                except Exception as image_exc:  # noqa: BLE001
-                    errors[i] = (f"image '{batch['image_id'][i]}' could not be scored "
-                                 f"({type(image_exc).__name__}: {image_exc}); recorded, skipped")
+        with self._stream():
+            inputs, ratios, errors = self._inputs(batch)
             batch = {**batch, "error": errors}
+            ok = np.flatnonzero(errors == "")
+            try:
+                detections = self._detect(inputs, ratios, batch, ok)
+            except Exception as exc:  # noqa: BLE001 - any model failure becomes error rows, never a lost batch
+                log.warning("scoring a batch of %d failed (%s); retrying image by image", len(ok),
+                            type(exc).__name__)
+                detections, errors = [], errors.copy()
+                for position, i in enumerate(ok):
+                    try:
+                        one = self._detect(inputs[position:position + 1], ratios[position:position + 1], batch,
+                                           np.array([i]))
+                        detections.append(one)
+                    except Exception as image_exc:  # noqa: BLE001
+                        errors[i] = (f"image '{batch['image_id'][i]}' could not be scored "
+                                     f"({type(image_exc).__name__}: {image_exc}); recorded, skipped")
+                batch = {**batch, "error": errors}
+                detections = concat_detections(detections)
         return self._table(batch, detections)
 
+    def _stream(self):
+        """This thread's CUDA stream (a no-op context on CPU)."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        if not hasattr(self._threads, "stream"):
+            self._threads.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self._threads.stream)
+
+    def _inputs(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The model input [n_ok, 3, side, side] on the device, each image's ratio, and the batch's
+        errors (with the images the device could not decode and the CPU refused added)."""
+        errors = batch["error"].copy()
+        ok = np.flatnonzero(errors == "")
+        if "image" in batch:  # load_images: canvases decoded on a CPU
+            inputs = to_input(torch.from_numpy(batch["image"][ok]).to(self.device, non_blocking=True))
+            return inputs, torch.from_numpy(batch["ratio"][ok]), errors
+        jpegs = [i for i in ok if batch["is_jpeg"][i]]
+        on_device = dict(zip(jpegs, images.decode_jpegs([batch["data"][i] for i in jpegs], self.device)))
+        ratios, canvases = np.ones(len(batch["error"]), dtype=np.float32), {}
+        for i in ok:
+            if i in on_device and on_device[i] is None:  # the device refused it: decode as the CPU path does
+                try:
+                    image = decode_on_cpu(batch["data"][i], batch["image_id"][i], self.score.max_pixels)
+                except images.ImageError as exc:
+                    errors[i] = str(exc)
+                    continue
+                canvases[i], ratios[i] = letterbox(image, self.side)
+            elif i not in on_device:  # read_images decoded it on a CPU
+                canvases[i] = np.frombuffer(batch["data"][i], dtype=np.uint8).reshape(self.side, self.side, 3)
+                ratios[i] = batch["ratio"][i]
+        decoded = [i for i in ok if on_device.get(i) is not None]
+        letterboxed, decoded_ratios = letterbox_on_device([on_device[i] for i in decoded], self.side)
+        ratios[decoded] = decoded_ratios
+        rows = {i: letterboxed[j] for j, i in enumerate(decoded)}
+        for i, canvas in canvases.items():
+            rows[i] = to_input(torch.from_numpy(canvas.copy())[None].to(self.device))[0]
+        keep = [i for i in ok if i in rows]
+        inputs = torch.stack([rows[i] for i in keep]) if keep else torch.zeros((0, 3, self.side, self.side),
+                                                                               device=self.device)
+        return inputs, torch.from_numpy(ratios[keep]), errors
+
     @torch.inference_mode()
-    def _detect(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> dict[int, ImageDetections]:
-        """{batch index: detections kept by pseudo-code 1} for the rows `ok` of the batch."""
+    def _detect(self, inputs: torch.Tensor, ratios: torch.Tensor, batch: dict[str, np.ndarray],
+                ok: np.ndarray) -> BatchDetections:
+        """Detections kept by pseudo-code 1 for the rows `ok` of the batch (inputs in the same order);
+        `image_index` refers to the batch."""
         if not len(ok):
-            return {}
-        inputs = to_input(torch.from_numpy(batch["image"][ok]).to(self.device, non_blocking=True))
+            return concat_detections([])
         if self.half:
             inputs = inputs.half()
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         outputs = self.model(inputs)
-        sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in ok]
-        decoded = decode(outputs, [float(batch["ratio"][i]) for i in ok], sizes,
-                         candidate_conf=self.cfg.score.candidate_conf,
-                         nms_threshold=self.cfg.score.nms_threshold,
-                         max_detections=self.cfg.score.max_detections)
-        return {int(i): keep_confident(dets, self.cfg.strategy.min_score) for i, dets in zip(ok, decoded)}
+        sizes = np.stack([batch["height"][ok], batch["width"][ok]], axis=1)
+        detections = decode_batch(outputs, ratios, sizes, candidate_conf=self.candidate_conf,
+                                  nms_threshold=self.score.nms_threshold,
+                                  max_detections=self.score.max_detections)
+        detections = keep_confident(detections, self.strategy.min_score)
+        detections.image_index = ok[detections.image_index]
+        return detections
 
-    def _table(self, batch: dict[str, np.ndarray], detections: dict[int, ImageDetections]) -> pa.Table:
+    def _table(self, batch: dict[str, np.ndarray], detections: BatchDetections) -> pa.Table:
         n = len(batch["image_id"])
         image_ids = np.array([str(i) for i in batch["image_id"]], dtype=object)
         errors = [e or None for e in batch["error"]]
-        per_image = [detections.get(i) for i in range(n)]
-        nested = nest_detections(per_image, image_ids, self.cfg)
+        nested = nest_detections(detections, image_ids, self.strategy, self.score.keep_class_probs)
+        known = batch["width"] > 0  # 0: the header could not be read
         return pa.Table.from_arrays([
             pa.array(np.full(n, self.round_idx, dtype=np.int16)),
             pa.array(image_ids, pa.string()),
             pa.array([schemas.STATUS_ERROR if e else schemas.STATUS_OK for e in errors], pa.string()),
             pa.array(errors, pa.string()),
             pa.array(np.diff(nested.offsets.to_numpy()).astype(np.int32)),
+            pa.array(batch["width"].astype(np.int32), mask=~known),
+            pa.array(batch["height"].astype(np.int32), mask=~known),
             nested,
         ], schema=SCORED)
 
 
-def keep_confident(dets: ImageDetections, min_score: float) -> ImageDetections:
+def concat_detections(parts: list[BatchDetections]) -> BatchDetections:
+    """Several batches' detections as one (image indexes unchanged)."""
+    if not parts:
+        return BatchDetections(image_index=np.zeros(0, np.int64), class_id=np.zeros(0, np.int16),
+                               cls_conf=np.zeros(0, np.float32), loc_conf=np.zeros(0, np.float32),
+                               boxes=np.zeros((0, 4), np.float32), class_probs=np.zeros((0, 0), np.float32))
+    return BatchDetections(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                              for f in dataclasses.fields(BatchDetections)})
+
+
+def keep_confident(dets: BatchDetections, min_score: float) -> BatchDetections:
     """Pseudo-code 1: keep the detections whose confidence cls_conf x loc_conf is > min_score.
 
     The floor is on the confidence whatever the strategy: a margin or entropy score is not a
     confidence (see strategies.selection_min_score)."""
     keep = dets.cls_conf * dets.loc_conf > min_score
-    return ImageDetections(class_id=dets.class_id[keep], cls_conf=dets.cls_conf[keep],
-                           loc_conf=dets.loc_conf[keep], boxes=dets.boxes[keep],
-                           class_probs=dets.class_probs[keep])
+    return BatchDetections(**{f.name: getattr(dets, f.name)[keep] for f in dataclasses.fields(BatchDetections)})
 
 
-def nest_detections(per_image: list[ImageDetections | None], image_ids: np.ndarray, cfg: Config) -> pa.ListArray:
+def nest_detections(dets: BatchDetections, image_ids: np.ndarray, strategy: StrategyConfig,
+                    keep_class_probs: bool) -> pa.ListArray:
     """The detections of each image as one list<struct> value per image (empty for error rows),
-    built from whole arrays: the strategy scores every detection of the batch in one call."""
-    counts = np.array([0 if d is None else len(d.class_id) for d in per_image], dtype=np.int64)
+    built from whole arrays: the strategy scores every detection of the batch in one call.
+    `dets` rows are grouped by image, in batch order."""
+    counts = dets.counts(len(image_ids))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    present = [d for d in per_image if d is not None and len(d.class_id)]
-
-    def stacked(name: str, dtype: type, empty_shape: tuple[int, ...] = (0,)) -> np.ndarray:
-        if present:
-            return np.concatenate([getattr(d, name) for d in present]).astype(dtype)
-        return np.empty(empty_shape, dtype=dtype)
-
-    cls_conf, loc_conf = stacked("cls_conf", np.float32), stacked("loc_conf", np.float32)
-    boxes, probs = stacked("boxes", np.float32, (0, 4)), stacked("class_probs", np.float32, (0, 0))
-    scores = strategies.detection_scores(cfg.strategy.name, cls_conf, loc_conf, probs,
-                                         np.repeat(image_ids, counts), seed=cfg.strategy.seed)
-    if cfg.score.keep_class_probs:
+    probs = dets.class_probs.astype(np.float32)
+    scores = strategies.detection_scores(strategy.name, dets.cls_conf, dets.loc_conf, probs,
+                                         np.repeat(image_ids, counts), seed=strategy.seed)
+    if keep_class_probs:
         prob_offsets = pa.array(np.arange(len(probs) + 1, dtype=np.int32) * probs.shape[1])
         class_probs = pa.ListArray.from_arrays(prob_offsets, pa.array(probs.reshape(-1), pa.float32()))
     else:
         class_probs = pa.nulls(len(probs), pa.list_(pa.float32()))
+    boxes = dets.boxes.astype(np.float32).reshape(-1, 4)
     columns = {
-        "class_id": pa.array(stacked("class_id", np.int16)),
-        "cls_conf": pa.array(cls_conf), "loc_conf": pa.array(loc_conf),
+        "class_id": pa.array(dets.class_id.astype(np.int16)),
+        "cls_conf": pa.array(dets.cls_conf.astype(np.float32)), "loc_conf": pa.array(dets.loc_conf.astype(np.float32)),
         "score": pa.array(np.asarray(scores, dtype=np.float32)),
         **{name: pa.array(np.ascontiguousarray(boxes[:, j])) for j, name in enumerate(schemas.BOX)},
         "class_probs": class_probs,
@@ -255,25 +357,28 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
     for uri in (scored_dir, out.detections, out.image_status):
         storage.delete(uri)  # a rerun after a crash starts clean: the stage is redone whole
     fs, manifest_path = storage.resolve(manifest_uri)
-    side = cfg.model.input_size
+    sc = cfg.score
     dataset = (
         ray.data.read_parquet(manifest_path, filesystem=fs, columns=["image_id", "uri"])
         # A manifest file is read as one block, and a block goes to one actor whole: split it into
         # batch-sized blocks so that every actor gets work and decoding streams into inference.
-        .repartition(target_num_rows_per_block=cfg.score.batch_size)
-        .map_batches(load_images, fn_kwargs={"side": side, "max_pixels": cfg.score.max_pixels},
-                     batch_size=cfg.score.batch_size, num_cpus=cfg.score.decode_num_cpus, batch_format="numpy")
+        .repartition(target_num_rows_per_block=sc.batch_size)
+        .map_batches(read_images if sc.device_decode else load_images,
+                     fn_kwargs={"side": cfg.model.input_size, "max_pixels": sc.max_pixels},
+                     batch_size=sc.batch_size, num_cpus=sc.decode_num_cpus, batch_format="numpy")
         .map_batches(scorer_cls, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
                                                          "num_classes": len(class_names),
                                                          "round_idx": out.round_idx},
-                     compute=ray.data.ActorPoolStrategy(size=cfg.score.num_actors),
-                     batch_size=cfg.score.batch_size, num_cpus=cfg.score.num_cpus_per_actor,
-                     num_gpus=cfg.score.num_gpus_per_actor or None, batch_format="numpy")
+                     compute=ray.data.ActorPoolStrategy(
+                         size=sc.num_actors, max_concurrent_calls_per_actor=sc.concurrent_batches,
+                         enable_true_multi_threading=sc.concurrent_batches > 1),
+                     batch_size=sc.batch_size, num_cpus=sc.num_cpus_per_actor,
+                     num_gpus=sc.num_gpus_per_actor or None, batch_format="numpy")
     )
     # Resolved on their own: the manifest may be local while the run root is on S3, or the reverse.
     out_fs, scored_path = storage.resolve(scored_dir)
     storage.makedirs(scored_dir)
-    dataset.write_parquet(scored_path, filesystem=out_fs, min_rows_per_file=cfg.score.rows_per_file)
+    dataset.write_parquet(scored_path, filesystem=out_fs, min_rows_per_file=sc.rows_per_file)
 
     tasks = []
     for index, scored_uri in enumerate(storage.list_files(scored_dir, ".parquet")):

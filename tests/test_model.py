@@ -7,7 +7,10 @@ import pickle
 import pytest
 import torch
 
+import numpy as np
+
 from raylib import model, storage
+from tests.reference_decode import decode_per_image
 
 SIDE = 64
 ANCHORS = (SIDE // 8) ** 2 + (SIDE // 16) ** 2 + (SIDE // 32) ** 2  # strides 8, 16, 32 -> 84
@@ -182,3 +185,70 @@ def test_decode_maps_to_original_pixels_clips_and_drops_boxes_outside_the_image(
     assert dets.class_id[order].tolist() == [0, 1]
     torch.testing.assert_close(torch.from_numpy(dets.loc_conf), torch.tensor([0.9, 0.9]))
     assert ((boxes[:, 2] - boxes[:, 0]) >= 1).all() and ((boxes[:, 3] - boxes[:, 1]) >= 1).all()
+
+
+def random_outputs(n_images: int, anchors: int, num_classes: int, side: int, seed: int,
+                   device: str = "cpu") -> torch.Tensor:
+    """Eval outputs with boxes all over the input and confidences spread over 0..1, so that NMS has
+    overlaps to suppress in every (image, class) group."""
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.rand(n_images, anchors, 5 + num_classes, generator=generator)
+    out[..., :2] *= side
+    out[..., 2:4] = out[..., 2:4] * side / 4 + 2
+    return out.to(device)
+
+
+def assert_same_detections(batched: list[model.ImageDetections], reference: list[model.ImageDetections]) -> None:
+    """Same rows per image. Compared in a canonical order (score, then class and box), because rows
+    of exactly equal score (a tie in float32, seen with random outputs) may come in either order."""
+    def canonical(d: model.ImageDetections) -> model.ImageDetections:
+        order = np.lexsort((d.boxes[:, 1], d.boxes[:, 0], d.class_id, -(d.cls_conf * d.loc_conf)))
+        return model.ImageDetections(class_id=d.class_id[order], cls_conf=d.cls_conf[order],
+                                     loc_conf=d.loc_conf[order], boxes=d.boxes[order],
+                                     class_probs=d.class_probs[order])
+
+    assert len(batched) == len(reference)
+    for ours, theirs in zip(map(canonical, batched), map(canonical, reference)):
+        assert ours.class_id.tolist() == theirs.class_id.tolist()
+        np.testing.assert_allclose(ours.boxes, theirs.boxes, rtol=1e-5, atol=1e-3)
+        np.testing.assert_array_equal(ours.cls_conf, theirs.cls_conf)
+        np.testing.assert_array_equal(ours.loc_conf, theirs.loc_conf)
+        np.testing.assert_array_equal(ours.class_probs, theirs.class_probs)
+
+
+@pytest.mark.parametrize("candidate_conf, max_detections", [(0.01, 100), (0.3, 7), (0.9, 100), (1.1, 100)])
+def test_batched_post_process_equals_the_per_image_one(candidate_conf, max_detections):
+    """decode_batch (one filter, grouped NMS, one copy) keeps the same detections, in the same order,
+    as the per-image post-process it replaced: many candidates (NMS split into several calls), a
+    top-k cut, few candidates, none at all."""
+    outputs = random_outputs(n_images=6, anchors=1_500, num_classes=5, side=160, seed=0)
+    ratios = [1.0, 0.5, 0.64, 0.32, 2.0, 0.4]
+    sizes = [(160, 160), (320, 200), (250, 100), (500, 480), (80, 70), (400, 300)]
+    batched = model.decode(outputs, ratios, sizes, candidate_conf=candidate_conf, max_detections=max_detections)
+    reference = decode_per_image(outputs, ratios, sizes, candidate_conf=candidate_conf,
+                                 max_detections=max_detections)
+    if candidate_conf < 1:
+        assert sum(len(d.class_id) for d in reference) > 0
+    assert_same_detections(batched, reference)
+
+
+def test_batched_post_process_flat_rows_are_grouped_by_image_best_first():
+    outputs = random_outputs(n_images=4, anchors=400, num_classes=3, side=96, seed=1)
+    dets = model.decode_batch(outputs, [1.0] * 4, [(96, 96)] * 4, candidate_conf=0.2, max_detections=10)
+    assert np.all(np.diff(dets.image_index) >= 0)
+    assert dets.counts(4).tolist() == [10, 10, 10, 10]
+    for image in dets.per_image(4):
+        score = image.cls_conf * image.loc_conf
+        assert np.all(np.diff(score) <= 0)
+
+
+def test_letterbox_on_the_device_matches_the_cpu_letterbox():
+    """Same geometry and ratio as model.letterbox (cv2.INTER_LINEAR); pixels within one grey level."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(375, 500), (90, 60), (64, 64)]]
+    canvas, ratios = model.letterbox_on_device([torch.from_numpy(i).permute(2, 0, 1) for i in images], 64)
+    for image, ours, ratio in zip(images, canvas, ratios):
+        expected, expected_ratio = model.letterbox(image, 64)
+        assert ratio == expected_ratio
+        difference = (ours - model.to_input(torch.from_numpy(expected[None]))[0]).abs()
+        assert difference.max() <= 1.0 and difference.mean() < 0.3

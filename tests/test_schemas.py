@@ -19,8 +19,10 @@ ROWS = {
          "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0, "class_probs": None},
     ],
     "IMAGE_STATUS": [
-        {"round": 0, "image_id": "a", "status": "ok", "error": None, "n_detections": 3},
-        {"round": 0, "image_id": "b", "status": "error", "error": "truncated JPEG", "n_detections": 0},
+        {"round": 0, "image_id": "a", "status": "ok", "error": None, "n_detections": 3,
+         "width": 500, "height": 375},
+        {"round": 0, "image_id": "b", "status": "error", "error": "truncated JPEG", "n_detections": 0,
+         "width": None, "height": None},
     ],
     "SELECTION": [{"round": 1, "image_id": "a", "class_id": 4, "score": 0.5, "rank": 0}],
     "LABELS": [

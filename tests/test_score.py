@@ -58,6 +58,9 @@ def pool_files() -> dict[str, tuple[bytes | None, str]]:
     files["bomb_header_only.png"] = files.pop("bomb.png")  # IHDR without IDAT: not even an image
     files["bomb.png"] = (png_bomb(), "error")
     files["truncated_scan.jpg"] = (truncated_scan_jpeg(), "error")
+    gray = io.BytesIO()
+    scene(150, 110, seed=4).convert("L").save(gray, "JPEG", quality=90)
+    files["gray.jpg"] = (gray.getvalue(), "ok")
     return files
 
 
@@ -115,9 +118,10 @@ def config(**score) -> Config:
                   strategy=StrategyConfig(min_score=MIN_SCORE))
 
 
-def check_outputs(rp: RoundPaths, expected: dict[str, str]) -> tuple[pa.Table, pa.Table]:
+def check_outputs(rp: RoundPaths, expected: dict[str, str], folder: str | None = None) -> tuple[pa.Table, pa.Table]:
     """Both outputs pass their schemas; exactly one status row per pool image with the expected
-    status; error messages name their image; detections per image match n_detections."""
+    status; error messages name their image; detections per image match n_detections; the size of
+    every good image in `folder` (when given) is the stored one."""
     status = schemas.check(storage.read_table(rp.image_status), schemas.IMAGE_STATUS, "image_status")
     detections = schemas.check(storage.read_table(rp.detections), schemas.DETECTIONS, "detections")
     ids = status.column("image_id").to_pylist()
@@ -129,6 +133,9 @@ def check_outputs(rp: RoundPaths, expected: dict[str, str]) -> tuple[pa.Table, p
             assert image_id in error  # the message names the input
         else:
             assert error is None
+    sizes = dict(zip(ids, zip(status.column("height").to_pylist(), status.column("width").to_pylist())))
+    for image_id, size in image_sizes(folder, expected).items() if folder else []:
+        assert sizes[image_id] == size, image_id
     counts = dict(zip(ids, status.column("n_detections").to_pylist()))
     per_image = detections.group_by("image_id").aggregate([("score", "count")]).to_pydict()
     assert dict(zip(per_image["image_id"], per_image["score_count"])) == {k: v for k, v in counts.items() if v}
@@ -145,14 +152,18 @@ def image_sizes(folder: str, expected: dict[str, str]) -> dict[str, tuple[int, i
     return sizes
 
 
-def test_scoring_records_every_image_and_only_confident_detections(ray_session, tmp_path):
+@pytest.mark.parametrize("device_decode", [False, True], ids=["cpu_decode", "device_decode"])
+def test_scoring_records_every_image_and_only_confident_detections(ray_session, tmp_path, device_decode):
+    """Also the CPU twin of the GPU decode path (device_decode: JPEG bytes to the actor, decoded there
+    with torchvision's decoder on the actor's device; everything else decoded by the CPU tasks): the
+    same status rows and error messages."""
     manifest, expected = write_pool(str(tmp_path / "pool"))
     weights = confident_weights(str(tmp_path / "w.pt"))
     rp = RoundPaths(str(tmp_path / "run"), 3)
-    summary = score_pool(manifest, weights, rp, config(), CLASSES)
+    summary = score_pool(manifest, weights, rp, config(device_decode=device_decode), CLASSES)
     assert summary.n_images == summary.n_ok + summary.n_error == len(expected)
     assert summary.n_error == sum(s == "error" for s in expected.values()) == len(REASONS)
-    status, detections = check_outputs(rp, expected)
+    status, detections = check_outputs(rp, expected, str(tmp_path / "pool"))
     errors = dict(zip(status.column("image_id").to_pylist(), status.column("error").to_pylist()))
     for image_id, reason in REASONS.items():
         assert reason in errors[image_id], errors[image_id]
@@ -187,20 +198,26 @@ def direct_rows(path: str, net: torch.nn.Module, side: int) -> np.ndarray:
     return np.column_stack([dets.class_id[keep], score[keep], dets.boxes[keep]]).astype(np.float64)
 
 
-def assert_same_rows(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
-    """Same detections in any order: a one-to-one match, every value within float noise of batching."""
+def assert_same_rows(ours: np.ndarray, theirs: np.ndarray, what: str, tolerance: float = 1e-3) -> None:
+    """Same detections in any order: a one-to-one match, every value within `tolerance` (default:
+    float noise of batching)."""
     assert ours.shape == theirs.shape, f"{what}: {len(ours)} rows, direct call gives {len(theirs)}"
     distance = np.abs(ours[:, None, :] - theirs[None, :, :]).max(axis=2)
     match = distance.argmin(axis=1)
     assert len(set(match.tolist())) == len(match), f"{what}: rows do not match one to one"
-    assert distance[np.arange(len(match)), match].max(initial=0) < 1e-3, what
+    assert distance[np.arange(len(match)), match].max(initial=0) < tolerance, what
 
 
-def test_detections_equal_a_direct_model_call_on_every_image(ray_session, tmp_path):
+@pytest.mark.parametrize("device_decode", [False, True], ids=["cpu_decode", "device_decode"])
+def test_detections_equal_a_direct_model_call_on_every_image(ray_session, tmp_path, device_decode):
+    """The direct call decodes with PIL and letterboxes with OpenCV. The device path resizes with
+    torch (pixels within a grey level of OpenCV's), which moves boxes by a fraction of a pixel (0.2
+    seen) and scores by less: same rows, compared within half a pixel."""
     manifest, expected = write_pool(str(tmp_path / "pool"))
     weights = confident_weights(str(tmp_path / "w.pt"))
     rp = RoundPaths(str(tmp_path / "run"), 0)
-    score_pool(manifest, weights, rp, config(max_detections=CROSS_CHECK_MAX_DETECTIONS), CLASSES)
+    score_pool(manifest, weights, rp, config(max_detections=CROSS_CHECK_MAX_DETECTIONS,
+                                             device_decode=device_decode), CLASSES)
     frame = storage.read_table(rp.detections).to_pandas()
     net = model.load_model("nano", len(CLASSES), weights).eval()
     checked = 0
@@ -210,7 +227,7 @@ def test_detections_equal_a_direct_model_call_on_every_image(ray_session, tmp_pa
         theirs = direct_rows(str(tmp_path / "pool" / image_id), net, 96)
         ours = frame[frame["image_id"] == image_id][["class_id", "score", "x1", "y1", "x2", "y2"]]
         assert len(theirs) > 0, image_id
-        assert_same_rows(ours.to_numpy(np.float64), theirs, image_id)
+        assert_same_rows(ours.to_numpy(np.float64), theirs, image_id, 0.5 if device_decode else 1e-3)
         checked += 1
     assert checked == sum(s == "ok" for s in expected.values())
 
@@ -271,24 +288,55 @@ def test_scoring_reads_and_writes_s3(ray_session, s3_bucket, tmp_path, manifest_
 def test_floor_and_nesting_without_ray():
     """Pseudo-code 1's floor is strict (a confidence of exactly min_score is dropped); error rows and
     images without kept detections get empty lists; the strategy scores every kept detection."""
-    from raylib.model import ImageDetections
+    from raylib.model import BatchDetections
     from raylib.score import keep_confident, nest_detections
 
-    dets = ImageDetections(
-        class_id=np.array([0, 1, 1], np.int16), cls_conf=np.array([0.5, 0.4, 0.9], np.float32),
-        loc_conf=np.array([0.4, 0.5, 0.9], np.float32),
-        boxes=np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]], np.float32),
-        class_probs=np.array([[0.5, 0.1], [0.3, 0.4], [0.05, 0.9]], np.float32))
+    dets = BatchDetections(
+        image_index=np.array([0, 0, 0, 2], np.int64),
+        class_id=np.array([0, 1, 1, 0], np.int16), cls_conf=np.array([0.5, 0.4, 0.9, 0.3], np.float32),
+        loc_conf=np.array([0.4, 0.5, 0.9, 0.5], np.float32),
+        boxes=np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [1, 1, 2, 2]], np.float32),
+        class_probs=np.array([[0.5, 0.1], [0.3, 0.4], [0.05, 0.9], [0.3, 0.2]], np.float32))
     kept = keep_confident(dets, min_score=0.2)  # 0.5 x 0.4 == 0.2 exactly in float32: dropped
     assert kept.class_id.tolist() == [1] and kept.boxes.tolist() == [[9, 10, 11, 12]]
-    cfg = config()
-    cfg.strategy = StrategyConfig(name="margin", min_score=MIN_SCORE)
-    nested = nest_detections([kept, None, keep_confident(dets, 0.99)], np.array(["a", "b", "c"], object), cfg)
+    assert kept.image_index.tolist() == [0]
+    strategy = StrategyConfig(name="margin", min_score=MIN_SCORE)
+    nested = nest_detections(kept, np.array(["a", "b", "c"], object), strategy, keep_class_probs=True)
     rows = nested.to_pylist()
     assert [len(r) for r in rows] == [1, 0, 0]
     assert rows[0][0]["score"] == pytest.approx(0.85) and rows[0][0]["class_probs"] == pytest.approx([0.05, 0.9])
-    cfg.score = ScoreConfig(keep_class_probs=False)
-    assert nest_detections([kept], np.array(["a"], object), cfg).to_pylist()[0][0]["class_probs"] is None
+    flat = nest_detections(kept, np.array(["a"], object), strategy, keep_class_probs=False)
+    assert flat.to_pylist()[0][0]["class_probs"] is None
+
+
+def test_probe_sends_only_complete_rgb_and_gray_jpegs_to_the_device_decoder():
+    """probe reads headers only: JPEG in RGB or L -> device; CMYK JPEG, PNG, a JPEG cut before its
+    end marker -> CPU; empty and over-limit files raise the CPU decoder's errors."""
+    files = dict(pool_files())
+    device = {name: images.probe(data, name, 2_000_000)[2] for name, (data, status) in files.items()
+              if status == "ok" or name == "truncated_scan.jpg"}
+    assert device == {"good_0.jpg": True, "gray.jpg": True, "exif_rotated.jpg": True, "cmyk.jpg": False,
+                      "good_1.png": False, "gray.png": False, "rgba.png": False, "palette.png": False,
+                      "gray16.png": False, "png_named.jpg": False, "truncated_scan.jpg": False}
+    assert images.probe(files["good_1.png"][0], "good_1.png", 2_000_000)[:2] == (200, 150)
+    with pytest.raises(images.ImageError, match="empty"):
+        images.probe(b"", "zero.jpg", 2_000_000)
+    with pytest.raises(images.ImageError, match="over the limit"):
+        images.probe(files["bomb.png"][0], "bomb.png", 2_000_000)
+
+
+def test_device_decode_of_a_batch_equals_the_cpu_decoder():
+    """decode_jpegs (torchvision's decoder, here on CPU) gives the pixels of decode_image, BGR, for
+    RGB and gray JPEGs; bytes it refuses come back as None for the CPU fallback."""
+    files = pool_files()
+    names = ["good_0.jpg", "gray.jpg", "exif_rotated.jpg"]
+    decoded = images.decode_jpegs([files[n][0] for n in names] + [b"\xff\xd8 not a jpeg"], torch.device("cpu"))
+    assert decoded[-1] is None
+    for name, tensor in zip(names, decoded):
+        expected = images.decode_image(files[name][0], name)
+        ours = tensor.permute(1, 2, 0).numpy()
+        assert ours.shape == expected.shape
+        assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 2, name
 
 
 def test_same_config_and_seed_select_the_same_images_with_one_or_two_actors(ray_session, tmp_path):
