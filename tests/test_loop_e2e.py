@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from raylib import schemas, storage, voc
+from raylib import paths, schemas, storage, voc
 from raylib.paths import RoundPaths
 from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
@@ -87,14 +87,14 @@ def _selections(run_root: str) -> list[list[dict]]:
 def test_loop_writes_every_round_output_and_the_report(reference):
     _, runs, _ = reference
     run_root = str(runs / "cls_iou_seed0")
-    pool_size = storage.read_table(os.path.join(run_root, "pool.parquet")).num_rows
+    pool_size = storage.read_table(paths.pool_manifest(run_root)).num_rows
     for r in range(ROUNDS):
         rp = RoundPaths(run_root, r)
         assert storage.exists(rp.metrics) and storage.exists(rp.weights)
         if r == ROUNDS - 1:
             break
         status = storage.read_table(rp.image_status)
-        unlabelled = storage.read_table(os.path.join(rp.root, "unlabelled.parquet")).num_rows
+        unlabelled = storage.read_table(rp.unlabelled).num_rows
         assert status.num_rows == unlabelled  # one status row per pool image
         selection = schemas.check(storage.read_table(rp.selection), schemas.SELECTION, "selection")
         selected = set(selection.column("image_id").to_pylist())
@@ -106,10 +106,10 @@ def test_loop_writes_every_round_output_and_the_report(reference):
         labels = storage.read_table(rp.labels)
         assert selected <= set(labels.column("image_id").to_pylist())
     # Round 0's labels are the seed set plus the selection (debug=fast: budget of 8 images).
-    seed_size = storage.read_table(os.path.join(run_root, "labels_seed.parquet")).num_rows
+    seed_size = storage.read_table(paths.seed_labels(run_root)).num_rows
     assert storage.read_table(RoundPaths(run_root, 0).labels).num_rows == seed_size + 8 < pool_size
-    report_dir = os.path.join(run_root, "report")
-    assert "figure 6.8" in open(os.path.join(report_dir, "report.md")).read()
+    report_dir = paths.report_dir(run_root)
+    assert "figure 6.8" in open(paths.report_file(report_dir)).read()
     for png in ("splits", "thresholds", "ap50", "objects", "map50"):
         assert os.path.getsize(os.path.join(report_dir, f"{png}.png")) > 1000
 
@@ -131,7 +131,7 @@ def test_sigkilled_driver_resumes_to_the_same_outputs(reference):
     round0 = RoundPaths(run_root, 0)
     # score_pool creates scored/ before its actors start (seconds of model loading and scoring on 2
     # cores), so killing when it appears lands inside the score stage, with its marker not yet written.
-    scoring = os.path.join(round0.root, "scored")
+    scoring = round0.scored
     with open(log, "ab") as out:
         process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env=ENV)
