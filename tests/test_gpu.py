@@ -2,6 +2,9 @@
 
   fp16 + channels_last scoring actor  ~ tests/test_score.py::test_detections_equal_a_direct_model_call_on_every_image
   score_pool with one GPU actor       ~ tests/test_score.py::test_scoring_records_every_image_and_only_confident_detections
+  nvJPEG decode + letterbox on the GPU, fallbacks, one row per image
+                                      ~ the same two tests, [device_decode] (torchvision's CPU decoder)
+  batched post-process on the GPU     ~ tests/test_model.py::test_batched_post_process_equals_the_per_image_one
   AMP training step (GradScaler)      ~ tests/test_train.py (gloo workers on CPU)
 
 Marked `gpu`: skipped where CUDA is absent (conftest), never silently passed.
@@ -18,9 +21,12 @@ from raylib import storage, train
 from raylib.config import Config, ModelConfig, ScoreConfig, StrategyConfig, TrainConfig
 from raylib.model import build_model, to_input
 from raylib.paths import RoundPaths
-from raylib.score import YoloxScorer, load_images, score_pool
+from raylib.score import YoloxScorer, load_images, read_images, score_pool
 from tests.bad_images import scene
-from tests.test_score import CLASSES, MIN_SCORE, check_outputs, confident_weights, write_pool
+from tests.reference_decode import decode_per_image
+from tests.test_model import assert_same_detections, random_outputs
+from tests.test_score import (CLASSES, MIN_SCORE, REASONS, assert_same_rows, check_outputs, confident_weights,
+                              pool_files, write_pool)
 
 pytestmark = pytest.mark.gpu
 
@@ -77,6 +83,67 @@ def test_score_pool_with_a_gpu_actor_records_every_image(ray_session, tmp_path):
     summary = score_pool(manifest, weights, rp, cfg, CLASSES)
     assert summary.n_images == len(expected)
     check_outputs(rp, expected)
+
+
+@pytest.mark.parametrize("candidate_conf", [0.01, 0.3, 0.9])
+def test_batched_post_process_on_cuda_equals_the_per_image_one(candidate_conf):
+    outputs = random_outputs(n_images=16, anchors=8_400, num_classes=20, side=640, seed=0)
+    ratios, sizes = [1.28] * 16, [(375, 500)] * 16
+    batched = model_decode_on_cuda(outputs, ratios, sizes, candidate_conf)
+    assert_same_detections(batched, decode_per_image(outputs, ratios, sizes, candidate_conf=candidate_conf))
+
+
+def model_decode_on_cuda(outputs, ratios, sizes, candidate_conf):
+    from raylib.model import decode
+    return decode(outputs.to("cuda"), ratios, sizes, candidate_conf=candidate_conf)
+
+
+def test_gpu_decode_path_gives_one_row_per_image_and_the_cpu_paths_detections(tmp_path):
+    """read_images -> YoloxScorer on the GPU (nvJPEG for RGB and gray JPEGs, CPU-decoded canvases for
+    PNG, CMYK, truncated scans; the CPU errors for the rest) against load_images -> the fp32 CPU actor."""
+    ids, uris, expected = [], [], {}
+    for name, (data, status) in pool_files().items():
+        uri = str(tmp_path / name)
+        if data is not None:
+            storage.write_bytes(uri, data)
+        ids.append(name)
+        uris.append(uri)
+        expected[name] = status
+    manifest = {"image_id": np.array(ids, dtype=object), "uri": np.array(uris, dtype=object)}
+    gpu_cfg, cpu_cfg = _config(gpu=True), _config(gpu=False)
+    gpu_cfg.score.device_decode = True
+    weights = confident_weights(str(tmp_path / "w.pt"))
+    gpu_rows = YoloxScorer(gpu_cfg, weights, len(CLASSES), 0)(read_images(manifest, 96, 2_000_000)).to_pylist()
+    cpu_rows = YoloxScorer(cpu_cfg, weights, len(CLASSES), 0)(load_images(manifest, 96, 2_000_000)).to_pylist()
+    assert [r["image_id"] for r in gpu_rows] == ids
+    for gpu_row, cpu_row in zip(gpu_rows, cpu_rows):
+        name = gpu_row["image_id"]
+        assert gpu_row["status"] == cpu_row["status"] == expected[name], name
+        assert gpu_row["error"] == cpu_row["error"]
+        if f"images/{name}" in REASONS:
+            assert REASONS[f"images/{name}"] in gpu_row["error"]
+        if expected[name] == "ok":
+            assert (gpu_row["width"], gpu_row["height"]) == (cpu_row["width"], cpu_row["height"])  # fp16 and the GPU resize move boxes a little; rows still pair up
+            def table(row):
+                return np.array([[d["class_id"], d["score"], d["x1"], d["y1"], d["x2"], d["y2"]]
+                                 for d in row["detections"]], dtype=np.float64).reshape(-1, 6)
+            ours, theirs = table(gpu_row), table(cpu_row)
+            if len(ours) == len(theirs):
+                assert_same_rows(ours, theirs, name, tolerance=2.0)
+            else:  # a detection within fp16 noise of min_score may fall on either side of it
+                assert abs(len(ours) - len(theirs)) <= max(1, len(theirs) // 10), name
+
+
+def test_score_pool_with_gpu_decode_and_concurrent_batches_records_every_image(ray_session, tmp_path):
+    manifest, expected = write_pool(str(tmp_path / "pool"))
+    weights = confident_weights(str(tmp_path / "w.pt"))
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    cfg = _config(gpu=True)
+    cfg.score.device_decode, cfg.score.concurrent_batches = True, 3
+    cfg.score.num_actors, cfg.score.num_cpus_per_actor, cfg.score.decode_num_cpus = 1, 1, 0.5
+    summary = score_pool(manifest, weights, rp, cfg, CLASSES)
+    assert summary.n_images == len(expected)
+    check_outputs(rp, expected, str(tmp_path / "pool"))
 
 
 def test_amp_training_step_on_cuda_is_finite_and_moves_the_weights():
