@@ -111,7 +111,7 @@ def calibrated_weights(path: str, size: str, num_classes: int, side: int, paths:
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()
             module.momentum = None  # running stats = the plain average of the calibration pass
-    canvases, _, _ = letterboxed(paths[:16], side)
+    canvases, _, _ = letterboxed(paths[:8], side)
     inputs = model.to_input(canvases)
     net.train()
     with torch.no_grad():
@@ -122,22 +122,26 @@ def calibrated_weights(path: str, size: str, num_classes: int, side: int, paths:
     net.eval()
     for conv in net.head.cls_preds:
         torch.nn.init.constant_(conv.bias, 4.0)  # cls_conf ~ 1: objectness alone decides the count
+    for conv in net.head.obj_preds:
+        torch.nn.init.constant_(conv.bias, 0.0)
+    with torch.inference_mode():
+        out = net(inputs).double()
+    # A bias b adds b to every objectness logit: count the candidates for any b from one forward pass.
+    logits, cls_conf = torch.logit(out[..., 4], eps=1e-12), out[..., 5:].max(-1).values
 
     def per_image(bias: float) -> float:
-        for conv in net.head.obj_preds:
-            torch.nn.init.constant_(conv.bias, bias)
-        with torch.inference_mode():
-            out = net(inputs[:8])
-        return float(((out[..., 4] * out[..., 5:].max(-1).values) > MIN_SCORE).sum(1).float().mean())
+        return float(((torch.sigmoid(logits + bias) * cls_conf) > MIN_SCORE).sum(1).double().mean())
 
     if candidates == "all":
         bias = 8.0
     else:  # the count grows with the bias: bisect
         low, high = -40.0, 20.0
-        for _ in range(40):
+        for _ in range(50):
             bias = (low + high) / 2
             low, high = (bias, high) if per_image(bias) < float(candidates) else (low, bias)
     measured = per_image(bias)
+    for conv in net.head.obj_preds:
+        torch.nn.init.constant_(conv.bias, bias)
     model.save_weights(net, path, size, VOC_CLASSES[:num_classes])
     return path, measured
 
@@ -197,7 +201,7 @@ def run_bare(net, paths: list[str], cfg: Config, device, half: bool, workers: in
 def run_model(net, canvases: torch.Tensor, ratios, sizes, cfg: Config, device, half: bool,
               post: str | None) -> float:
     """Seconds for the model (and a post-process: "batch", "image" or None) over pinned canvases."""
-    sc, side = cfg.score, cfg.model.input_size
+    sc = cfg.score
     options = {"candidate_conf": max(sc.candidate_conf, MIN_SCORE), "nms_threshold": sc.nms_threshold,
                "max_detections": sc.max_detections}
     sync(device)
@@ -210,7 +214,6 @@ def run_model(net, canvases: torch.Tensor, ratios, sizes, cfg: Config, device, h
         elif post == "image":
             decode_per_image(outputs, ratios[part], sizes[part], **options)
     sync(device)
-    del side
     return time.perf_counter() - started
 
 
@@ -339,8 +342,8 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="score-bench-")
     try:
         started = time.perf_counter()
-        paths = make_images(os.path.join(root, "images") if os.makedirs(os.path.join(root, "images")) is None
-                            else "", args.unique)
+        os.makedirs(os.path.join(root, "images"))
+        paths = make_images(os.path.join(root, "images"), args.unique)
         weights, per_image = calibrated_weights(os.path.join(root, "w.pt"), args.size, args.classes, args.input,
                                                 paths, args.candidates)
         print(f"{args.unique} JPEGs (mean {np.mean([os.path.getsize(p) for p in paths]) / 1024:.0f} KB) and "
