@@ -254,7 +254,8 @@ def run_ray(manifest: str, weights: str, root: str, cfg: Config, class_names: li
     stamps = [line.split() for line in open(log_path)] if os.path.exists(log_path) else []
     inits = [float(b) - started for kind, _, _, b, _ in stamps if kind == "init"]
     batches = [(float(a) - started, float(b) - started) for kind, _, a, b, _ in stamps if kind == "batch"]
-    timeline = {"actor_ready": max(inits, default=float("nan")),
+    timeline = {"busy": sum(b - a for a, b in batches),
+                "actor_ready": max(inits, default=float("nan")),
                 "first_batch": min((a for a, _ in batches), default=float("nan")),
                 "last_batch": max((b for _, b in batches), default=float("nan"))}
     shutil.rmtree(root, ignore_errors=True)
@@ -315,12 +316,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="bare DataLoader workers (default: cores-1)")
     parser.add_argument("--actors", type=int, default=None, help="score.num_actors (default: the preset's)")
     parser.add_argument("--concurrent", type=int, default=None, help="score.concurrent_batches (default: preset)")
+    parser.add_argument("--nms-chunk", type=int, default=None, help="model.NMS_CHUNK_BOXES of the device")
+    parser.add_argument("--gpus-per-actor", type=float, default=None, help="score.num_gpus_per_actor (default: 1)")
     parser.add_argument("--skip", default="", help="comma list of paths not to run: model,bare,ray")
     parser.add_argument("--nodes", action="store_true", help="only the two-node vs one-node scaling (CPU)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     device = torch.device(args.device)
     gpu = device.type == "cuda"
+    if args.nms_chunk:
+        model.NMS_CHUNK_BOXES[device.type] = args.nms_chunk
     class_names = VOC_CLASSES[:args.classes]
 
     from omegaconf import OmegaConf
@@ -331,6 +336,7 @@ def main() -> None:
     preset.batch_size = args.batch_size or preset.batch_size
     if gpu:
         preset.num_cpus_per_actor = 2
+        preset.num_gpus_per_actor = args.gpus_per_actor or preset.num_gpus_per_actor
     cfg = Config(model=ModelConfig(size=args.size, input_size=args.input), score=preset,
                  strategy=StrategyConfig(min_score=MIN_SCORE))
     half = gpu and preset.fp16
@@ -413,6 +419,9 @@ def main() -> None:
                   f"{statistics.median(t['first_batch'] for t in timelines):.1f}, last batch "
                   f"{statistics.median(t['last_batch'] for t in timelines):.1f}, returned "
                   f"{statistics.median(times['ray']):.1f}; steady state {steady:.0f} images/s")
+            busy = statistics.median(t["busy"] / (t["last_batch"] - t["first_batch"]) for t in timelines)
+            print(f"actor calls in flight, on average between first and last batch: {busy:.2f} (of "
+                  f"{preset.num_actors * preset.concurrent_batches}: below it, the actors wait for input)")
             for other in ("bare", "model", "model+post"):
                 if other in rate:
                     print(f"ratio ray / {other}: end to end {rate['ray'] / rate[other]:.3f}, "

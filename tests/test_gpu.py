@@ -25,8 +25,7 @@ from raylib.score import YoloxScorer, load_images, read_images, score_pool
 from tests.bad_images import scene
 from tests.reference_decode import decode_per_image
 from tests.test_model import assert_same_detections, random_outputs
-from tests.test_score import (CLASSES, MIN_SCORE, REASONS, assert_same_rows, check_outputs, confident_weights,
-                              pool_files, write_pool)
+from tests.test_score import CLASSES, MIN_SCORE, REASONS, check_outputs, confident_weights, pool_files, write_pool
 
 pytestmark = pytest.mark.gpu
 
@@ -112,6 +111,8 @@ def test_gpu_decode_path_gives_one_row_per_image_and_the_cpu_paths_detections(tm
     manifest = {"image_id": np.array(ids, dtype=object), "uri": np.array(uris, dtype=object)}
     gpu_cfg, cpu_cfg = _config(gpu=True), _config(gpu=False)
     gpu_cfg.score.device_decode = True
+    for cfg in (gpu_cfg, cpu_cfg):  # no top-k cut whose last rows could swap on fp16 noise
+        cfg.score.max_detections = 500
     weights = confident_weights(str(tmp_path / "w.pt"))
     gpu_rows = YoloxScorer(gpu_cfg, weights, len(CLASSES), 0)(read_images(manifest, 96, 2_000_000)).to_pylist()
     cpu_rows = YoloxScorer(cpu_cfg, weights, len(CLASSES), 0)(load_images(manifest, 96, 2_000_000)).to_pylist()
@@ -122,16 +123,19 @@ def test_gpu_decode_path_gives_one_row_per_image_and_the_cpu_paths_detections(tm
         assert gpu_row["error"] == cpu_row["error"]
         if f"images/{name}" in REASONS:
             assert REASONS[f"images/{name}"] in gpu_row["error"]
-        if expected[name] == "ok":
-            assert (gpu_row["width"], gpu_row["height"]) == (cpu_row["width"], cpu_row["height"])  # fp16 and the GPU resize move boxes a little; rows still pair up
+        if expected[name] == "ok":  # fp16 and the GPU resize move boxes and scores a little
+            assert (gpu_row["width"], gpu_row["height"]) == (cpu_row["width"], cpu_row["height"])
+
             def table(row):
                 return np.array([[d["class_id"], d["score"], d["x1"], d["y1"], d["x2"], d["y2"]]
                                  for d in row["detections"]], dtype=np.float64).reshape(-1, 6)
             ours, theirs = table(gpu_row), table(cpu_row)
-            if len(ours) == len(theirs):
-                assert_same_rows(ours, theirs, name, tolerance=2.0)
-            else:  # a detection within fp16 noise of min_score may fall on either side of it
-                assert abs(len(ours) - len(theirs)) <= max(1, len(theirs) // 10), name
+            assert len(theirs) > 0, name
+            # Rows with a partner within 2 px (same class, score within 2) on the other side; a
+            # detection within fp16 noise of min_score may fall on either side of it.
+            distance = np.abs(ours[:, None, :] - theirs[None, :, :]).max(axis=2)
+            assert (distance.min(axis=1) < 2.0).mean() >= 0.9, name
+            assert (distance.min(axis=0) < 2.0).mean() >= 0.9, name
 
 
 def test_score_pool_with_gpu_decode_and_concurrent_batches_records_every_image(ray_session, tmp_path):
