@@ -64,17 +64,24 @@ class ImageInfo:
     height: int
 
 
-def image_info(manifest_uri: str, selected: set[str]) -> dict[str, ImageInfo]:
+def image_info(manifest_uri: str, selected: set[str], status_uri: str | None = None) -> dict[str, ImageInfo]:
     """URI and size of each selected image: the one place export learns sizes. From the manifest's
-    width/height, else the image header (one read per image).
-
-    TODO(image_status sizes): once scoring records width/height per image, read them from
-    `round=NN/image_status/` here instead of the image headers."""
+    width/height, else the round's image_status (scoring records each image's header size), else the
+    image header (one read per image: only for images scored before sizes were recorded)."""
     wanted = pa.array(sorted(selected), pa.string())
     found: dict[str, ImageInfo] = {}
     for batch in pool.iter_manifest(manifest_uri):
         for row in batch.filter(pc.is_in(batch.column("image_id"), value_set=wanted)).to_pylist():
             found[row["image_id"]] = ImageInfo(row["uri"], int(row["width"] or 0), int(row["height"] or 0))
+    unsized = pa.array(sorted(i for i, info in found.items() if not info.width or not info.height), pa.string())
+    if len(unsized) and status_uri and storage.exists(status_uri):
+        for batch in storage.iter_parquet_batches(status_uri):
+            if "width" not in batch.schema.names:  # image_status of a run before sizes were recorded
+                break
+            rows = batch.filter(pc.is_in(batch.column("image_id"), value_set=unsized))
+            for image_id, width, height in zip(*(rows.column(c).to_pylist() for c in ("image_id", "width", "height"))):
+                if width and height:
+                    found[image_id] = ImageInfo(found[image_id].uri, int(width), int(height))
     for image_id, info in list(found.items()):
         if not info.width or not info.height:
             try:
@@ -129,7 +136,8 @@ def cvat_voc_zip(xml_by_file_name: dict[str, bytes], class_names: list[str]) -> 
 
 
 def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri: str, class_names: list[str],
-                          out_dir: str, round_idx: int, labelstudio_document_root: str | None = None) -> int:
+                          out_dir: str, round_idx: int, labelstudio_document_root: str | None = None,
+                          status_uri: str | None = None) -> int:
     """Write the pre-annotations of a round's selected images into `out_dir` (files in the module
     docstring).
 
@@ -137,12 +145,13 @@ def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri:
     the selected ids), most confident first. Returns the number of XML files written; ids refused by
     `safe_relpath`, and images Label Studio could not be given a URL for, are listed with the reason
     in `<out_dir>/skipped.json`. `labelstudio_document_root`: Label Studio's
-    LOCAL_FILES_DOCUMENT_ROOT for local images (`labelstudio.image_url`)."""
+    LOCAL_FILES_DOCUMENT_ROOT for local images (`labelstudio.image_url`). `status_uri`: the round's
+    image_status, where scoring recorded each image's size."""
     _start_export(out_dir)
     selected = set(storage.read_table(selection_uri, columns=["image_id"]).column("image_id").to_pylist())
     detections = _selected_detections(detections_uri, selected)
     detections["score"] = detections["cls_conf"] * detections["loc_conf"]
-    info = image_info(manifest_uri, selected)
+    info = image_info(manifest_uri, selected, status_uri)
     analysis_time = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     by_image = dict(tuple(detections.groupby("image_id"))) if len(detections) else {}
     written, skipped, exported, xml_by_file_name = 0, {}, [], {}

@@ -353,7 +353,7 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
     """Score every image of `manifest_uri`; write detections/ and image_status/ under `out`.
 
     `scorer_cls` is the actor class (a subclass of YoloxScorer); fault-injection tests pass one."""
-    scored_dir = storage.join(out.root, "scored")
+    scored_dir = out.scored
     for uri in (scored_dir, out.detections, out.image_status):
         storage.delete(uri)  # a rerun after a crash starts clean: the stage is redone whole
     fs, manifest_path = storage.resolve(manifest_uri)

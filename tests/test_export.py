@@ -280,3 +280,19 @@ def test_label_studio_image_url_refuses_paths_outside_the_root():
 
     with pytest.raises(ValueError, match="not under the Label Studio document root"):
         image_url("/data2/a.jpg", "/data")
+
+
+def test_sizes_come_from_image_status_without_reading_the_images(tmp_path):
+    """Scoring records each image's size in image_status: export uses it when the manifest has no
+    sizes, and never opens the images (their URIs here point nowhere)."""
+    manifest = _write(tmp_path, ["a", "b"], DETECTIONS, sizes=False)
+    status = pa.table({"round": pa.array([0, 0], pa.int16()), "image_id": ["a", "b"], "status": ["ok", "ok"],
+                       "error": pa.array([None, None], pa.string()), "n_detections": pa.array([2, 1], pa.int32()),
+                       "width": pa.array([640, 300], pa.int32()), "height": pa.array([480, 200], pa.int32())})
+    storage.write_table(schemas.check(status, schemas.IMAGE_STATUS, "image_status"),
+                        str(tmp_path / "status" / "part-00000.parquet"))
+    out = str(tmp_path / "pre")
+    export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), manifest, CLASSES, out, 0,
+                          status_uri=str(tmp_path / "status"))
+    a, b = read_voc(os.path.join(out, "a.xml")), read_voc(os.path.join(out, "b.xml"))
+    assert (a.width, a.height, b.width, b.height) == (640, 480, 300, 200)
