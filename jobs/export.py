@@ -17,7 +17,8 @@ def main(cfg: DictConfig) -> None:
     ds, rp = runtime.ensure_dataset(config), RoundPaths(config.run_root, config.round_idx)
     selection = require(rp.selection, "selection", f"run jobs/select_images.py round_idx={config.round_idx} first")
     n = export_preannotations(selection, rp.detections, pool.round_pool(rp, ds.pool_manifest), ds.class_names,
-                              rp.preannotations, config.round_idx)
+                              rp.preannotations, config.round_idx, config.loop.labelstudio_document_root,
+                              status_uri=rp.image_status)
     print(f"wrote {n} pre-annotation XML files (and COCO, Label Studio JSON) to {rp.preannotations}")
 
 

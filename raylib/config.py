@@ -17,6 +17,7 @@ from raylib.storage import absolute
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random")
 ORACLES = ("simulate", "external")
+LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (raylib/annotations.py)
 
 
 class ConfigError(ValueError):
@@ -189,7 +190,12 @@ class LoopConfig:
     seed_size: int = 60
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test of the labelled set
     oracle: str = "simulate"
-    labels_in: Optional[str] = None  # external oracle: folder/prefix of corrected VOC XML
+    labels_in: Optional[str] = None  # external oracle: folder/prefix of the annotators' deliveries
+    labels_format: str = "voc"  # voc: Annotations/*.xml; coco: *.json; labelstudio: its JSON export
+    # A round's delivery is complete when every selected image is labelled or when the annotators
+    # create <labels_in>/_complete/round=NN; true takes whatever is there (the rest stays in the pool).
+    accept_partial_delivery: bool = False
+    labelstudio_document_root: Optional[str] = None  # Label Studio's LOCAL_FILES_DOCUMENT_ROOT
     last_round_takes_all: bool = True  # seed 6.6
     stop_min_gain: Optional[float] = None  # stop when mAP50 gains less than this ...
     stop_patience: int = 2  # ... over this many rounds
@@ -200,6 +206,8 @@ class LoopConfig:
         _require(abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0, "loop.split must be 3 fractions summing to 1")
         _require(self.oracle in ORACLES, f"loop.oracle must be one of {ORACLES}, got '{self.oracle}'")
         _require(self.oracle != "external" or bool(self.labels_in), "loop.labels_in is required for the external oracle")
+        _require(self.labels_format in LABEL_FORMATS,
+                 f"loop.labels_format must be one of {LABEL_FORMATS}, got '{self.labels_format}'")
         self.labels_in = absolute(self.labels_in)
 
 

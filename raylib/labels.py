@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib import paths, pool, schemas, storage, voc
+from raylib import annotations, paths, pool, schemas, storage, voc
 from raylib.config import LoopConfig
 from raylib.paths import RoundPaths
 from raylib.runtime import Dataset
@@ -154,23 +154,31 @@ def labels_for_round(run_root: str, round_idx: int, ds: Dataset, fractions: tupl
 def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str) -> dict:
     """Labels for the selected images added to `labels_uri`, written to `rp.labels`.
 
-    The labels come from the dataset's ground truth (`simulate`, the seed's experiment) or from
-    annotators' corrected XML under `loop.labels_in/Annotations/` (`external`). Images whose labels are
-    missing or invalid stay in the pool; the reasons go to `rp.oracle_errors`.
+    The labels come from the dataset's ground truth (`simulate`, the seed's experiment) or from the
+    annotators' delivery in `loop.labels_in`, in `loop.labels_format` (`external`; raylib/annotations.py).
+    Images whose labels are missing or invalid stay in the pool; the reasons go to `rp.oracle_errors`.
 
-    With `external`, a round for which no label has arrived yet raises `LabelsPending` before anything
-    is committed: the loop stops there, and running the same command again once the annotators have
-    delivered resumes at this stage (a Ray job should not hold a cluster while people annotate)."""
+    With `external`, a round whose delivery is not complete (annotations.check_delivery: every selected
+    image labelled, the annotators' `_complete/round=NN` marker, or loop.accept_partial_delivery) raises
+    `LabelsPending` before anything is committed: the loop stops there and says how many images are
+    missing, and running the same command again resumes at this stage (a Ray job should not hold a
+    cluster while people annotate)."""
     selected = sorted(set(storage.read_table(rp.selection, columns=["image_id"]).column("image_id").to_pylist()))
-    source = ds.voc_root if loop.oracle == "simulate" else loop.labels_in
-    table, errors = voc.read_voc_labels(source, selected, ds.class_names)
-    storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
-    if loop.oracle == "external" and selected and table.num_rows == 0:
-        raise LabelsPending(
-            f"round {rp.round_idx}: waiting for labels: none of the {len(selected)} selected images has a "
-            f"usable VOC file under '{storage.join(source, 'Annotations')}/' yet (pre-annotations to correct: "
-            f"'{rp.preannotations}'; reasons per image: '{rp.oracle_errors}'). "
-            "Run the same command again when they are in.")
+    if loop.oracle == "simulate":
+        table, errors = voc.read_voc_labels(ds.voc_root, selected, ds.class_names)
+        storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
+    else:
+        uris = pool.image_uris(rp.unlabelled, selected)
+        delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names)
+        errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}
+        storage.write_text(rp.oracle_errors, json.dumps(errors, indent=1))
+        status = annotations.check_delivery(delivery, loop.labels_in, rp.round_idx, len(selected),
+                                            accept_partial=loop.accept_partial_delivery)
+        if not status.complete:
+            raise LabelsPending(f"{status.message} (pre-annotations to correct: '{rp.preannotations}'; reasons "
+                                f"per image: '{rp.oracle_errors}'). Run the same command again when they are in.")
+        print(status.message, flush=True)
+        table = delivery.labels
     previous = storage.read_table(labels_uri, schema=schemas.LABELS)
     new = assign_splits(table, loop.split, seed, round_added=rp.round_idx + 1)
     new = new.filter(pc.invert(pc.is_in(new.column("image_id"), previous.column("image_id"))))

@@ -185,7 +185,7 @@ def test_external_oracle_stops_for_labels_and_resumes_when_they_arrive(reference
     first = _run(args, log)
     text = open(log).read()
     assert first.returncode == 0, text[-5000:]
-    assert "waiting for labels: none of the" in text
+    assert "waiting for labels: 0 of" in text
     round0 = RoundPaths(run_root, 0)
     assert os.path.exists(round0.marker("export")) and not os.path.exists(round0.marker("oracle"))
     assert not os.path.exists(RoundPaths(run_root, 1).root)
