@@ -83,6 +83,7 @@ class ModelConfig:
     size: str = "nano"
     input_size: int = 256  # square letterbox side, a multiple of 32
     weights: Optional[str] = None  # path or s3:// URI of a state dict; never downloaded
+    iou_aware_obj: bool = False  # objectness trained towards the IoU of the assigned prediction (raylib.iou_aware)
 
     def __post_init__(self) -> None:
         _require(self.size in MODEL_SIZES, f"model.size must be one of {MODEL_SIZES}, got '{self.size}'")
@@ -164,8 +165,11 @@ class TrainConfig:
     val_batch_size: int = 16  # images per forward pass when validating
     max_failures: int = 2
     num_loader_workers: int = 0
+    # Round r > 0 starts from: transfer = model.weights (as the seed does); previous = round r-1's model.
+    init: str = "transfer"
 
     def __post_init__(self) -> None:
+        _require(self.init in ("transfer", "previous"), f"train.init must be transfer or previous, got '{self.init}'")
         _require(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
         _require(self.batch_size > 0, "train.batch_size must be > 0")
         _require(self.num_workers > 0, "train.num_workers must be > 0")

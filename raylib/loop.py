@@ -102,8 +102,11 @@ def _stop_reason(cfg: Config, result: LoopResult, round_idx: int) -> str:
 
 
 def _train(cfg: Config, ds: Dataset, labels_uri: str, rp: RoundPaths) -> dict:
+    init_weights = cfg.model.weights
+    if cfg.train.init == "previous" and rp.round_idx > 0:
+        init_weights = RoundPaths(rp.run_root, rp.round_idx - 1).weights
     result = train_model(cfg, labels_uri, ds.pool_manifest, rp.checkpoint, ds.class_names,
-                         init_weights=cfg.model.weights, max_pixels=cfg.score.max_pixels)
+                         init_weights=init_weights, max_pixels=cfg.score.max_pixels)
     return {"weights_uri": result.weights_uri, "best_val_map50": result.best_map50, "epochs": result.epochs}
 
 
