@@ -17,6 +17,7 @@ import time
 import pytest
 
 from raylib import paths, schemas, storage, voc
+from raylib.export import LABEL_CONFIG_FILE
 from raylib.paths import RoundPaths
 from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
@@ -84,6 +85,11 @@ def _selections(run_root: str) -> list[list[dict]]:
     return out
 
 
+def _preannotation_files(folder: str) -> list[str]:
+    """The per-image VOC files of an export (not Label Studio's label_config.xml beside them)."""
+    return [uri for uri in storage.list_files(folder, ".xml") if os.path.basename(uri) != LABEL_CONFIG_FILE]
+
+
 def test_loop_writes_every_round_output_and_the_report(reference):
     _, runs, _ = reference
     run_root = str(runs / "cls_iou_seed0")
@@ -99,7 +105,7 @@ def test_loop_writes_every_round_output_and_the_report(reference):
         selection = schemas.check(storage.read_table(rp.selection), schemas.SELECTION, "selection")
         selected = set(selection.column("image_id").to_pylist())
         assert selected
-        xml_files = storage.list_files(rp.preannotations, ".xml")
+        xml_files = _preannotation_files(rp.preannotations)
         assert len(xml_files) == len(selected)
         for uri in xml_files[:5]:
             voc.read_voc(uri)  # parses, boxes valid
@@ -191,7 +197,7 @@ def test_external_oracle_stops_for_labels_and_resumes_when_they_arrive(reference
     assert not os.path.exists(RoundPaths(run_root, 1).root)
 
     delivered = 0
-    for uri in storage.list_files(round0.preannotations, ".xml"):
+    for uri in _preannotation_files(round0.preannotations):
         image_id = os.path.relpath(uri, round0.preannotations)[: -len(".xml")]
         storage.write_bytes(str(labels_in / "Annotations" / f"{image_id}.xml"),
                             storage.read_bytes(str(tmp / "data" / "Annotations" / f"{image_id}.xml")))
