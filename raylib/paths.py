@@ -1,5 +1,6 @@
 """Every file of a run, in one place: no other module spells a run file's name.
 
+    <run_root>/config.yaml                                       the resolved config it was started with
     <run_root>/run.json, pool.parquet, test_pool.parquet         what the run is; the manifests
     <run_root>/labels_seed.parquet, labels_perf_test.parquet    labelled sets made once
     <run_root>/report/                                          report.md and its figures
@@ -16,6 +17,7 @@ WEIGHTS_FILE = "model.pt"  # EMA weights, in a training output folder and in eac
 TRAIN_STATE_FILE = "state.pt"  # model, optimizer, EMA, scaler, epoch: what a resumed worker loads
 TRAIN_HISTORY_FILE = "history.json"  # one entry per evaluation during training
 RUN_INFO_FILE = "run.json"
+RUN_CONFIG_FILE = "config.yaml"  # the resolved config the run was started with (raylib/run_config.py)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,16 @@ class RoundPaths:
     def metrics_test(self) -> str:
         """AP50 on the `test` split of the labelled set."""
         return self._in("metrics_test.json")
+
+    @property
+    def calibration(self) -> str:
+        """Reliability table of loc_conf against true IoU on the labelled val split (raylib.calibration)."""
+        return self._in("calibration.parquet")
+
+    @property
+    def calibration_summary(self) -> str:
+        """Rank correlations of loc_conf / cls_conf with true IoU on val, and counts (raylib.calibration)."""
+        return self._in("calibration.json")
 
     @property
     def unlabelled(self) -> str:
@@ -120,6 +132,16 @@ def standalone_labels(run_root: str) -> str:
 def run_info(run_root: str) -> str:
     """What the run is (strategy, seed, model, k, classes), for the report and the comparison."""
     return storage.join(run_root, RUN_INFO_FILE)
+
+
+def run_config(run_root: str) -> str:
+    """The resolved config of the run: a rerun with other result-relevant values is refused."""
+    return storage.join(run_root, RUN_CONFIG_FILE)
+
+
+def config_changes(run_root: str) -> str:
+    """Values changed between rounds with `accept_new_values=true`: when, which keys, old and new."""
+    return storage.join(run_root, "config_changes.json")
 
 
 def report_dir(run_root: str) -> str:

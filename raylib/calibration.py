@@ -1,0 +1,161 @@
+"""Is YOLOX's objectness a predicted IoU? Calibration of `loc_conf` (and `cls_conf`) against true IoU.
+
+    summary = calibrate_split(model_cfg, weights_uri, labels_uri, manifest_uri, "val", class_names,
+                              max_pixels, min_score, table_uri, summary_uri)
+
+On a labelled split, every detection the strategies would see (score = cls_conf x loc_conf >= min_score)
+is matched to ground truth greedily by decreasing score: it takes the unmatched ground-truth box of its
+class with the highest IoU, and that IoU is its true IoU; a detection left without one has true IoU 0.
+Reported: Spearman's rank correlation of `loc_conf` and of `cls_conf` with true IoU, and a reliability
+table (mean true IoU per `loc_conf` bin, with counts). A calibrated localisation confidence has a
+reliability table on the diagonal and a high rank correlation.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from raylib import detect, labels, storage
+from raylib.config import ModelConfig
+from raylib.metrics import labels_to_ground_truth
+from raylib.model import load_model
+
+BIN_EDGES = np.linspace(0.0, 1.0, 11)  # loc_conf bins of the reliability table
+CALIBRATION_SCHEMA = pa.schema([
+    ("bin_lo", pa.float64()), ("bin_hi", pa.float64()), ("n", pa.int64()),
+    ("mean_loc_conf", pa.float64()), ("mean_true_iou", pa.float64()), ("mean_cls_conf", pa.float64()),
+])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of `a` [n, 4] with every box of `b` [m, 4] (x1, y1, x2, y2): [n, m]."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def match_true_iou(detections: pd.DataFrame, ground_truth: pd.DataFrame) -> np.ndarray:
+    """True IoU of each detection row (columns image_id, class_id, score, x1..y2), in row order.
+
+    Per image and class, detections by decreasing score each take the still unmatched ground-truth box
+    with the highest IoU (> 0); that IoU is theirs. Unmatched detections (no box left, or no overlap): 0."""
+    true_iou = np.zeros(len(detections))
+    if not len(detections):
+        return true_iou
+    box = ["x1", "y1", "x2", "y2"]
+    gt_groups = {key: frame[box].to_numpy() for key, frame in ground_truth.groupby(["image_id", "class_id"])}
+    for key, frame in detections.groupby(["image_id", "class_id"]):
+        gt = gt_groups.get(key)
+        if gt is None or not len(gt):
+            continue
+        order = np.argsort(-frame["score"].to_numpy(), kind="stable")
+        ious = box_iou(frame[box].to_numpy()[order], gt)
+        free = np.ones(len(gt), dtype=bool)
+        for i, row in enumerate(frame.index.to_numpy()[order]):
+            candidates = np.where(free, ious[i], -1.0)
+            j = int(np.argmax(candidates))
+            if candidates[j] > 0:
+                true_iou[detections.index.get_loc(row)] = candidates[j]
+                free[j] = False
+    return true_iou
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (Pearson on average ranks, ties shared); nan if either is constant."""
+    x, y = pd.Series(np.asarray(x, dtype=float)), pd.Series(np.asarray(y, dtype=float))
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = x.rank().to_numpy(), y.rank().to_numpy()
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
+    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def reliability_table(loc_conf, true_iou, cls_conf=None, edges: np.ndarray = BIN_EDGES) -> pa.Table:
+    """One row per `loc_conf` bin [lo, hi) (the last bin includes 1): count, mean loc_conf, mean true IoU,
+    mean cls_conf (null where a bin is empty)."""
+    loc_conf, true_iou = np.asarray(loc_conf, dtype=float), np.asarray(true_iou, dtype=float)
+    cls_conf = np.full(len(loc_conf), np.nan) if cls_conf is None else np.asarray(cls_conf, dtype=float)
+    index = np.clip(np.searchsorted(edges, loc_conf, side="right") - 1, 0, len(edges) - 2)
+    rows = []
+    for b in range(len(edges) - 1):
+        mask = index == b
+        n = int(mask.sum())
+        rows.append({"bin_lo": float(edges[b]), "bin_hi": float(edges[b + 1]), "n": n,
+                     "mean_loc_conf": float(loc_conf[mask].mean()) if n else None,
+                     "mean_true_iou": float(true_iou[mask].mean()) if n else None,
+                     "mean_cls_conf": float(cls_conf[mask].mean()) if n and not np.isnan(cls_conf[mask]).all() else None})
+    return pa.Table.from_pylist(rows, schema=CALIBRATION_SCHEMA)
+
+
+def calibration_summary(detections: pd.DataFrame, ground_truth: pd.DataFrame) -> tuple[dict, pa.Table]:
+    """(summary dict, reliability table) of detections with columns image_id, class_id, cls_conf,
+    loc_conf, x1..y2 against ground truth (GROUND_TRUTH_COLUMNS)."""
+    detections = detections.reset_index(drop=True).assign(score=detections["cls_conf"].to_numpy()
+                                                          * detections["loc_conf"].to_numpy())
+    true_iou = match_true_iou(detections, ground_truth)
+    loc, cls = detections["loc_conf"].to_numpy(float), detections["cls_conf"].to_numpy(float)
+
+    def clean(value: float) -> float | None:
+        return None if math.isnan(value) else round(value, 4)
+
+    summary = {
+        "n_detections": len(detections), "n_ground_truth": len(ground_truth),
+        "n_matched": int((true_iou > 0).sum()), "n_matched_iou50": int((true_iou >= 0.5).sum()),
+        "spearman_loc_conf_true_iou": clean(spearman(loc, true_iou)),
+        "spearman_cls_conf_true_iou": clean(spearman(cls, true_iou)),
+        "spearman_score_true_iou": clean(spearman(loc * cls, true_iou)),
+        "mean_loc_conf": clean(float(loc.mean())) if len(loc) else None,
+        "mean_true_iou": clean(float(true_iou.mean())) if len(loc) else None,
+    }
+    return summary, reliability_table(loc, true_iou, cls)
+
+
+def detect_confidences(model: torch.nn.Module, items: list[tuple[str, str]], input_size: int,
+                       max_pixels: int | None, batch_size: int = 16) -> tuple[pd.DataFrame, list[str]]:
+    """Detections with `cls_conf` and `loc_conf` apart (decoded as in evaluation); and failed image ids."""
+    frames, failed = [], []
+    for start in range(0, len(items), batch_size):
+        batch, images = [], []
+        for image_id, uri in items[start:start + batch_size]:
+            try:
+                images.append(detect.read_image(uri, image_id, max_pixels))
+                batch.append(image_id)
+            except Exception:  # noqa: BLE001  (counted, as evaluate_split counts them)
+                failed.append(image_id)
+        for image_id, dets in zip(batch, detect.predict(model, images, input_size)):
+            frames.append(pd.DataFrame({
+                "image_id": [image_id] * len(dets.class_id), "class_id": dets.class_id.astype(np.int64),
+                "cls_conf": dets.cls_conf.astype(np.float64), "loc_conf": dets.loc_conf.astype(np.float64),
+                "x1": dets.boxes[:, 0], "y1": dets.boxes[:, 1], "x2": dets.boxes[:, 2], "y2": dets.boxes[:, 3]}))
+    frames = [f for f in frames if len(f)]
+    columns = ["image_id", "class_id", "cls_conf", "loc_conf", "x1", "y1", "x2", "y2"]
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed
+
+
+def calibrate_split(model_cfg: ModelConfig, weights_uri: str, labels_uri: str, manifest_uri: str, split: str,
+                    class_names: list[str], max_pixels: int, min_score: float, table_uri: str,
+                    summary_uri: str) -> dict:
+    """Calibration of `weights_uri` on the labelled `split`; writes the reliability table (Parquet) and the
+    summary (JSON); returns the summary. Detections kept: cls_conf x loc_conf >= min_score."""
+    split_labels, items, _missing = labels.read_split(labels_uri, manifest_uri, split)
+    model = load_model(model_cfg.size, len(class_names), weights_uri).eval()
+    detections, failed = detect_confidences(model, items, model_cfg.input_size, max_pixels)
+    detections = detections[detections["cls_conf"] * detections["loc_conf"] >= min_score]
+    ground_truth = labels_to_ground_truth(split_labels)
+    ground_truth = ground_truth[~ground_truth["image_id"].isin(failed)]
+    summary, table = calibration_summary(detections, ground_truth)
+    summary.update({"split": split, "n_images": len(items) - len(failed), "min_score": min_score})
+    storage.write_table(table, table_uri)
+    storage.write_text(summary_uri, json.dumps(summary, indent=2))
+    return summary
