@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults (local Ray, generated synthetic pool, local storage, CPU).
+# The embedded demo (experiment=demo: local Ray, generated synthetic pool, local storage, YOLOX-nano on CPU).
 # Extra arguments are Hydra overrides, e.g. ./run.sh strategy=random loop.rounds=4
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
-exec .venv/bin/python jobs/loop.py "$@"
+exec .venv/bin/python jobs/loop.py experiment=demo "$@"

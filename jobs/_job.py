@@ -5,14 +5,17 @@ import logging
 from omegaconf import DictConfig
 
 from raylib import runtime, storage
-from raylib.config import Config, to_config
+from raylib.config import Config, ConfigError, to_config
 
 
 def start(cfg: DictConfig, with_ray: bool = True) -> Config:
     """Log raylib at INFO, check the config, then start or join Ray (which also points storage at the
     configured S3 endpoint); jobs that only stream Parquet in-process set up storage alone."""
     logging.getLogger("raylib").setLevel(logging.INFO)
-    config = to_config(cfg)
+    try:
+        config = to_config(cfg)
+    except ConfigError as error:  # one line naming the key, not a traceback
+        raise SystemExit(f"error: {error}") from None
     if with_ray:
         runtime.init_ray(config)
     else:

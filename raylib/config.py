@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from raylib.storage import absolute
 
@@ -80,8 +81,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    size: str = "nano"
-    input_size: int = 256  # square letterbox side, a multiple of 32
+    size: str = "s"  # the seed's YOLOX-S
+    input_size: int = 640  # square letterbox side, a multiple of 32
     weights: Optional[str] = None  # path or s3:// URI of a state dict; never downloaded
     iou_aware_obj: bool = False  # objectness trained towards the IoU of the assigned prediction (raylib.iou_aware)
 
@@ -109,7 +110,7 @@ class StrategyConfig:
 @dataclass
 class ScoreConfig:
     batch_size: int = 16
-    num_actors: int = 1
+    num_actors: int = 2
     num_cpus_per_actor: float = 0.5  # fractional on small machines, else the pipeline can starve
     num_gpus_per_actor: float = 0.0
     decode_num_cpus: float = 0.5
@@ -138,16 +139,18 @@ class ScoreConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 4
-    batch_size: int = 8  # global; split over workers
+    """The seed's recipe (6.3): YOLOX-S's, 300 epochs, batch 32, no mosaic/mixup in the last 15."""
+
+    epochs: int = 300
+    batch_size: int = 32  # global; split over workers
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     basic_lr_per_img: float = 0.01 / 64  # YOLOX: lr = basic_lr_per_img * batch_size
-    warmup_epochs: int = 1
+    warmup_epochs: int = 5
     warmup_lr: float = 0.0
     min_lr_ratio: float = 0.05
-    no_aug_epochs: int = 1  # strong augmentation (mosaic, mixup) off for the last epochs
+    no_aug_epochs: int = 15  # strong augmentation (mosaic, mixup) off for the last epochs
     weight_decay: float = 5e-4
     momentum: float = 0.9
     ema: bool = True
@@ -161,7 +164,7 @@ class TrainConfig:
     mosaic_scale: tuple[float, float] = (0.5, 1.5)
     mixup_scale: tuple[float, float] = (0.5, 1.5)
     shear: float = 2.0
-    eval_interval: int = 2
+    eval_interval: int = 10
     val_batch_size: int = 16  # images per forward pass when validating
     max_failures: int = 2
     num_loader_workers: int = 0
@@ -190,8 +193,8 @@ class EvalConfig:
 
 @dataclass
 class LoopConfig:
-    rounds: int = 3
-    seed_size: int = 60
+    rounds: int = 10  # the seed's (6.5): 10 rounds, a seed set of 2,000 images
+    seed_size: int = 2000
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test of the labelled set
     oracle: str = "simulate"
     labels_in: Optional[str] = None  # external oracle: folder/prefix of the annotators' deliveries
@@ -219,6 +222,13 @@ class LoopConfig:
 class StorageConfig:
     endpoint_url: Optional[str] = None  # S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS
     region: Optional[str] = None
+    kind: str = "local"  # s3: the run root is on S3 (storage=s3)
+    bucket: Optional[str] = None  # storage=s3: the run bucket (required there; names the default run_root)
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("local", "s3"), f"storage.kind must be local or s3, got '{self.kind}'")
+        _require(self.kind != "s3" or bool(self.bucket),
+                 "storage.bucket is required with storage=s3: pass storage.bucket=<your bucket> (or set RAYLIB_BUCKET)")
 
 
 @dataclass
@@ -231,6 +241,9 @@ class ClusterConfig:
 class Config:
     run_root: str = "outputs/run"
     seed: int = 0
+    # A rerun whose config differs from the one stored in run_root (paths.run_config) is refused;
+    # true continues with the new values of the keys that may change between rounds (run_config.py).
+    accept_new_values: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -259,12 +272,16 @@ def to_config(cfg: Any) -> Config:
     if isinstance(cfg, Config):
         return cfg
     if isinstance(cfg, (DictConfig, dict)):
-        if isinstance(cfg, DictConfig):
-            # As a plain dict, keys added with Hydra's `+key=...` are checked against the schema
-            # too; merged as a DictConfig they would be dropped silently.
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        node = OmegaConf.merge(OmegaConf.structured(Config), cfg)
-        return OmegaConf.to_object(node)  # type: ignore[return-value]
+        try:
+            if isinstance(cfg, DictConfig):
+                # As a plain dict, keys added with Hydra's `+key=...` are checked against the schema
+                # too; merged as a DictConfig they would be dropped silently.
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+            node = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+            return OmegaConf.to_object(node)  # type: ignore[return-value]
+        except (MissingMandatoryValue, InterpolationToMissingValueError) as missing:
+            key = str(missing).split("Missing mandatory value: ", 1)[-1].split("\n")[0].strip()
+            raise ConfigError(f"{key} is required and has no value: pass {key}=<value>") from None
     raise TypeError(f"expected a Hydra config, got {type(cfg).__name__}")
 
 

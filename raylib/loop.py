@@ -21,6 +21,7 @@ from raylib.config import Config
 from raylib.evaluate import evaluate_split
 from raylib.export import export_preannotations
 from raylib.paths import RoundPaths
+from raylib.run_config import check_run_config
 from raylib.runtime import Dataset, ensure_dataset
 from raylib.score import score_pool
 from raylib.select import select_round
@@ -39,7 +40,11 @@ class LoopResult:
 
 
 def run_loop(cfg: Config) -> LoopResult:
-    """Run (or resume) every round of the loop for `cfg`; returns the mAP50 curve and report path."""
+    """Run (or resume) every round of the loop for `cfg`; returns the mAP50 curve and report path.
+
+    A run root holds one run: its config is stored there first, and a rerun with other values is
+    refused (raylib/run_config.py) rather than silently reusing the committed stages."""
+    check_run_config(cfg)
     ds = ensure_dataset(cfg)
     report.write_run_info(cfg.run_root, cfg, ds.class_names)
     perf_test = labels.perf_test_labels(cfg.run_root, ds)

@@ -2,6 +2,7 @@
 out-of-range values are errors that name the key."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from raylib.config import Config, ConfigError, StrategyConfig, SyntheticConfig, to_config
+from raylib.config import Config, ConfigError, SyntheticConfig, to_config
+from raylib.run_config import flatten
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUP_OPTIONS = sorted(
@@ -33,25 +35,72 @@ def test_the_conf_tree_has_the_expected_groups():
     assert {"data", "model", "strategy", "score", "train", "loop", "storage", "cluster", "experiment", "debug"} <= groups
 
 
-def test_defaults(hydra_conf):
+def test_defaults_are_the_seeds_values(hydra_conf):
     cfg = make()
     assert isinstance(cfg, Config)
-    assert (cfg.data.kind, cfg.model.size, cfg.strategy.name, cfg.cluster.address) == ("synthetic", "nano", "cls_iou", "local")
-    # The embedded demo's small pool: 10 per class above 0.05; the seed's values stay the schema's.
-    assert cfg.strategy.k == 10 and cfg.strategy.min_score == 0.05
-    assert StrategyConfig().k == 100 and StrategyConfig().min_score == 0.2
-    assert cfg.run_root == os.path.join(os.getcwd(), "outputs/runs/cls_iou_seed0")
+    assert (cfg.data.kind, cfg.model.size, cfg.strategy.name, cfg.cluster.address) == ("synthetic", "s", "cls_iou", "local")
+    # Seed 6.1-6.6: YOLOX-S at 640, 300 epochs at batch 32 (15 without mosaic/mixup, eval every 10),
+    # the 100 lowest per class above 0.2, a 2,000-image seed set, 10 rounds.
+    assert (cfg.model.input_size, cfg.strategy.k, cfg.strategy.min_score) == (640, 100, 0.2)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.no_aug_epochs, cfg.train.eval_interval) == (300, 32, 15, 10)
+    assert (cfg.train.mosaic_prob, cfg.train.mixup_prob, cfg.train.basic_lr_per_img) == (1.0, 1.0, 0.01 / 64)
+    assert (cfg.loop.seed_size, cfg.loop.rounds) == (2000, 10)
+    # The run root names data, model, strategy and seed.
+    assert cfg.run_root == os.path.join(os.getcwd(), "outputs/runs/synthetic_s/cls_iou_seed0")
     assert isinstance(cfg.data.synthetic, SyntheticConfig) and cfg.data.class_names == cfg.data.synthetic.classes
+
+
+def test_schema_defaults_and_yaml_defaults_are_one_set(hydra_conf):
+    # `Config()` in tests and `jobs/loop.py` with no overrides must be the same run; only the paths
+    # that the YAML spells with interpolations (run_root, the synthetic data root) differ.
+    composed, schema = flatten(make()), flatten(Config())
+    drift = {key: (schema.get(key), composed.get(key)) for key in composed.keys() | schema.keys()
+             if composed.get(key) != schema.get(key) and key not in ("run_root", "data.root")}
+    assert drift == {}, f"schema (raylib/config.py) vs YAML (conf/) defaults: {drift}"
+
+
+def test_experiment_demo_is_the_embedded_demo_of_before(hydra_conf):
+    # tests/data/demo_config.json is what `jobs/loop.py` with no overrides resolved to before the
+    # seed's values became the defaults (YOLOX-nano at 160, 60 epochs, k=10 above 0.05, 4 rounds):
+    # `./run.sh` (experiment=demo) must compute the same numbers.
+    with open(Path(__file__).parent / "data" / "demo_config.json") as handle:
+        before = json.load(handle)
+    before["data.root"] = os.path.join(os.getcwd(), before["data.root"])
+    demo = flatten(make("experiment=demo"))
+    assert {key: demo[key] for key in before} == before
+    assert demo["run_root"] == os.path.join(os.getcwd(), "outputs/runs/synthetic_nano/cls_iou_seed0")
+
+
+def test_run_sh_runs_the_demo():
+    with open(CONF.parent / "run.sh") as handle:
+        last = [line for line in handle if line.strip() and not line.startswith("#")][-1]
+    assert "jobs/loop.py" in last and "experiment=demo" in last
+
+
+def test_experiment_voc_1gpu(hydra_conf):
+    cfg = make("experiment=voc_1gpu", "data.root=/data/VOC0712")
+    assert (cfg.data.kind, cfg.model.size, cfg.model.input_size, cfg.strategy.k, cfg.loop.seed_size) == ("voc", "s", 640, 100, 2000)
+    assert cfg.cluster.address == "local" and cfg.train.use_gpu and cfg.train.num_workers == 1
+    assert cfg.score.num_actors * cfg.score.num_gpus_per_actor == 1
+    assert cfg.run_root == os.path.join(os.getcwd(), "outputs/runs/voc_s/cls_iou_seed0")
+
+
+def test_s3_storage_requires_a_bucket(hydra_conf):
+    with pytest.raises(ConfigError, match=r"^storage\.bucket is required"):
+        make("storage=s3")
+    with pytest.raises(ConfigError, match=r"^storage\.bucket is required"):
+        make("storage=s3", "run_root=s3://b/r")
+    assert make("storage=s3", "storage.bucket=b").run_root == "s3://b/runs/synthetic_s/cls_iou_seed0"
 
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes_and_converts(hydra_conf, group, option):
-    cfg = make(f"{group}={option}")
+    cfg = make(f"{group}={option}", "storage.bucket=b" if option in ("s3", "voc07_12") else "seed=0")
     assert isinstance(cfg, Config)
     if group == "model":
         assert cfg.model.size == option.removeprefix("yolox_")
     if group == "strategy":
-        assert cfg.strategy.name == option and cfg.run_root.endswith(f"/outputs/runs/{option}_seed0")
+        assert cfg.strategy.name == option and cfg.run_root.endswith(f"/outputs/runs/synthetic_s/{option}_seed0")
     if group == "data":
         assert cfg.data.kind == option
 
@@ -70,31 +119,32 @@ def test_local_paths_are_absolute_s3_uris_untouched(hydra_conf, tmp_path, monkey
 
 
 def test_experiment_voc07_12(hydra_conf):
-    cfg = make("experiment=voc07_12")
+    cfg = make("experiment=voc07_12", "storage.bucket=my-runs")
     assert (cfg.data.kind, cfg.model.size, cfg.model.input_size) == ("voc", "s", 640)
     assert len(cfg.data.class_names) == 20 and cfg.data.pool_sets == ["trainval_2007", "trainval_2012"]
     assert (cfg.loop.rounds, cfg.loop.seed_size, cfg.strategy.k) == (10, 2000, 100)
     assert cfg.cluster.address == "auto" and cfg.train.use_gpu and cfg.train.num_workers == 4
-    assert cfg.run_root.startswith("s3://")
+    assert cfg.run_root == "s3://my-runs/runs/voc_s/cls_iou_seed0"
 
 
 def test_debug_fast(hydra_conf):
     cfg = make("debug=fast")
     assert (cfg.data.synthetic.num_pool, cfg.model.input_size, cfg.train.epochs, cfg.loop.rounds) == (48, 128, 1, 2)
+    assert cfg.model.size == "nano"  # seconds whatever the preset
     assert cfg.strategy.min_score == 0.0
 
 
 def test_cluster_gpu4_with_s3_storage(hydra_conf):
-    cfg = make("cluster=gpu4", "storage=s3", "strategy=margin", "seed=2")
+    cfg = make("cluster=gpu4", "storage=s3", "storage.bucket=raylib-runs", "strategy=margin", "seed=2")
     assert cfg.cluster.address == "auto"
     assert cfg.score.num_gpus_per_actor == 1 and cfg.score.num_actors == 4 and cfg.train.use_gpu
     assert cfg.storage.endpoint_url == os.environ["AWS_ENDPOINT_URL"] and cfg.storage.region == "us-east-1"
-    assert cfg.run_root == "s3://raylib-runs/runs/margin_seed2"
+    assert cfg.run_root == "s3://raylib-runs/runs/synthetic_s/margin_seed2"
     assert cfg.strategy.seed == 2
 
 
 def test_experiment_with_debug_and_a_sweep_like_override(hydra_conf):
-    cfg = make("experiment=voc07_12", "debug=fast", "strategy=random", "model=yolox_nano")
+    cfg = make("experiment=voc07_12", "storage.bucket=b", "debug=fast", "strategy=random", "model=yolox_nano")
     assert (cfg.model.size, cfg.model.input_size, cfg.strategy.name, cfg.loop.rounds) == ("nano", 128, "random", 2)
 
 

@@ -44,9 +44,9 @@ def _batch(tmp_path, n: int = 6) -> dict[str, np.ndarray]:
 
 
 def _config(gpu: bool) -> Config:
-    score = ScoreConfig(batch_size=4, max_detections=20, num_gpus_per_actor=1.0 if gpu else 0.0,
+    score = ScoreConfig(batch_size=4, num_actors=1, max_detections=20, num_gpus_per_actor=1.0 if gpu else 0.0,
                         fp16=gpu, channels_last=gpu)
-    return Config(model=ModelConfig(input_size=96), score=score, strategy=StrategyConfig(min_score=MIN_SCORE))
+    return Config(model=ModelConfig(size="nano", input_size=96), score=score, strategy=StrategyConfig(min_score=MIN_SCORE))
 
 
 def test_fp16_channels_last_actor_matches_the_fp32_cpu_actor(tmp_path):
@@ -154,7 +154,7 @@ def test_amp_training_step_on_cuda_is_finite_and_moves_the_weights():
     torch.manual_seed(0)
     device = torch.device("cuda")
     net = build_model("nano", len(CLASSES)).to(device).train()
-    cfg = Config(model=ModelConfig(input_size=96), train=TrainConfig(batch_size=4, use_gpu=True, amp=True,
+    cfg = Config(model=ModelConfig(size="nano", input_size=96), train=TrainConfig(batch_size=4, use_gpu=True, amp=True,
                                                                       warmup_epochs=0))
     state = train.make_state(net, cfg, global_batch=4, steps_per_epoch=2, device=device)
     assert state.amp and state.scaler.is_enabled()

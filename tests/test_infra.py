@@ -20,7 +20,7 @@ def _load(name: str):
 
 def _gpu4_config():
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-        return to_config(compose("config", overrides=["experiment=voc07_12"]))
+        return to_config(compose("config", overrides=["experiment=voc07_12", "storage.bucket=raylib-runs"]))
 
 
 def test_launcher_gpu_workers_fit_the_gpu4_config():

@@ -113,8 +113,8 @@ def write_pool(folder: str, uri_root: str | None = None, manifest_uri: str | Non
 
 
 def config(**score) -> Config:
-    options = {"batch_size": 4, "max_pixels": 2_000_000, "max_detections": 20, **score}
-    return Config(model=ModelConfig(input_size=96), score=ScoreConfig(**options),
+    options = {"batch_size": 4, "num_actors": 1, "max_pixels": 2_000_000, "max_detections": 20, **score}
+    return Config(model=ModelConfig(size="nano", input_size=96), score=ScoreConfig(**options),
                   strategy=StrategyConfig(min_score=MIN_SCORE))
 
 
