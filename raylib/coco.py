@@ -33,7 +33,7 @@ def file_name(image_id: str, uri: str | None) -> str:
     return image_id + ext
 
 
-def _categories(class_names: list[str]) -> list[dict]:
+def categories(class_names: list[str]) -> list[dict]:
     return [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
 
 
@@ -64,7 +64,7 @@ def labels_to_coco(
                 {"id": len(annotations) + 1, "image_id": index + 1, "category_id": int(obj["class_id"]) + 1,
                  "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "difficult": int(bool(obj["difficult"]))}
             )
-    return {"images": images, "annotations": annotations, "categories": _categories(class_names)}
+    return {"images": images, "annotations": annotations, "categories": categories(class_names)}
 
 
 def _object(ann: dict, class_of_category: dict, what: str) -> dict:
@@ -159,4 +159,4 @@ def detections_to_coco(images: list[dict], detections: pd.DataFrame, class_names
             {"id": len(annotations) + 1, "image_id": index_of[row.image_id], "category_id": int(row.class_id) + 1,
              "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "score": float(row.score)}
         )
-    return {"images": coco_images, "annotations": annotations, "categories": _categories(class_names)}
+    return {"images": coco_images, "annotations": annotations, "categories": categories(class_names)}

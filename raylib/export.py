@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import json
 import logging
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 
-from raylib import coco, images, labelstudio, pool, storage
+from raylib import coco, images, labelstudio, storage
 from raylib.paths import UnsafeIdError, safe_relpath
 from raylib.voc import VocAnnotation, VocObject, write_voc
 
@@ -42,19 +46,8 @@ CVAT_ZIP_FILE = "preannotations_cvat_voc.zip"
 SKIPPED_FILE = "skipped.json"
 
 DETECTION_COLUMNS = ["image_id", "class_id", "cls_conf", "loc_conf", "x1", "y1", "x2", "y2"]
-
-
-def _selected_detections(detections_uri: str, selected: set[str]) -> pd.DataFrame:
-    """Detections of the selected images only, streamed file by file."""
-    wanted = pa.array(sorted(selected), pa.string())
-    frames = [
-        batch.filter(pc.is_in(batch.column("image_id"), value_set=wanted)).to_pandas()
-        for batch in storage.iter_parquet_batches(detections_uri, columns=DETECTION_COLUMNS)
-    ]
-    frames = [frame for frame in frames if len(frame)]
-    if not frames:
-        return pd.DataFrame(columns=DETECTION_COLUMNS)
-    return pd.concat(frames, ignore_index=True)
+STATUS_COLUMNS = ["image_id", "uri", "width", "height"]
+PARTS_DIR = ".parts"  # each part's COCO/Label Studio/URI pieces and CVAT zip, merged then removed
 
 
 @dataclass(frozen=True)
@@ -64,32 +57,28 @@ class ImageInfo:
     height: int
 
 
-def image_info(manifest_uri: str, selected: set[str], status_uri: str | None = None) -> dict[str, ImageInfo]:
-    """URI and size of each selected image: the one place export learns sizes. From the manifest's
-    width/height, else the round's image_status (scoring records each image's header size), else the
-    image header (one read per image: only for images scored before sizes were recorded)."""
-    wanted = pa.array(sorted(selected), pa.string())
+def _selected_rows(uri: str, columns: list[str], selected: pa.Array) -> pa.Table:
+    """The rows of one Parquet file whose image_id is in `selected` (none if the file is absent)."""
+    if not storage.exists(uri):
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    table = storage.read_table(uri, columns=columns)
+    return table.filter(pc.is_in(table.column("image_id"), value_set=selected))
+
+
+def image_info(status: pa.Table) -> dict[str, ImageInfo]:
+    """URI and size of each image of a part's image_status rows: the one place export learns sizes.
+    Scoring recorded them from the header; an image whose header could not be read (take-all selects
+    error rows too) is tried once more here, and written with size 0 if that fails."""
     found: dict[str, ImageInfo] = {}
-    for batch in pool.iter_manifest(manifest_uri):
-        for row in batch.filter(pc.is_in(batch.column("image_id"), value_set=wanted)).to_pylist():
-            found[row["image_id"]] = ImageInfo(row["uri"], int(row["width"] or 0), int(row["height"] or 0))
-    unsized = pa.array(sorted(i for i, info in found.items() if not info.width or not info.height), pa.string())
-    if len(unsized) and status_uri and storage.exists(status_uri):
-        for batch in storage.iter_parquet_batches(status_uri):
-            if "width" not in batch.schema.names:  # image_status of a run before sizes were recorded
-                break
-            rows = batch.filter(pc.is_in(batch.column("image_id"), value_set=unsized))
-            for image_id, width, height in zip(*(rows.column(c).to_pylist() for c in ("image_id", "width", "height"))):
-                if width and height:
-                    found[image_id] = ImageInfo(found[image_id].uri, int(width), int(height))
-    for image_id, info in list(found.items()):
-        if not info.width or not info.height:
+    for row in status.to_pylist():
+        image_id, width, height = row["image_id"], int(row["width"] or 0), int(row["height"] or 0)
+        if not width or not height:
             try:
-                width, height = images.header_size(storage.read_bytes(info.uri), image_id)
+                width, height = images.header_size(storage.read_bytes(row["uri"]), image_id)
             except (images.ImageError, OSError) as exc:
                 log.warning("pre-annotation of %s without image size: %s", image_id, exc)
                 width, height = 0, 0
-            found[image_id] = ImageInfo(info.uri, int(width), int(height))
+        found[image_id] = ImageInfo(row["uri"] or "", int(width), int(height))
     return found
 
 
@@ -121,6 +110,10 @@ def cvat_item(file_name: str) -> str:
     return file_name[: len(file_name) - len(base) + base.rfind(".")] if "." in base.lstrip(".") else file_name
 
 
+def _labelmap(class_names: list[str]) -> str:
+    return "# label:color_rgb:parts:actions\n" + "".join(f"{name}:::\n" for name in class_names)
+
+
 def cvat_voc_zip(xml_by_file_name: dict[str, bytes], class_names: list[str]) -> bytes:
     """A zip in the layout CVAT's "PASCAL VOC 1.1" import reads (Datumaro's VOC format):
     Annotations/<item>.xml, ImageSets/Main/default.txt (the items), labelmap.txt (`name:color:parts:actions`)."""
@@ -130,38 +123,82 @@ def cvat_voc_zip(xml_by_file_name: dict[str, bytes], class_names: list[str]) -> 
         for item, data in sorted(items.items()):
             archive.writestr(f"Annotations/{item}.xml", data)
         archive.writestr("ImageSets/Main/default.txt", "".join(f"{item}\n" for item in sorted(items)))
-        archive.writestr("labelmap.txt", "# label:color_rgb:parts:actions\n"
-                         + "".join(f"{name}:::\n" for name in class_names))
+        archive.writestr("labelmap.txt", _labelmap(class_names))
     return buffer.getvalue()
 
 
-def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri: str, class_names: list[str],
-                          out_dir: str, round_idx: int, labelstudio_document_root: str | None = None,
-                          status_uri: str | None = None) -> int:
+def export_preannotations(selection_uri: str, detections_uri: str, status_uri: str, class_names: list[str],
+                          out_dir: str, round_idx: int, labelstudio_document_root: str | None = None) -> int:
     """Write the pre-annotations of a round's selected images into `out_dir` (files in the module
-    docstring).
+    docstring); returns the number of XML files written.
 
-    Each XML holds every kept detection of its image (the detections Parquet streamed, filtered to
-    the selected ids), most confident first. Returns the number of XML files written; ids refused by
-    `safe_relpath`, and images Label Studio could not be given a URL for, are listed with the reason
-    in `<out_dir>/skipped.json`. `labelstudio_document_root`: Label Studio's
-    LOCAL_FILES_DOCUMENT_ROOT for local images (`labelstudio.image_url`). `status_uri`: the round's
-    image_status, where scoring recorded each image's size."""
+    The work is split by scoring's output parts (image_status/part-i + detections/part-i hold the same
+    images): one Ray task per part writes its images' XML and its piece of the single-file formats, and
+    the pieces are streamed into those files one at a time, so neither the selection's detections nor
+    its images are ever held in one process (the take-all round selects the whole pool). Without a
+    running Ray the parts run in this process. Each XML holds every kept detection of its image, most
+    confident first. Ids refused by `safe_relpath`, and images Label Studio could not be given a URL
+    for, are listed with the reason in `<out_dir>/skipped.json`. `labelstudio_document_root`: Label
+    Studio's LOCAL_FILES_DOCUMENT_ROOT for local images (`labelstudio.image_url`)."""
     _start_export(out_dir)
-    selected = set(storage.read_table(selection_uri, columns=["image_id"]).column("image_id").to_pylist())
-    detections = _selected_detections(detections_uri, selected)
-    detections["score"] = detections["cls_conf"] * detections["loc_conf"]
-    info = image_info(manifest_uri, selected, status_uri)
+    selected = pa.array(sorted(set(storage.read_table(selection_uri, columns=["image_id"])
+                                   .column("image_id").to_pylist())), pa.string())
     analysis_time = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    parts_dir = storage.join(out_dir, PARTS_DIR)
+    status_files = storage.list_files(status_uri, ".parquet")
+    if ray.is_initialized():
+        export = ray.remote(num_cpus=0.5)(export_part)
+        selected_ref = ray.put(selected)
+        pieces = ray.get([export.remote(uri, storage.join(detections_uri, uri.rsplit("/", 1)[-1]), selected_ref,
+                                        class_names, out_dir, storage.join(parts_dir, f"part-{i:05d}"),
+                                        analysis_time, round_idx, labelstudio_document_root)
+                          for i, uri in enumerate(status_files)])
+    else:
+        pieces = [export_part(uri, storage.join(detections_uri, uri.rsplit("/", 1)[-1]), selected, class_names,
+                              out_dir, storage.join(parts_dir, f"part-{i:05d}"), analysis_time, round_idx,
+                              labelstudio_document_root)
+                  for i, uri in enumerate(status_files)]
+    parts, pieces = pieces, [piece for piece in pieces if "piece" in piece]
+    info = {"description": f"raylib pre-annotations, round {round_idx}", "date_created": analysis_time}
+    storage.write_chunks(storage.join(out_dir, COCO_FILE), _coco_chunks(pieces, class_names, info))
+    storage.write_chunks(storage.join(out_dir, LABELSTUDIO_FILE), _json_list_chunks(pieces, "tasks"))
+    storage.write_chunks(storage.join(out_dir, SELECTED_URIS_FILE),
+                         ("".join(f"{uri}\n" for uri in _piece(p)["uris"]).encode() for p in pieces))
+    storage.write_text(storage.join(out_dir, LABEL_CONFIG_FILE), labelstudio.label_config(class_names))
+    _write_cvat_zip(pieces, class_names, storage.join(out_dir, CVAT_ZIP_FILE))
+    storage.delete(parts_dir)
+    skipped = {image_id: reason for part in parts for image_id, reason in part["skipped"].items()}
+    if skipped:
+        log.warning("round %d: %d selected image(s) not (fully) exported: %s", round_idx, len(skipped),
+                    list(skipped)[:3])
+        storage.write_text(storage.join(out_dir, SKIPPED_FILE), json.dumps(skipped, indent=1))
+    missing = len(selected) - sum(part["n_selected"] for part in parts)
+    if missing:  # never seen: every pool image has a status row
+        log.warning("round %d: %d selected image(s) have no image_status row; not exported", round_idx, missing)
+    return sum(part["written"] for part in parts)
+
+
+def export_part(status_uri: str, detections_uri: str, selected: pa.Array, class_names: list[str], out_dir: str,
+                piece_uri: str, analysis_time: str, round_idx: int, document_root: str | None) -> dict:
+    """The selected images of one scoring part: their XML files, and their piece of the COCO file, the
+    Label Studio tasks, the URI list (`<piece_uri>.json`) and the CVAT zip (`<piece_uri>.zip`)."""
+    status = _selected_rows(status_uri, STATUS_COLUMNS, selected)
+    if status.num_rows == 0:
+        return {"n_selected": 0, "n_images": 0, "n_annotations": 0, "written": 0, "skipped": {}}
+    detections = _selected_rows(detections_uri, DETECTION_COLUMNS, status.column("image_id")).to_pandas()
+    if not len(detections):
+        detections = pd.DataFrame(columns=DETECTION_COLUMNS)
+    detections["score"] = detections["cls_conf"] * detections["loc_conf"]
+    info = image_info(status)
     by_image = dict(tuple(detections.groupby("image_id"))) if len(detections) else {}
-    written, skipped, exported, xml_by_file_name = 0, {}, [], {}
-    for image_id in sorted(selected):
+    skipped, exported, xml_by_file_name = {}, [], {}
+    for image_id in sorted(info):
         try:
             relpath = safe_relpath(image_id)
         except UnsafeIdError as exc:
             skipped[image_id] = str(exc)
             continue
-        image = info.get(image_id, ImageInfo("", 0, 0))
+        image = info[image_id]
         name = coco.file_name(relpath, image.uri)
         rows = by_image.get(image_id, pd.DataFrame(columns=detections.columns))
         objects = [
@@ -176,27 +213,77 @@ def export_preannotations(selection_uri: str, detections_uri: str, manifest_uri:
         xml_by_file_name[name] = data
         exported.append({"image_id": image_id, "file_name": name, "width": image.width,
                          "height": image.height, "uri": image.uri or relpath})
-        written += 1
     ids = {image["image_id"] for image in exported}
     dets = detections[detections["image_id"].isin(ids)]
     document = coco.detections_to_coco(exported, dets, class_names)
-    document["info"] = {"description": f"raylib pre-annotations, round {round_idx}", "date_created": analysis_time}
-    storage.write_text(storage.join(out_dir, COCO_FILE), json.dumps(document))
     servable = []
     for image in exported:
         try:
-            labelstudio.image_url(image["uri"], labelstudio_document_root)
+            labelstudio.image_url(image["uri"], document_root)
             servable.append(image)
         except ValueError as exc:
             skipped[image["image_id"]] = f"not in the Label Studio tasks: {exc}"
-    tasks = labelstudio.detections_to_tasks(servable, dets, class_names, f"raylib round {round_idx}",
-                                            labelstudio_document_root)
-    storage.write_text(storage.join(out_dir, LABELSTUDIO_FILE), json.dumps(tasks))
-    storage.write_text(storage.join(out_dir, LABEL_CONFIG_FILE), labelstudio.label_config(class_names))
-    storage.write_text(storage.join(out_dir, SELECTED_URIS_FILE), "".join(f"{image['uri']}\n" for image in exported))
-    storage.write_bytes(storage.join(out_dir, CVAT_ZIP_FILE), cvat_voc_zip(xml_by_file_name, class_names))
-    if skipped:
-        log.warning("round %d: %d selected image(s) not (fully) exported: %s", round_idx, len(skipped),
-                    list(skipped)[:3])
-        storage.write_text(storage.join(out_dir, SKIPPED_FILE), json.dumps(skipped, indent=1))
-    return written
+    tasks = labelstudio.detections_to_tasks(servable, dets, class_names, f"raylib round {round_idx}", document_root)
+    storage.write_text(f"{piece_uri}.json", json.dumps({"images": document["images"], "tasks": tasks,
+                                                          "annotations": document["annotations"],
+                                                          "uris": [image["uri"] for image in exported]}))
+    storage.write_bytes(f"{piece_uri}.zip", cvat_voc_zip(xml_by_file_name, class_names))
+    return {"n_selected": status.num_rows, "n_images": len(exported), "n_annotations": len(document["annotations"]),
+            "written": len(exported), "skipped": skipped, "piece": piece_uri}
+
+
+def _piece(piece: dict) -> dict:
+    return json.loads(storage.read_text(f"{piece['piece']}.json"))
+
+
+def _json_list_chunks(pieces: list[dict], key: str) -> Iterator[bytes]:
+    """A JSON list of every piece's `key` items, one piece in memory at a time."""
+    yield b"["
+    yield from _joined(_piece(piece)[key] for piece in pieces)
+    yield b"]"
+
+
+def _coco_chunks(pieces: list[dict], class_names: list[str], info: dict) -> Iterator[bytes]:
+    """One COCO document from the pieces: each piece numbered its images and annotations from 1, so
+    they are shifted past the pieces before it. Two passes (images, then annotations)."""
+    yield (json.dumps({"info": info, "categories": coco.categories(class_names)})[:-1] + ', "images": [').encode()
+    yield from _joined([{**image, "id": image["id"] + offset} for image in _piece(piece)["images"]]
+                       for piece, offset in zip(pieces, _offsets(pieces, "n_images")))
+    yield b'], "annotations": ['
+    yield from _joined([{**a, "id": a["id"] + annotation_offset, "image_id": a["image_id"] + image_offset}
+                        for a in _piece(piece)["annotations"]]
+                       for piece, image_offset, annotation_offset in zip(pieces, _offsets(pieces, "n_images"),
+                                                                         _offsets(pieces, "n_annotations")))
+    yield b"]}"
+
+
+def _offsets(pieces: list[dict], key: str) -> list[int]:
+    """How many items (`key`) the pieces before each piece hold."""
+    return [0, *itertools.accumulate(piece[key] for piece in pieces)][:len(pieces)]
+
+
+def _joined(lists: Iterator[list]) -> Iterator[bytes]:
+    """The items of several lists as the comma-separated body of one JSON list."""
+    first = True
+    for items in lists:
+        if items:
+            yield (b"" if first else b",") + ",".join(json.dumps(item) for item in items).encode()
+            first = False
+
+
+def _write_cvat_zip(pieces: list[dict], class_names: list[str], uri: str) -> None:
+    """The pieces' zips as one, in CVAT's "PASCAL VOC 1.1" layout (`cvat_voc_zip`), built in a local
+    temporary file and streamed to `uri`."""
+    with tempfile.TemporaryFile() as handle:
+        items: list[str] = []
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            for piece in pieces:
+                with zipfile.ZipFile(io.BytesIO(storage.read_bytes(f"{piece['piece']}.zip"))) as part:
+                    for name in part.namelist():
+                        if name.startswith("Annotations/"):
+                            archive.writestr(name, part.read(name))
+                            items.append(name[len("Annotations/"):-len(".xml")])
+            archive.writestr("ImageSets/Main/default.txt", "".join(f"{item}\n" for item in sorted(items)))
+            archive.writestr("labelmap.txt", _labelmap(class_names))
+        handle.seek(0)
+        storage.write_chunks(uri, iter(lambda: handle.read(1 << 20), b""))

@@ -74,8 +74,8 @@ def run_loop(cfg: Config) -> LoopResult:
         take_all = cfg.loop.last_round_takes_all and round_idx == cfg.loop.rounds - 2
         run_stage(rp, "select", lambda: _select(cfg, rp, take_all, len(ds.class_names)))
         run_stage(rp, "export", lambda: {"n_files": export_preannotations(
-            rp.selection, rp.detections, rp.unlabelled, ds.class_names, rp.preannotations, round_idx,
-            cfg.loop.labelstudio_document_root, status_uri=rp.image_status)})
+            rp.selection, rp.detections, rp.image_status, ds.class_names, rp.preannotations, round_idx,
+            cfg.loop.labelstudio_document_root)})
         try:
             run_stage(rp, "oracle", lambda: labels.oracle(rp, ds, cfg.loop, cfg.seed, labels_uri))
         except labels.LabelsPending as pending:

@@ -47,6 +47,7 @@ IMAGE_STATUS = pa.schema(
         # the header could not be read.
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        pa.field("uri", pa.string()),  # from the manifest: export reads image_status, not the manifest
     ]
 )
 

@@ -102,8 +102,8 @@ def load_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dic
             continue
         canvases[i], ratios[i] = letterbox(image, side)
         heights[i], widths[i] = image.shape[:2]
-    return {"image_id": batch["image_id"], "image": canvases, "ratio": ratios, "height": heights,
-            "width": widths, "error": errors}
+    return {"image_id": batch["image_id"], "uri": batch["uri"], "image": canvases, "ratio": ratios,
+            "height": heights, "width": widths, "error": errors}
 
 
 def read_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dict[str, np.ndarray]:
@@ -130,8 +130,8 @@ def read_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dic
             errors[i] = str(exc)
             continue
         payloads[i] = data
-    return {"image_id": batch["image_id"], "data": payloads, "is_jpeg": is_jpeg, "ratio": ratios,
-            "height": heights, "width": widths, "error": errors}
+    return {"image_id": batch["image_id"], "uri": batch["uri"], "data": payloads, "is_jpeg": is_jpeg,
+            "ratio": ratios, "height": heights, "width": widths, "error": errors}
 
 
 def cpu_threads(num_cpus: float, torch_threads: int | None) -> int:
@@ -273,6 +273,7 @@ class YoloxScorer:
             pa.array(np.diff(nested.offsets.to_numpy()).astype(np.int32)),
             pa.array(batch["width"].astype(np.int32), mask=~known),
             pa.array(batch["height"].astype(np.int32), mask=~known),
+            pa.array([str(u) for u in batch["uri"]], pa.string()),
             nested,
         ], schema=SCORED)
 

@@ -191,6 +191,25 @@ def write_batches(batches: Iterable[pa.RecordBatch], uri: str, schema: pa.Schema
     return count
 
 
+def write_chunks(uri: str, chunks: Iterable[bytes]) -> None:
+    """Stream `chunks` into one file at `uri` through a temporary sibling, renamed when complete, as
+    `write_batches` does: memory is one chunk, whatever the file's size."""
+    fs, path = resolve(uri)
+    makedirs(posixpath.dirname(uri) or ".")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(tmp) as sink:
+            for chunk in chunks:
+                sink.write(chunk)
+        fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file or a directory of Parquet files."""
     fs, path = resolve(uri)

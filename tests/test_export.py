@@ -24,39 +24,44 @@ def _read_json(path) -> dict:
 
 
 def _write(tmp_path, ids_selected, detections, sizes=True, uris=None):
-    """Manifest, detections and selection tables for a hand-made round; returns the manifest path."""
-    manifest = str(tmp_path / "pool.parquet")
+    """Scoring's outputs (image_status/ and detections/, in two parts as a scoring run writes them:
+    each image's status and detections in the part of the same name) and the selection of a hand-made
+    round; returns the image_status folder."""
     ids = sorted({d[0] for d in detections} | set(ids_selected))
     uris = uris or {i: f"/data/{i}.jpg" for i in ids}
-    size = pa.array([200 if sizes else None] * len(ids), pa.int32())
-    storage.write_table(schemas.check(pa.table({
-        "image_id": ids, "uri": [uris[i] for i in ids],
-        "width": size, "height": pa.array([100 if sizes else None] * len(ids), pa.int32()),
-    }), schemas.POOL, "pool"), manifest)
-    det = pa.table({
-        "round": pa.array([0] * len(detections), pa.int16()),
-        "image_id": [d[0] for d in detections], "class_id": pa.array([d[1] for d in detections], pa.int16()),
-        "cls_conf": pa.array([d[2] for d in detections], pa.float32()),
-        "loc_conf": pa.array([d[3] for d in detections], pa.float32()),
-        "score": pa.array([d[2] * d[3] for d in detections], pa.float32()),
-        **{name: pa.array([d[4][i] for d in detections], pa.float32()) for i, name in enumerate(schemas.BOX)},
-    })
-    # Two files, so the export streams more than one.
-    half = len(detections) // 2
-    storage.write_table(schemas.check(det.slice(0, half), schemas.DETECTIONS, "detections"),
-                        str(tmp_path / "det" / "part-0.parquet"))
-    storage.write_table(schemas.check(det.slice(half), schemas.DETECTIONS, "detections"),
-                        str(tmp_path / "det" / "part-1.parquet"))
+    part_of = {image_id: int(n >= len(ids) // 2) for n, image_id in enumerate(ids)}
+    for part in (0, 1):
+        mine = [i for i in ids if part_of[i] == part]
+        dets = [d for d in detections if part_of[d[0]] == part]
+        status = pa.table({
+            "round": pa.array([0] * len(mine), pa.int16()), "image_id": mine, "status": ["ok"] * len(mine),
+            "error": pa.array([None] * len(mine), pa.string()),
+            "n_detections": pa.array([sum(d[0] == i for d in dets) for i in mine], pa.int32()),
+            "width": pa.array([200 if sizes else None] * len(mine), pa.int32()),
+            "height": pa.array([100 if sizes else None] * len(mine), pa.int32()), "uri": [uris[i] for i in mine]})
+        storage.write_table(schemas.check(status, schemas.IMAGE_STATUS, "image_status"),
+                            str(tmp_path / "status" / f"part-{part:05d}.parquet"))
+        det = pa.table({
+            "round": pa.array([0] * len(dets), pa.int16()),
+            "image_id": pa.array([d[0] for d in dets], pa.string()),
+            "class_id": pa.array([d[1] for d in dets], pa.int16()),
+            "cls_conf": pa.array([d[2] for d in dets], pa.float32()),
+            "loc_conf": pa.array([d[3] for d in dets], pa.float32()),
+            "score": pa.array([d[2] * d[3] for d in dets], pa.float32()),
+            **{name: pa.array([d[4][i] for d in dets], pa.float32()) for i, name in enumerate(schemas.BOX)},
+        })
+        storage.write_table(schemas.check(det, schemas.DETECTIONS, "detections"),
+                            str(tmp_path / "det" / f"part-{part:05d}.parquet"))
     sel = pa.table({"round": pa.array([0] * len(ids_selected), pa.int16()), "image_id": ids_selected,
                     "class_id": pa.array([0] * len(ids_selected), pa.int16()),
                     "score": pa.array([0.3] * len(ids_selected), pa.float32()),
                     "rank": pa.array(range(len(ids_selected)), pa.int32())})
     storage.write_table(schemas.check(sel, schemas.SELECTION, "selection"), str(tmp_path / "sel.parquet"))
-    return manifest
+    return str(tmp_path / "status")
 
 
-def _export(tmp_path, manifest, out) -> int:
-    return export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), manifest, CLASSES,
+def _export(tmp_path, status, out) -> int:
+    return export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), status, CLASSES,
                                  str(out), 0)
 
 
@@ -98,7 +103,7 @@ def test_xml_per_selected_image_with_confidences(tmp_path):
     assert round(prediction["score"], 3) == 0.3 and tasks["empty"]["predictions"][0]["result"] == []
 
 
-def test_sizes_come_from_the_image_header_when_the_manifest_has_none(tmp_path):
+def test_sizes_come_from_the_image_header_when_scoring_could_not_read_them(tmp_path):
     Image.new("RGB", (160, 120)).save(tmp_path / "a.png")
     manifest = _write(tmp_path, ["a"], DETECTIONS[:2], sizes=False, uris={"a": str(tmp_path / "a.png")})
     _export(tmp_path, manifest, tmp_path / "pre")
@@ -141,7 +146,7 @@ def test_ids_that_escape_the_output_folder_are_refused(tmp_path, bad_id):
     skipped = _read_json(out / "skipped.json")
     assert list(skipped) == [bad_id]
     written = {os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files}
-    assert all(path.startswith(("pre/", "det/", "pool.parquet", "sel.parquet")) for path in written), written
+    assert all(path.startswith(("pre/", "det/", "status/", "sel.parquet")) for path in written), written
     assert len(_read_json(out / "preannotations_coco.json")["images"]) == 1
 
 
@@ -282,17 +287,29 @@ def test_label_studio_image_url_refuses_paths_outside_the_root():
         image_url("/data2/a.jpg", "/data")
 
 
-def test_sizes_come_from_image_status_without_reading_the_images(tmp_path):
-    """Scoring records each image's size in image_status: export uses it when the manifest has no
-    sizes, and never opens the images (their URIs here point nowhere)."""
-    manifest = _write(tmp_path, ["a", "b"], DETECTIONS, sizes=False)
-    status = pa.table({"round": pa.array([0, 0], pa.int16()), "image_id": ["a", "b"], "status": ["ok", "ok"],
-                       "error": pa.array([None, None], pa.string()), "n_detections": pa.array([2, 1], pa.int32()),
-                       "width": pa.array([640, 300], pa.int32()), "height": pa.array([480, 200], pa.int32())})
-    storage.write_table(schemas.check(status, schemas.IMAGE_STATUS, "image_status"),
-                        str(tmp_path / "status" / "part-00000.parquet"))
-    out = str(tmp_path / "pre")
-    export_preannotations(str(tmp_path / "sel.parquet"), str(tmp_path / "det"), manifest, CLASSES, out, 0,
-                          status_uri=str(tmp_path / "status"))
-    a, b = read_voc(os.path.join(out, "a.xml")), read_voc(os.path.join(out, "b.xml"))
-    assert (a.width, a.height, b.width, b.height) == (640, 480, 300, 200)
+def test_ray_tasks_export_the_same_files_as_one_process(ray_session, tmp_path, monkeypatch):
+    """With Ray running, each scoring part is exported by its own task and the pieces are merged:
+    the same XML files, COCO images and annotations (ids renumbered across parts), Label Studio
+    tasks, URI list and CVAT zip as the in-process export."""
+    import zipfile
+
+    import ray
+
+    status = _write(tmp_path, ["a", "b", "empty"], DETECTIONS)
+    assert ray.is_initialized()
+    _export(tmp_path, status, tmp_path / "with_ray")
+    ray_out = tmp_path / "with_ray"
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as without Ray: parts in this process
+    _export(tmp_path, status, tmp_path / "inline")
+    inline = tmp_path / "inline"
+    assert sorted(os.listdir(ray_out)) == sorted(os.listdir(inline))
+    for name in ("a.xml", "b.xml", "empty.xml"):
+        assert read_voc(str(ray_out / name)) == read_voc(str(inline / name))
+    ours, theirs = _read_json(ray_out / EXPORT_FILES[0]), _read_json(inline / EXPORT_FILES[0])
+    assert (ours["images"], ours["annotations"]) == (theirs["images"], theirs["annotations"])
+    assert [im["id"] for im in ours["images"]] == [1, 2, 3]  # a, b from part 0 and 1: renumbered
+    assert _read_json(ray_out / EXPORT_FILES[1]) == _read_json(inline / EXPORT_FILES[1])
+    assert (ray_out / "selected_uris.txt").read_text() == (inline / "selected_uris.txt").read_text()
+    with zipfile.ZipFile(ray_out / EXPORT_FILES[4]) as a, zipfile.ZipFile(inline / EXPORT_FILES[4]) as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
+        assert a.read("ImageSets/Main/default.txt") == b.read("ImageSets/Main/default.txt") == b"a\nb\nempty\n"

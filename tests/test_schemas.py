@@ -20,9 +20,9 @@ ROWS = {
     ],
     "IMAGE_STATUS": [
         {"round": 0, "image_id": "a", "status": "ok", "error": None, "n_detections": 3,
-         "width": 500, "height": 375},
+         "width": 500, "height": 375, "uri": "s3://b/a.jpg"},
         {"round": 0, "image_id": "b", "status": "error", "error": "truncated JPEG", "n_detections": 0,
-         "width": None, "height": None},
+         "width": None, "height": None, "uri": "s3://b/b.jpg"},
     ],
     "SELECTION": [{"round": 1, "image_id": "a", "class_id": 4, "score": 0.5, "rank": 0}],
     "LABELS": [
