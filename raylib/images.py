@@ -9,6 +9,7 @@ are written in.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -18,6 +19,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 # We enforce our own limit before decoding; PIL's would only warn below 2x its default.
 Image.MAX_IMAGE_PIXELS = None
+_WARNING_FILTERS = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -49,8 +51,11 @@ def decode_image(data: bytes, name: str, max_pixels: int = 40_000_000) -> np.nda
     width, height = header_size(data, name)
     _check_pixels(width, height, name, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # PIL warns, instead of failing, on some corrupt data
+        # PIL warns, instead of failing, on some corrupt data: warnings become errors while decoding.
+        # The warning filters are process-wide, so threads (a GPU actor's concurrent batches) take
+        # turns: interleaved catch_warnings blocks can leave the filter at "error" for good.
+        with _WARNING_FILTERS, warnings.catch_warnings():
+            warnings.simplefilter("error")
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 array = _to_rgb8(image)
