@@ -10,6 +10,7 @@ the driver's environment; cluster nodes use their instance profile or service ac
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import posixpath
@@ -168,39 +169,16 @@ def write_table(table: pa.Table, uri: str) -> None:
     write_bytes(uri, sink.getvalue().to_pybytes())
 
 
-def write_batches(batches: Iterable[pa.RecordBatch], uri: str, schema: pa.Schema) -> int:
-    """Stream record batches into one Parquet file at `uri` through a temporary sibling, renamed when
-    complete (a crash leaves no partial file under the final name); returns the rows written.
-    Memory is one batch, whatever the table's size."""
-    fs, path = resolve(uri)
-    makedirs(posixpath.dirname(uri) or ".")
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    count = 0
-    try:
-        with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-            for batch in batches:
-                writer.write_batch(batch)
-                count += batch.num_rows
-        fs.move(tmp, path)
-    except BaseException:
-        try:
-            fs.delete_file(tmp)
-        except OSError:
-            pass
-        raise
-    return count
-
-
-def write_chunks(uri: str, chunks: Iterable[bytes]) -> None:
-    """Stream `chunks` into one file at `uri` through a temporary sibling, renamed when complete, as
-    `write_batches` does: memory is one chunk, whatever the file's size."""
+@contextlib.contextmanager
+def _streamed_into(uri: str) -> Iterator[pa.NativeFile]:
+    """An output stream to a temporary sibling of `uri`, renamed to `uri` when the block completes (a
+    crash leaves no partial file under the final name, and the sibling is removed)."""
     fs, path = resolve(uri)
     makedirs(posixpath.dirname(uri) or ".")
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with fs.open_output_stream(tmp) as sink:
-            for chunk in chunks:
-                sink.write(chunk)
+            yield sink
         fs.move(tmp, path)
     except BaseException:
         try:
@@ -208,6 +186,24 @@ def write_chunks(uri: str, chunks: Iterable[bytes]) -> None:
         except OSError:
             pass
         raise
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], uri: str, schema: pa.Schema) -> int:
+    """Stream record batches into one Parquet file at `uri` (through a temporary sibling, renamed when
+    complete); returns the rows written. Memory is one batch, whatever the table's size."""
+    count = 0
+    with _streamed_into(uri) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            count += batch.num_rows
+    return count
+
+
+def write_chunks(uri: str, chunks: Iterable[bytes]) -> None:
+    """Stream `chunks` into one file at `uri`, as `write_batches` does: memory is one chunk."""
+    with _streamed_into(uri) as sink:
+        for chunk in chunks:
+            sink.write(chunk)
 
 
 def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
