@@ -58,6 +58,7 @@ from yolox.utils import LRScheduler, ModelEMA
 from raylib import detect, labels, metrics, paths, storage
 from raylib.config import Config, TrainConfig
 from raylib.images import ImageError
+from raylib.iou_aware import make_iou_aware
 from raylib.model import build_model, load_weights, save_weights, unwrap
 
 log = logging.getLogger(__name__)
@@ -424,6 +425,8 @@ def train_loop_per_worker(config: dict) -> None:
 
         torch.manual_seed(cfg.seed)  # same initial weights on every run of the same config (resume = rerun)
         model = build_model(cfg.model.size, len(config["class_names"]))
+        if cfg.model.iou_aware_obj:  # objectness trained towards the assigned prediction's IoU (raylib.iou_aware)
+            make_iou_aware(model)
         if config.get("init_weights"):
             load_weights(model, config["init_weights"])
         model = ray.train.torch.prepare_model(model)
