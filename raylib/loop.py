@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from raylib import labels, paths, pool, report, schemas, storage
+from raylib.calibration import calibrate_split
 from raylib.config import Config
 from raylib.evaluate import evaluate_split
 from raylib.export import export_preannotations
@@ -122,7 +123,11 @@ def _evaluate(cfg: Config, ds: Dataset, labels_uri: str, perf_test: str, rp: Rou
 
     perf = on("perf_test", perf_test, ds.test_manifest, rp.metrics)
     test = on("test", labels_uri, ds.pool_manifest, rp.metrics_test)
-    return {"map50": perf["map50"], "test_map50": test["map50"], "splits": labels.split_counts(labels_uri)}
+    # Is loc_conf a predicted IoU? On val (ground truth known), for the detections the strategies see.
+    calib = calibrate_split(cfg.model, rp.weights, labels_uri, ds.pool_manifest, "val", ds.class_names,
+                            cfg.score.max_pixels, cfg.strategy.min_score, rp.calibration, rp.calibration_summary)
+    return {"map50": perf["map50"], "test_map50": test["map50"], "splits": labels.split_counts(labels_uri),
+            "val_spearman_loc_conf_true_iou": calib["spearman_loc_conf_true_iou"]}
 
 
 def _select(cfg: Config, rp: RoundPaths, take_all: bool, num_classes: int) -> dict:

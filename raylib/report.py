@@ -176,9 +176,48 @@ def write_report(run_root: str) -> str:
     ax.set(xlabel="labelled images", ylabel="mAP50", ylim=(0, 1), title="mAP50 vs labelled images")
     _save_png(fig, storage.join(out, "map50.png"))
 
+    sections += _calibration_section(run_root, len(rounds), out)
+
     uri = paths.report_file(out)
     storage.write_text(uri, "\n".join(sections))
     return uri
+
+
+def _calibration_section(run_root: str, n_rounds: int, out: str) -> list[str]:
+    """Per round: rank correlation of loc_conf / cls_conf with true IoU on val and the reliability table
+    (mean true IoU per loc_conf bin, with counts) and plot; rounds without a calibration are left out."""
+    found = []
+    for r in range(n_rounds):
+        rp = RoundPaths(run_root, r)
+        if storage.exists(rp.calibration_summary) and storage.exists(rp.calibration):
+            found.append((r + 1, json.loads(storage.read_text(rp.calibration_summary)),
+                          storage.read_table(rp.calibration).to_pylist()))
+    if not found:
+        return []
+    rows = [[str(r), str(s["n_images"]), str(s["n_detections"]), str(s["n_matched_iou50"]),
+             _fmt(s["spearman_loc_conf_true_iou"]), _fmt(s["spearman_cls_conf_true_iou"]),
+             _fmt(s["mean_loc_conf"]), _fmt(s["mean_true_iou"])] for r, s, _ in found]
+    bins = [f"{b['bin_lo']:.1f}-{b['bin_hi']:.1f}" for b in found[0][2]]
+    reliability = [[label] + [f"{_fmt(t[i]['mean_true_iou'])} ({t[i]['n']})" if t[i]["n"] else "-" for _, _, t in found]
+                   for i, label in enumerate(bins)]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", label="calibrated")
+    for r, _, table in found:
+        used = [b for b in table if b["n"]]
+        ax.plot([b["mean_loc_conf"] for b in used], [b["mean_true_iou"] for b in used], marker="o", label=f"round {r}")
+    ax.set(xlabel="loc_conf (bin mean)", ylabel="true IoU (bin mean)", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability of loc_conf on the val split")
+    ax.legend(fontsize=7)
+    _save_png(fig, storage.join(out, "calibration.png"))
+    min_score = found[0][1].get("min_score")
+    return ["## Calibration: loc_conf against true IoU on the labelled val split\n",
+            (f"Detections with cls_conf x loc_conf >= {min_score} (those the strategies see), matched greedily by "
+             "score to same-class ground truth; true IoU 0 when unmatched. Spearman: rank correlation with true IoU.\n"),
+            _table(["Round", "Val images", "Detections", "IoU >= 0.5", "Spearman loc_conf", "Spearman cls_conf",
+                    "mean loc_conf", "mean true IoU"], rows),
+            "\nMean true IoU per loc_conf bin (detections):\n",
+            _table(["loc_conf bin"] + [f"round {r}" for r, _, _ in found], reliability),
+            "\n![calibration](calibration.png)\n"]
 
 
 def compare_runs(runs_root: str, out_dir: str) -> str | None:
