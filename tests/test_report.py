@@ -91,3 +91,22 @@ def test_threshold_table_shows_only_class_quota_selections_with_average_and_medi
     assert "| Class | 1 to 2 |" in section and "2 to 3" not in section and "3 to 4" not in section
     assert "| cat | 20.0% |" in section and "| dog | 50.0% |" in section
     assert "| Average | 35.0% |" in section and "| Median | 35.0% |" in section
+
+
+def test_report_draws_calibration_of_rounds_that_have_it(tmp_path):
+    from raylib import calibration
+
+    run_root = str(tmp_path / "runs" / "cls_iou_seed0")
+    _fake_run(run_root, "cls_iou", 0, [0.2, 0.4])
+    rp = RoundPaths(run_root, 1)  # round 0 has none (a run from before calibration): left out
+    storage.write_table(calibration.reliability_table([0.95, 0.92, 0.15], [1.0, 0.0, 0.25]), rp.calibration)
+    storage.write_text(rp.calibration_summary, json.dumps({
+        "n_images": 3, "n_detections": 3, "n_matched_iou50": 1, "spearman_loc_conf_true_iou": 0.5,
+        "spearman_cls_conf_true_iou": -0.5, "mean_loc_conf": 0.6733, "mean_true_iou": 0.4167, "min_score": 0.05}))
+    text = storage.read_text(report.write_report(run_root))
+    section = text[text.index("## Calibration"):]
+    assert "| 2 | 3 | 3 | 1 | 0.5000 | -0.5000 | 0.6733 | 0.4167 |" in section
+    assert "| 0.9-1.0 | 0.5000 (2) |" in section and "| 0.1-0.2 | 0.2500 (1) |" in section
+    assert "| 0.0-0.1 | - |" in section and ">= 0.05" in section
+    with open(os.path.join(paths.report_dir(run_root), "calibration.png"), "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
