@@ -12,6 +12,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+import ray.train
 import torch
 
 from raylib import storage, train
@@ -158,3 +159,24 @@ def test_worker_failure_mid_epoch_resumes_from_last_checkpoint(ray_session, tmp_
     # Epoch 1 came from the first attempt; epoch 2 from the restart, which began at the checkpoint.
     assert [h["attempt_start_epoch"] for h in result.history] == [0, 1]
     assert os.path.exists(result.weights_uri)
+
+
+def test_progress_line_names_epoch_loss_lr_speed_and_eta():
+    # 3 of 60 epochs done at 25 s each: 57 x 25 s = 23m45s left
+    progress = train.epoch_progress(3, 60, loss=7.41234, lr=0.02, images_per_s=41.26, seconds_per_epoch=25.0)
+    assert progress["eta_s"] == 57 * 25.0
+    assert train.progress_line(progress) == "[train] epoch 3/60  loss 7.412  lr 2.00e-02  41.3 img/s  ETA 23m45s"
+    progress = train.epoch_progress(10, 300, loss=2.0, lr=1e-3, images_per_s=250.0, seconds_per_epoch=60.0)
+    assert train.progress_line(progress).endswith("ETA 4h50m")
+
+
+@pytest.mark.slow  # ~1 min of Ray Train on 2 idle cores; 4 on a loaded machine
+def test_epochs_between_evaluations_report_progress_without_a_checkpoint(ray_session, tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data")
+    result = train.train_model(tiny_config(epochs=3, eval_interval=3, num_workers=1), labels, manifest,
+                               str(tmp_path / "out"), CLASSES)
+    assert [h["epoch"] for h in result.history] == [3] and result.best_epoch == 3
+    # Epochs 1 and 2 reported without a checkpoint (Ray Train accepts them from every rank); the
+    # checkpointed epoch 3 carries the same progress keys.
+    metrics = ray.train.Result.from_path(result.run_path).metrics
+    assert (metrics["epoch"], metrics["epochs"], metrics["eta_s"]) == (3, 3, 0) and metrics["images_per_s"] > 0
