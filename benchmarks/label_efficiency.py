@@ -413,6 +413,38 @@ def tables(summary: dict, curves: list[Curve], classes: list[str], reference: di
     return text
 
 
+def calibration_table(out: str, curves: list[Curve]) -> str:
+    """Per strategy and round, over seeds: Spearman of loc_conf and of cls_conf with true IoU on the val
+    split (round=NN/calibration.json, written by the loop's evaluate stage), mean loc_conf, mean true IoU."""
+    from raylib.paths import RoundPaths
+
+    rows = []
+    for strategy in dict.fromkeys(c.strategy for c in curves):
+        runs = [c for c in curves if c.strategy == strategy]
+        for r in range(min(len(c.map50) for c in runs)):
+            found = []
+            for c in runs:
+                uri = RoundPaths(os.path.join(out, "runs", f"{c.strategy}_seed{c.seed}"), r).calibration_summary
+                if os.path.exists(uri):
+                    with open(uri) as f:
+                        found.append(json.load(f))
+            if not found:
+                continue
+
+            def cell(key: str) -> str:
+                values = [s[key] for s in found if s.get(key) is not None]
+                return _pm(*interval95(values), digits=3) if values else "n/a"
+
+            rows.append([strategy, str(r), str(len(found)), f"{np.mean([s['n_detections'] for s in found]):.0f}",
+                         cell("spearman_loc_conf_true_iou"), cell("spearman_cls_conf_true_iou"),
+                         cell("mean_loc_conf"), cell("mean_true_iou")])
+    if not rows:
+        return ""
+    return ("### Calibration on the labelled val split (mean ± 95% over seeds; detections >= strategy.min_score)\n\n"
+            + _table(["Strategy", "Round", "seeds", "detections (mean)", "Spearman loc_conf vs true IoU",
+                      "Spearman cls_conf vs true IoU", "mean loc_conf", "mean true IoU"], rows))
+
+
 def verdict(summary: dict) -> str:
     """One plain sentence per compared strategy and round: is the paired difference's 95% interval
     above zero (wins), below (loses), or across it (cannot tell)?"""
@@ -529,7 +561,8 @@ def write_results(path: str, setup: Setup, command: str, dataset: dict, pre: dic
                   f"mAP50 {pre['digits_test_map50']:.3f}), class head dropped.", ""]
     else:
         lines += ["Start weights: none (from scratch).", ""]
-    lines += ["## Results", "", tables(summary, curves, dataset["classes"], reference), "", "## Verdict", "",
+    lines += ["## Results", "", tables(summary, curves, dataset["classes"], reference), "",
+              calibration_table(out, curves), "", "## Verdict", "",
               verdict(summary), "",
               f"Per run: {per_run}.", "",
               f"![mAP50 vs labelled images]({stem}.png)", "",
