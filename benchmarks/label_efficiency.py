@@ -571,6 +571,48 @@ def write_results(path: str, setup: Setup, command: str, dataset: dict, pre: dic
         f.write("\n".join(lines))
 
 
+def command_of(args) -> str:
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    return ("python benchmarks/label_efficiency.py " + " ".join(argv)).strip()
+
+
+def report_only(setup: Setup, out: str, results: str, dataset: dict, command: str, start: float,
+                load_start: float) -> None:
+    """Results of the finished (strategy, seed) runs and of the take-all reference if it finished."""
+    curves, done = [], []
+    for seed in setup.seeds:
+        for strategy in setup.strategies:
+            run_root = os.path.join(out, "runs", f"{strategy}_seed{seed}")
+            timing = os.path.join(run_root, "benchmark_seconds.json")
+            if os.path.exists(timing):
+                with open(timing) as f:
+                    seconds = json.load(f)["seconds"]
+                history = report.load_history(run_root)
+                curves.append(Curve(strategy, seed, history.labelled, history.map50, history.ap50,
+                                    history.objects_per_class, seconds))
+                done.append(f"{strategy}/seed{seed}")
+    pre, reference = None, None
+    timing = os.path.join(out, "pretrain", "benchmark_seconds.json")
+    if os.path.exists(timing):
+        with open(timing) as f:
+            seconds = json.load(f)["seconds"]
+        with open(os.path.join(out, "pretrain", "digits", "round=00", "metrics.json")) as f:
+            pre = {"images": setup.pretrain_images, "digits_test_map50": json.load(f)["map50"], "seconds": seconds}
+    if os.path.exists(os.path.join(out, "take_all", "seed0", "benchmark_seconds.json")):
+        reference = take_all(setup, out, None)
+    expected = len(setup.seeds) * len(setup.strategies)
+    status = "" if len(done) == expected and reference else (
+        f"**Partial: {len(done)} of {expected} runs finished ({', '.join(done)}); take-all reference "
+        f"{'done' if reference else 'not run'}.** Finish with `{command}` (resumes).")
+    summary = summarise(curves, [s for s in setup.strategies if any(c.strategy == s for c in curves)])
+    loads = (f"{load_start:.1f}", f"{os.getloadavg()[0]:.1f}")
+    write_results(results, setup, command, dataset, pre, curves, summary, time.time() - start, loads, out,
+                  reference, status)
+    print(tables(summary, curves, dataset["classes"], reference))
+    print(verdict(summary))
+    print(status)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="GPU preset: YOLOX-S, 640, larger pool, 3 seeds")
@@ -581,6 +623,8 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated; default 0,1,2,3,4 (reduced) or 0,1,2 (full)")
     parser.add_argument("--init", default="digits", help="digits (pretrain, cached), none, or a weights path")
     parser.add_argument("--no-take-all", action="store_true", help="skip the take-all reference run (after the runs)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the results of the runs finished so far (a partial result)")
     parser.add_argument("--results", default=None, help="markdown to write (default benchmarks/results/label_efficiency[_full].md)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. train.epochs=20")
     args = parser.parse_args()
@@ -601,12 +645,15 @@ def main() -> None:
     dataset = fashion_pool.build(os.path.join(out, "data", "fashion"), setup.n_pool, setup.n_test, setup.rho, seed=0)
     print(f"pool: {os.path.join(out, 'data', 'fashion')} ({dataset['pool_images']} + {dataset['test_images']} test images)")
     pre = None
+    if args.report_only:
+        report_only(setup, out, results, dataset, command_of(args), start, load_start)
+        return
     if args.init == "digits":
         init, pre = pretrain(setup, out)
         print(f"start weights: {init} (digits test mAP50 {pre['digits_test_map50']:.3f})", flush=True)
     else:
         init = None if args.init == "none" else os.path.abspath(args.init)
-    command = ("python benchmarks/label_efficiency.py " + " ".join(sys.argv[1:])).strip()
+    command = command_of(args)
     all_seeds, curves, reference = list(setup.seeds), [], None
 
     def write(status: str = "") -> dict:
