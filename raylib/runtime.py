@@ -1,9 +1,13 @@
 """What every job does before its stage: start/join Ray, make sure the dataset and manifests exist."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from raylib import paths, storage
 from raylib.config import Config
@@ -14,20 +18,77 @@ log = logging.getLogger(__name__)
 def init_ray(cfg: Config) -> None:
     """`address=local` starts a private Ray (embedded defaults); `auto` joins the cluster of a Ray job.
 
-    AWS_* variables travel to workers in the runtime env, so S3 URIs resolve the same everywhere.
+    The S3 endpoint/region travel to workers in the runtime env, so S3 URIs resolve the same
+    everywhere, except those a submitted job's runtime env sets already (Ray refuses the same env var
+    from both). Ray Data's progress is condensed: no bars off a terminal (the stages print their own
+    lines), one bar per dataset on one.
     """
     import ray
 
     storage.configure_s3(cfg.storage.endpoint_url, cfg.storage.region)
     if ray.is_initialized():
         return
-    kwargs: dict = {"runtime_env": {"env_vars": storage.s3_env()}, "log_to_driver": True}
+    env_vars = worker_env_vars()
+    kwargs: dict = {"runtime_env": {"env_vars": env_vars} if env_vars else None, "log_to_driver": True}
     if cfg.cluster.address == "local":
         # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner
         # polls: without it the cleaner can't free a dead run's resources and warns every second.
         kwargs.update(num_cpus=cfg.cluster.num_cpus)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(address=cfg.cluster.address, **kwargs)
+    condense_ray_data_progress(sys.stdout.isatty())
+
+
+def worker_env_vars() -> dict[str, str]:
+    """The S3 settings for `ray.init`'s runtime env, less those the submitted job's runtime env
+    (`ray job submit --runtime-env`, a RayJob's runtimeEnvYAML) sets: Ray refuses a key sent twice."""
+    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    from_job = (job_config.get("runtime_env") or {}).get("env_vars") or {}
+    return {name: value for name, value in storage.s3_env().items() if name not in from_job}
+
+
+def condense_ray_data_progress(terminal: bool) -> None:
+    """On a terminal one progress bar per dataset; elsewhere none, and no per-dataset plan logs: the
+    stages print their own progress lines (`report_progress`)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_operator_progress_bars = False
+    if not terminal:
+        context.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def report_progress(dataset: Any, label: str, total: int, operator: str, interval_s: float = 10.0) -> None:
+    """While `dataset` executes, print `[label] done/total images, N img/s` every `interval_s` and a
+    last line when it ends, counting the rows out of the operator whose name contains `operator`
+    (e.g. the scoring actor's class). Registered on this dataset only (its DataContext)."""
+    from ray.data._internal.execution.execution_callback import ExecutionCallback
+
+    class Progress(ExecutionCallback):
+        def __init__(self) -> None:
+            self.started = self.printed = time.time()
+
+        def _line(self, executor: Any, final: bool) -> str:
+            rows = 0
+            for op in getattr(executor, "_topology", None) or {}:  # Ray internals: no count, no crash
+                if operator in op.name:
+                    rows = getattr(op.metrics, "rows_task_outputs_generated", 0)
+            seconds = max(time.time() - self.started, 1e-9)
+            return f"[{label}] {rows}/{total} images{' in %.1f s' % seconds if final else ''}, {rows / seconds:.1f} img/s"
+
+        def before_execution_starts(self, executor: Any) -> None:
+            self.started = self.printed = time.time()
+
+        def on_execution_step(self, executor: Any) -> None:
+            if time.time() - self.printed >= interval_s:
+                self.printed = time.time()
+                print(self._line(executor, final=False), flush=True)
+
+        def after_execution_succeeds(self, executor: Any) -> None:
+            print(self._line(executor, final=True), flush=True)
+
+    dataset.context.custom_execution_callback_classes.append(Progress)
 
 
 @dataclass(frozen=True)

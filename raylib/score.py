@@ -37,7 +37,7 @@ import pyarrow.dataset as pads
 import ray
 import torch
 
-from raylib import images, schemas, storage, strategies
+from raylib import images, runtime, schemas, storage, strategies
 from raylib.config import Config, StrategyConfig
 from raylib.model import BatchDetections, decode_batch, letterbox, letterbox_on_device, load_model, to_input
 from raylib.paths import RoundPaths
@@ -379,6 +379,7 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
     # Resolved on their own: the manifest may be local while the run root is on S3, or the reverse.
     out_fs, scored_path = storage.resolve(scored_dir)
     storage.makedirs(scored_dir)
+    runtime.report_progress(dataset, "score", manifest_rows(manifest_uri), scorer_cls.__name__)  # images done/total
     dataset.write_parquet(scored_path, filesystem=out_fs, min_rows_per_file=sc.rows_per_file)
 
     tasks = []

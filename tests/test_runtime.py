@@ -1,0 +1,36 @@
+"""Ray start-up details: no env var sent twice to a submitted job, condensed progress lines."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from raylib import runtime
+
+
+def test_worker_env_leaves_out_what_the_job_runtime_env_sets(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert {"AWS_ENDPOINT_URL", "AWS_REGION"} <= set(runtime.worker_env_vars())
+    # What Ray's job manager hands a submitted driver (infra/kuberay.yaml's runtime env sets the region).
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"AWS_REGION": "us-east-1"}}}))
+    env = runtime.worker_env_vars()
+    assert "AWS_REGION" not in env and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+
+
+class CountingScorer:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"id": batch["id"] * 2}
+
+
+def test_report_progress_prints_images_done_of_total(ray_session, capsys):
+    import ray.data
+
+    dataset = ray.data.range(40).map_batches(CountingScorer, batch_size=8, num_cpus=0.5,
+                                             compute=ray.data.ActorPoolStrategy(size=1))
+    runtime.report_progress(dataset, "score", total=40, operator="CountingScorer", interval_s=3600)
+    assert dataset.count() == 40
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[score]")]
+    assert len(lines) == 1 and re.fullmatch(r"\[score\] 40/40 images in [0-9.]+ s, [0-9.]+ img/s", lines[0]), lines
