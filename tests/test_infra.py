@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import tomllib
 
 import yaml
 from hydra import compose, initialize_config_dir
@@ -11,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from raylib.config import to_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAY_IMAGE = "rayproject/ray:2.60.0-py311-gpu"
 
 
 def _load(name: str):
@@ -34,20 +37,51 @@ def test_launcher_gpu_workers_fit_the_gpu4_config():
     assert cfg.train.num_workers * cfg.train.cpus_per_worker <= max(n["resources"]["CPU"] for n in workers)
     assert cfg.score.num_actors * cfg.score.num_gpus_per_actor <= sum(gpus)
     assert all(n["node_config"]["IamInstanceProfile"]["Name"] for n in cluster["available_node_types"].values())
-    assert any("ray[default" in cmd and "2.60.0" in cmd for cmd in cluster["setup_commands"])
+    # One install: the nodes run Ray's own image, the jobs bring the project's dependencies.
+    assert cluster["docker"]["image"] == RAY_IMAGE and not cluster["setup_commands"]
 
 
-def test_kuberay_job_runs_the_loop_entry_point_on_4_gpu_workers():
-    job = _load("kuberay.yaml")
-    assert job["kind"] == "RayJob"
-    argv = shlex.split(job["spec"]["entrypoint"])
-    assert argv[:2] == ["python", "jobs/loop.py"] and os.path.exists(os.path.join(ROOT, argv[1]))
+def test_kuberay_cluster_runs_rays_image_on_4_gpu_workers():
+    ray_cluster = _load("kuberay.yaml")
+    assert ray_cluster["kind"] == "RayCluster" and ray_cluster["spec"]["rayVersion"] == "2.60.0"
+    groups = [ray_cluster["spec"]["headGroupSpec"], *ray_cluster["spec"]["workerGroupSpecs"]]
+    containers = [c for g in groups for c in g["template"]["spec"]["containers"]]
+    # ray-ml images stopped at 2.49 (ray-project/ray#57070): pods would stay in ImagePullBackOff.
+    assert {c["image"] for c in containers} == {RAY_IMAGE}
+    gpus = [int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) for c in containers]
+    assert max(gpus) >= _gpu4_config().train.num_workers
+
+
+def test_runtime_env_installs_the_projects_dependencies():
+    env = _load("runtime_env.yaml")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
+        wanted = tomllib.load(handle)["project"]["dependencies"]
+    names = {re.split(r"[<>=\[ ]", req)[0] for req in env["pip"]["packages"]}
+    # What the image lacks of pyproject's dependencies (it has Ray, numpy, pyarrow, pandas, pillow).
+    in_image = {"ray", "numpy", "pyarrow", "pandas", "pillow"}
+    assert {re.split(r"[<>=\[ ]", req)[0] for req in wanted} - in_image <= names
+    assert "pixeltable-yolox==0.4.3" in env["pip"]["packages"]
+    assert ".venv/" in env["excludes"] and env["working_dir"] == "."
+    # Never credentials in a runtime env (Ray writes it into its logs).
+    assert not any(key.startswith("AWS_") and ("KEY" in key or "TOKEN" in key) for key in env["env_vars"])
+
+
+def test_readme_cluster_path_commands_are_valid():
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        readme = handle.read()
+    section = readme.split("## Run on a cluster", 1)[1].split("\n## ", 1)[0]
+    for step in ("ray up infra/aws-cluster.yaml", "kubectl apply -f infra/kuberay.yaml", "ray job logs",
+                 "--runtime-env infra/runtime_env.yaml", "RAY_ADDRESS="):
+        assert step in section, step
+    commands = [line.split("python jobs/loop.py", 1)[1] for line in section.replace("\\\n", " ").splitlines()
+                if "python jobs/loop.py" in line]
+    assert commands
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-        cfg = to_config(compose("config", overrides=argv[2:]))  # overrides in the manifest are valid
-    assert cfg.run_root.startswith("s3://")
-    groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert max(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) for g in groups) >= cfg.train.num_workers
-    assert job["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
+        for command in commands:
+            overrides = [arg.replace("<bucket>", "my-bucket") for arg in shlex.split(command.split("#")[0])]
+            cfg = to_config(compose("config", overrides=overrides))
+            cluster = "experiment=voc07_12" in overrides
+            assert cfg.run_root.startswith("s3://my-bucket/runs/voc_s/" if cluster else os.getcwd()), command
 
 
 def test_iam_policy_grants_what_storage_uses_on_the_run_bucket():
