@@ -235,6 +235,8 @@ class YoloxScorer:
         for i, canvas in canvases.items():
             rows[i] = to_input(torch.from_numpy(canvas.copy())[None].to(self.device))[0]
         keep = [i for i in ok if i in rows]
+        if keep == decoded:  # the common case, every image decoded on the device: no second copy
+            return letterboxed, torch.from_numpy(ratios[keep]), errors
         inputs = torch.stack([rows[i] for i in keep]) if keep else torch.zeros((0, 3, self.side, self.side),
                                                                                device=self.device)
         return inputs, torch.from_numpy(ratios[keep]), errors
