@@ -209,7 +209,9 @@ def pretrain(setup: Setup, out: str) -> tuple[str, dict]:
                 json.dump({"seconds": stage_seconds}, f)
         with open(timing) as f:
             seconds += json.load(f)["seconds"]
-        weights = os.path.join(run_root, "round=00", "train", "model.pt")
+        # A copy without "=" in its path: Hydra's override grammar reads "round=00" as another override.
+        weights = os.path.join(out, "pretrain", f"stage{i + 1}.pt")
+        shutil.copyfile(os.path.join(run_root, "round=00", "train", "model.pt"), weights)
         images.append(summary["pool_images"])
         with open(os.path.join(run_root, "round=00", "metrics.json")) as f:
             digits_map50 = json.load(f)["map50"]
