@@ -59,7 +59,8 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def _kind(key: str) -> str:
+def key_kind(key: str) -> str:
+    """ignored | execution | between_rounds | run (see the module docstring)."""
     if key in NOT_COMPARED:
         return "ignored"
     if any(key == k or (k.endswith(".") and key.startswith(k)) for k in EXECUTION_KEYS):
@@ -73,7 +74,7 @@ def diff(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, An
     defaults = _defaults()
     changed = {}
     for key, value in new.items():
-        if _kind(key) == "ignored":
+        if key_kind(key) == "ignored":
             continue
         if key not in stored:
             if key in defaults and defaults[key] == value:
@@ -102,7 +103,7 @@ def check_run_config(cfg: Config) -> None:
         return
     by_kind: dict[str, dict] = {"execution": {}, "between_rounds": {}, "run": {}}
     for key, values in changed.items():
-        by_kind[_kind(key)][key] = values
+        by_kind[key_kind(key)][key] = values
     lines = [f"  {key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items())]
     where = f"run_root {cfg.run_root} holds a run started with another config ({uri}):"
     if by_kind["run"]:

@@ -1,0 +1,89 @@
+"""jobs/check.py: a dry run names what would stop a run, one line per problem naming the key, and
+prints the plan; `data=voc` on a VOC-layout folder (written here by hand, as the devkit lays it out)
+runs with the seed's values."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from raylib import check, runtime, storage
+from raylib.config import to_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XML = """<annotation><folder>VOC2007</folder><filename>{id}.jpg</filename>
+<size><width>64</width><height>48</height><depth>3</depth></size><segmented>0</segmented>
+<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>
+<bndbox><xmin>5</xmin><ymin>6</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object></annotation>"""
+SETS = {"trainval_2007": ["000005", "000007"], "trainval_2012": ["2008_000002"], "test_2007": ["000001", "000004"]}
+
+
+def _voc_folder(root) -> str:
+    """VOC2007 + VOC2012 merged into one VOCdevkit-style root, what data=voc reads."""
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        os.makedirs(root / sub, exist_ok=True)
+    for set_name, ids in SETS.items():
+        (root / "ImageSets" / "Main" / f"{set_name}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for image_id in ids:
+            cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), np.full((48, 64, 3), 200, np.uint8))
+            (root / "Annotations" / f"{image_id}.xml").write_text(XML.format(id=image_id, name="dog"))
+    return str(root)
+
+
+def _make(*overrides: str):
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        return to_config(compose("config", overrides=list(overrides)))
+
+
+def test_voc_layout_runs_with_the_seeds_values(tmp_path):
+    cfg = _make("data=voc", f"data.root={_voc_folder(tmp_path / 'VOC0712')}", f"run_root={tmp_path}/run")
+    assert (cfg.model.size, cfg.model.input_size, cfg.strategy.k, cfg.strategy.min_score) == ("s", 640, 100, 0.2)
+    assert (cfg.train.epochs, cfg.loop.seed_size, cfg.loop.rounds) == (300, 2000, 10)
+    assert check.problems(cfg) == []
+    ds = runtime.ensure_dataset(cfg)
+    assert storage.read_table(ds.pool_manifest).column("image_id").to_pylist() == ["000005", "000007", "2008_000002"]
+    assert storage.read_table(ds.test_manifest).num_rows == 2 and len(ds.class_names) == 20
+    lines = check.plan(cfg).splitlines()
+    assert "YOLOX-s at 640 px, from scratch" in lines[1] and "300 epochs, batch 32" in lines[2]
+    assert "10 rounds from a seed set of 2000 images" in lines[3] and "100 detections x 20 classes" in lines[3]
+    assert lines[-1].startswith(f"outputs:  {tmp_path}/run ")
+
+
+def test_problems_are_one_line_each_naming_the_key(tmp_path):
+    root = _voc_folder(tmp_path / "VOC")
+    os.remove(os.path.join(root, "ImageSets", "Main", "test_2007.txt"))
+    with open(os.path.join(root, "Annotations", "000007.xml"), "w") as handle:
+        handle.write(XML.format(id="000007", name="dragon"))
+    (tmp_path / "a_file").write_text("")
+    cfg = _make("data=voc", f"data.root={root}", f"run_root={tmp_path}/a_file/run", "train.use_gpu=true",
+                "train.num_workers=64")
+    found = check.problems(cfg)
+    assert all("\n" not in line for line in found) and len(found) == 4, found
+    assert found[0].startswith("data.root: labels of '000007' (trainval_2007) do not parse") and "dragon" in found[0]
+    assert found[1].startswith("data.test_sets: image set ") and "test_2007.txt" in found[1]
+    assert found[2].startswith("train.num_workers: 64 GPU workers asked for")
+    assert found[3].startswith(f"run_root: cannot write to '{tmp_path}/a_file/run'")
+
+
+def test_check_job_prints_one_line_errors_without_a_traceback(tmp_path):
+    def job(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "check.py"), *overrides,
+                               f"hydra.run.dir={tmp_path}/hydra"], capture_output=True, text=True, timeout=120)
+
+    bad = job("strategy.k=-1", "loop.rounds=0")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == ["error: strategy.k must be > 0, got -1"]
+    good = job("experiment=demo", f"run_root={tmp_path}/run")
+    assert good.returncode == 0, good.stderr
+    assert "4 rounds from a seed set of 60 images" in good.stdout and good.stdout.rstrip().endswith("would stop this run")
+
+
+@pytest.mark.parametrize("override", ["storage=s3"])
+def test_missing_bucket_is_a_one_line_error(override):
+    with pytest.raises(Exception, match=r"^storage\.bucket is required"):
+        _make(override)
