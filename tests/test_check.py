@@ -87,3 +87,32 @@ def test_check_job_prints_one_line_errors_without_a_traceback(tmp_path):
 def test_missing_bucket_is_a_one_line_error(override):
     with pytest.raises(Exception, match=r"^storage\.bucket is required"):
         _make(override)
+
+
+def _devkit_year(root, year: str, sets: dict[str, list[str]]) -> None:
+    base = root / "VOCdevkit" / f"VOC{year}"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        os.makedirs(base / sub, exist_ok=True)
+    for set_name, ids in sets.items():
+        (base / "ImageSets" / "Main" / f"{set_name}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for image_id in ids:
+            cv2.imwrite(str(base / "JPEGImages" / f"{image_id}.jpg"), np.full((48, 64, 3), 90, np.uint8))
+            (base / "Annotations" / f"{image_id}.xml").write_text(XML.format(id=image_id, name="cat"))
+
+
+def test_make_voc_merges_a_vocdevkit_download_into_what_data_voc_reads(tmp_path):
+    _devkit_year(tmp_path / "download", "2007", {"trainval": ["000005", "000007"], "test": ["000001"]})
+    _devkit_year(tmp_path / "download", "2012", {"trainval": ["2008_000002", "2008_000003", "2008_000008"]})
+    out = tmp_path / "VOC0712"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "make_voc.py"), str(tmp_path / "download"), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "trainval_2007 2 images, test_2007 1 images, trainval_2012 3 images" in done.stdout
+    assert (out / "ImageSets" / "Main" / "trainval_2012.txt").read_text().split() == ["2008_000002", "2008_000003", "2008_000008"]
+    cfg = _make("data=voc", f"data.root={out}", f"run_root={tmp_path}/run")
+    assert check.problems(cfg) == []
+    ds = runtime.ensure_dataset(cfg)
+    assert storage.read_table(ds.pool_manifest).num_rows == 5 and storage.read_table(ds.test_manifest).num_rows == 1
+    missing = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "make_voc.py"), str(tmp_path / "nothing"),
+                              str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and missing.stderr.strip().startswith("error: no VOC2007/ or VOC2012/ folder")
