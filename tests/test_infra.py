@@ -73,9 +73,10 @@ def test_readme_cluster_path_commands_are_valid():
     for step in ("ray up infra/aws-cluster.yaml", "kubectl apply -f infra/kuberay.yaml", "ray job logs",
                  "--runtime-env infra/runtime_env.yaml", "RAY_ADDRESS="):
         assert step in section, step
-    commands = [line.split("python jobs/loop.py", 1)[1] for line in section.replace("\\\n", " ").splitlines()
-                if "python jobs/loop.py" in line]
-    assert commands
+    code = "\n".join(block.split("\n", 1)[1] for block in section.split("```")[1::2])  # fenced blocks
+    commands = [line.split("python jobs/", 1)[1].split(" ", 1)[1] for line in code.replace("\\\n", " ").splitlines()
+                if "python jobs/loop.py" in line or "python jobs/status.py" in line]
+    assert len(commands) == 2
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
         for command in commands:
             overrides = [arg.replace("<bucket>", "my-bucket") for arg in shlex.split(command.split("#")[0])]
