@@ -28,15 +28,32 @@ def init_ray(cfg: Config) -> None:
     storage.configure_s3(cfg.storage.endpoint_url, cfg.storage.region)
     if ray.is_initialized():
         return
-    env_vars = worker_env_vars()
-    kwargs: dict = {"runtime_env": {"env_vars": env_vars} if env_vars else None, "log_to_driver": True}
-    if cfg.cluster.address == "local":
-        # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner
-        # polls: without it the cleaner can't free a dead run's resources and warns every second.
-        kwargs.update(num_cpus=cfg.cluster.num_cpus)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kwargs = init_kwargs(cfg, free_port() if cfg.cluster.address == "local" else None)
     ray.init(address=cfg.cluster.address, **kwargs)
     condense_ray_data_progress(sys.stdout.isatty())
+
+
+def init_kwargs(cfg: Config, dashboard_port: int | None) -> dict:
+    """`ray.init`'s arguments besides the address. A local Ray gets its dashboard on `dashboard_port`,
+    and its workers are told that address: the dashboard (127.0.0.1) serves the state API that Ray
+    Train's placement-group cleaner polls, and without an explicit address the cleaner looks for
+    "the" Ray of the machine and fails with a traceback when another user's Ray runs beside ours."""
+    env_vars = worker_env_vars()
+    kwargs: dict = {"log_to_driver": True}
+    if cfg.cluster.address == "local":
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+        kwargs.update(num_cpus=cfg.cluster.num_cpus, include_dashboard=True, dashboard_port=dashboard_port)
+    kwargs["runtime_env"] = {"env_vars": env_vars} if env_vars else None
+    return kwargs
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def worker_env_vars() -> dict[str, str]:

@@ -38,6 +38,7 @@ import logging
 import os
 import posixpath
 import random
+import sys
 import tempfile
 import time
 import warnings
@@ -403,6 +404,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     # yolox's head calls the deprecated torch.cuda.amp.autocast every step: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast", category=FutureWarning)
+    # Ray Train logs every report in full ("Reporting training result N: ..."): the epoch line says it.
+    try:
+        from ray.train.v2._internal.execution import context as train_context  # its logger is named by file
+
+        train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):  # another Ray version: its log lines stay
+        pass
     cfg: Config = config["cfg"]
     tc = cfg.train
     context = ray.train.get_context()
@@ -450,8 +458,8 @@ def train_loop_per_worker(config: dict) -> None:
             progress = epoch_progress(epoch + 1, tc.epochs, float(loss_sum) / steps_per_epoch, state.lr(),
                                       steps_per_epoch * global_batch / train_seconds,
                                       (time.time() - attempt_started) / (epoch + 1 - start_epoch))
-            if rank == 0:
-                print(progress_line(progress), flush=True)
+            if rank == 0:  # around Ray Train's print patch, which would log it and print it again
+                print(progress_line(progress), file=sys.__stdout__, flush=True)
             if (epoch + 1) % tc.eval_interval and epoch + 1 < tc.epochs:
                 ray.train.report(progress, checkpoint=None)  # every rank reports, as Ray Train requires
                 continue

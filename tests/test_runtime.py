@@ -34,3 +34,13 @@ def test_report_progress_prints_images_done_of_total(ray_session, capsys):
     assert dataset.count() == 40
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[score]")]
     assert len(lines) == 1 and re.fullmatch(r"\[score\] 40/40 images in [0-9.]+ s, [0-9.]+ img/s", lines[0]), lines
+
+
+def test_a_local_ray_tells_its_workers_its_own_dashboard():
+    from raylib.config import ClusterConfig, Config
+
+    local = runtime.init_kwargs(Config(cluster=ClusterConfig(address="local", num_cpus=2)), dashboard_port=18265)
+    assert (local["dashboard_port"], local["num_cpus"], local["include_dashboard"]) == (18265, 2, True)
+    assert local["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"] == "http://127.0.0.1:18265"
+    joined = runtime.init_kwargs(Config(cluster=ClusterConfig(address="auto")), dashboard_port=None)
+    assert "dashboard_port" not in joined and "RAY_API_SERVER_ADDRESS" not in (joined["runtime_env"] or {}).get("env_vars", {})
