@@ -168,7 +168,7 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
         table, errors = voc.read_voc_labels(ds.voc_root, selected, ds.class_names)
         storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
     else:
-        uris = pool.image_uris(rp.unlabelled, selected)
+        uris = pool.image_uris(pool.round_pool(rp, ds.pool_manifest), selected)
         delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names)
         errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}
         storage.write_text(rp.oracle_errors, json.dumps(errors, indent=1))

@@ -71,6 +71,12 @@ def _selection(uri: str, ids: list[str]) -> None:
     storage.write_table(schemas.check(table, schemas.SELECTION, "selection"), uri)
 
 
+def _unlabelled(uri: str, ids: list[str]) -> None:
+    """The round's pool manifest, which the loop writes before scoring."""
+    table = pa.table({"image_id": ids, "uri": [f"/pool/{i}.jpg" for i in ids]})
+    storage.write_table(schemas.check(table, schemas.POOL, "pool"), uri)
+
+
 def test_external_oracle_ingests_what_arrived_and_leaves_the_rest_in_the_pool(tmp_path):
     labels_in = tmp_path / "corrected"
     annotation = voc.VocAnnotation("a.jpg", 100, 80, objects=[voc.VocObject("cat", 1, 2, 50, 60)])
@@ -86,6 +92,10 @@ def test_external_oracle_ingests_what_arrived_and_leaves_the_rest_in_the_pool(tm
     storage.write_table(labels_table([("old", "train", [])]), previous)
     rp = RoundPaths(cfg.run_root, 0)
     _selection(rp.selection, ["a", "b", "c", "never_labelled"])
+    _unlabelled(rp.unlabelled, ["a", "b", "c", "never_labelled", "not_selected"])
+    with pytest.raises(labels.LabelsPending, match="2 of 4 selected images labelled, 1 missing, 1 delivered but invalid"):
+        labels.oracle(rp, ds, cfg.loop, cfg.seed, previous)  # incomplete and not marked complete: waits
+    storage.write_text(str(labels_in / "_complete" / "round=00"), "")  # the annotators: this is all
     summary = labels.oracle(rp, ds, cfg.loop, cfg.seed, previous)
     written = storage.read_table(rp.labels)
     assert sorted(written.column("image_id").to_pylist()) == ["a", "b", "old"]
@@ -105,7 +115,8 @@ def test_external_oracle_without_any_label_waits_and_commits_nothing(tmp_path):
     storage.write_table(labels_table([("old", "train", [])]), previous)
     rp = RoundPaths(cfg.run_root, 0)
     _selection(rp.selection, ["a", "b"])
-    with pytest.raises(labels.LabelsPending, match="none of the 2 selected images"):
+    _unlabelled(rp.unlabelled, ["a", "b"])
+    with pytest.raises(labels.LabelsPending, match="0 of 2 selected images labelled, 2 missing"):
         labels.oracle(rp, ds, cfg.loop, cfg.seed, previous)
     assert not storage.exists(rp.labels)
     errors = json.loads(storage.read_text(rp.oracle_errors))
