@@ -1,7 +1,6 @@
 """Every file of a run, in one place: no other module spells a run file's name.
 
     <run_root>/config.yaml                                       the resolved config it was started with
-    <run_root>/config.yaml                                       the resolved config it was started with
     <run_root>/run.json, pool.parquet, test_pool.parquet         what the run is; the manifests
     <run_root>/labels_seed.parquet, labels_perf_test.parquet    labelled sets made once
     <run_root>/report/                                          report.md and its figures
@@ -18,7 +17,6 @@ WEIGHTS_FILE = "model.pt"  # EMA weights, in a training output folder and in eac
 TRAIN_STATE_FILE = "state.pt"  # model, optimizer, EMA, scaler, epoch: what a resumed worker loads
 TRAIN_HISTORY_FILE = "history.json"  # one entry per evaluation during training
 RUN_INFO_FILE = "run.json"
-RUN_CONFIG_FILE = "config.yaml"  # the resolved config the run was started with (raylib/run_config.py)
 RUN_CONFIG_FILE = "config.yaml"  # the resolved config the run was started with (raylib/run_config.py)
 
 
@@ -134,16 +132,6 @@ def standalone_labels(run_root: str) -> str:
 def run_info(run_root: str) -> str:
     """What the run is (strategy, seed, model, k, classes), for the report and the comparison."""
     return storage.join(run_root, RUN_INFO_FILE)
-
-
-def run_config(run_root: str) -> str:
-    """The resolved config of the run: a rerun with other result-relevant values is refused."""
-    return storage.join(run_root, RUN_CONFIG_FILE)
-
-
-def config_changes(run_root: str) -> str:
-    """Values changed between rounds with `accept_new_values=true`: when, which keys, old and new."""
-    return storage.join(run_root, "config_changes.json")
 
 
 def run_config(run_root: str) -> str:
