@@ -67,28 +67,5 @@ def test_default_head_targets_one_and_iou_aware_changes_only_objectness():
     assert float(a["conf_loss"].detach()) != pytest.approx(float(b["conf_loss"].detach()), rel=1e-3)  # targets IoU < 1, not 1
 
 
-@pytest.mark.slow
-def test_option_trains_and_scores_through_the_loop(tmp_path):
-    """`jobs/loop.py debug=fast model.iou_aware_obj=true train.init=previous`: two rounds, each with its
-    calibration table on val and the report's calibration section (about 1 min of CPU on 2 cores)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from raylib.paths import RoundPaths
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run_root = str(tmp_path / "run")
-    done = subprocess.run([sys.executable, os.path.join(root, "jobs", "loop.py"), "debug=fast", "loop.rounds=2",
-                           f"data.root={tmp_path}/data", f"run_root={run_root}", f"hydra.run.dir={tmp_path}/hydra",
-                           "cluster.num_cpus=2", "loop.last_round_takes_all=false", "model.iou_aware_obj=true",
-                           "train.init=previous"], cwd=root, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for r in range(2):
-        rp = RoundPaths(run_root, r)
-        summary = json.loads(open(rp.calibration_summary).read())
-        assert summary["split"] == "val" and summary["n_images"] > 0
-        assert os.path.exists(rp.calibration) and os.path.exists(rp.metrics)
-    assert os.path.exists(RoundPaths(run_root, 0).detections)  # round 0's model scored the pool
-    assert "## Calibration" in open(os.path.join(run_root, "report", "report.md")).read()
+# Through the whole loop (two rounds, train.init=previous, calibration per round): the good point of
+# tests/test_loop_sweep.py, so that one loop run serves both tests.
