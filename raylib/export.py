@@ -47,6 +47,9 @@ SKIPPED_FILE = "skipped.json"
 
 DETECTION_COLUMNS = ["image_id", "class_id", "cls_conf", "loc_conf", "x1", "y1", "x2", "y2"]
 STATUS_COLUMNS = ["image_id", "uri", "width", "height"]
+# Below this many selected images, starting a Ray task per part costs more than the work (seconds of
+# worker start-up against milliseconds per image): the parts run in this process.
+MIN_IMAGES_FOR_TASKS = 2_000
 PARTS_DIR = ".parts"  # each part's COCO/Label Studio/URI pieces and CVAT zip, merged then removed
 
 
@@ -136,8 +139,8 @@ def export_preannotations(selection_uri: str, detections_uri: str, status_uri: s
     images): one Ray task per part writes its images' XML and its piece of the single-file formats, and
     the pieces are streamed into those files one at a time, so neither the selection's detections nor
     its images are ever held in one process (the take-all round selects the whole pool). Without a
-    running Ray the parts run in this process. Each XML holds every kept detection of its image, most
-    confident first. Ids refused by `safe_relpath`, and images Label Studio could not be given a URL
+    running Ray, or for fewer than MIN_IMAGES_FOR_TASKS images, the parts run in this process. Each
+    XML holds every kept detection of its image, most confident first. Ids refused by `safe_relpath`, and images Label Studio could not be given a URL
     for, are listed with the reason in `<out_dir>/skipped.json`. `labelstudio_document_root`: Label
     Studio's LOCAL_FILES_DOCUMENT_ROOT for local images (`labelstudio.image_url`)."""
     _start_export(out_dir)
@@ -146,7 +149,7 @@ def export_preannotations(selection_uri: str, detections_uri: str, status_uri: s
     analysis_time = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     parts_dir = storage.join(out_dir, PARTS_DIR)
     status_files = storage.list_files(status_uri, ".parquet")
-    if ray.is_initialized():
+    if ray.is_initialized() and len(selected) >= MIN_IMAGES_FOR_TASKS:
         export = ray.remote(num_cpus=0.5)(export_part)
         selected_ref = ray.put(selected)
         pieces = ray.get([export.remote(uri, storage.join(detections_uri, uri.rsplit("/", 1)[-1]), selected_ref,

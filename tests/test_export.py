@@ -295,8 +295,11 @@ def test_ray_tasks_export_the_same_files_as_one_process(ray_session, tmp_path, m
 
     import ray
 
+    from raylib import export
+
     status = _write(tmp_path, ["a", "b", "empty"], DETECTIONS)
     assert ray.is_initialized()
+    monkeypatch.setattr(export, "MIN_IMAGES_FOR_TASKS", 0)  # tasks even for three images
     _export(tmp_path, status, tmp_path / "with_ray")
     ray_out = tmp_path / "with_ray"
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as without Ray: parts in this process
