@@ -141,8 +141,9 @@ def export_preannotations(selection_uri: str, detections_uri: str, status_uri: s
     its images are ever held in one process (the take-all round selects the whole pool). Without a
     running Ray, or for fewer than MIN_IMAGES_FOR_TASKS images, the parts run in this process. Each
     XML holds every kept detection of its image, most confident first. Ids refused by `safe_relpath`,
-    and images Label Studio could not be given a URL for, are listed with the reason in `<out_dir>/skipped.json`. `labelstudio_document_root`: Label
-    Studio's LOCAL_FILES_DOCUMENT_ROOT for local images (`labelstudio.image_url`)."""
+    and images Label Studio could not be given a URL for, are listed with the reason in
+    `<out_dir>/skipped.json`. `labelstudio_document_root`: Label Studio's LOCAL_FILES_DOCUMENT_ROOT for
+    local images (`labelstudio.image_url`)."""
     _start_export(out_dir)
     selected = pa.array(sorted(set(storage.read_table(selection_uri, columns=["image_id"])
                                    .column("image_id").to_pylist())), pa.string())
