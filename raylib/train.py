@@ -67,6 +67,11 @@ log = logging.getLogger(__name__)
 RUN_NAME = "train"  # Ray Train experiment name under <out_dir>/ray
 EMA_DECAY = 0.9998  # yolox/core/trainer.py
 MAX_LABELS = 120  # TrainTransform(max_labels=120), as in YoloxConfig.get_data_loader
+# GradScaler's first scale. YOLOX feeds raw 0-255 pixels, so the stem's weight gradient is ~100x that of a
+# network on normalised inputs (131 at scale 1 for a fresh YOLOX-nano, batch 4); at torch's default 2**16 the
+# fp16 gradients overflow and the scaler skips its first 8 steps halving down to 2**8 (issue 10: "AMP does not
+# train" was those skipped steps). Starting at 2**8 skips none; the scaler still grows and backs off as usual.
+AMP_INIT_SCALE = 2.0**8
 NO_VAL_SCORE = -1.0  # reported as val_map50 when val has no ground truth (no selection signal)
 FETCH_THREADS = 8
 
@@ -364,9 +369,13 @@ def make_state(model: torch.nn.Module, cfg: Config, global_batch: int, steps_per
     amp = tc.amp and device.type == "cuda"
     return TrainState(
         model=model, optimizer=optimizer, scheduler=make_scheduler(tc, global_batch, steps_per_epoch),
-        scaler=torch.amp.GradScaler("cuda", enabled=amp), ema=ModelEMA(unwrap(model), EMA_DECAY) if tc.ema else None,
+        scaler=make_scaler(device, amp), ema=ModelEMA(unwrap(model), EMA_DECAY) if tc.ema else None,
         device=device, amp=amp, initial_lr=optimizer.param_groups[0]["lr"],
     )
+
+
+def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, init_scale=AMP_INIT_SCALE, enabled=enabled)
 
 
 def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -376,7 +385,7 @@ def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor) -
         group["lr"] = lr
     images = images.to(state.device, non_blocking=True)
     targets = targets.to(state.device, non_blocking=True)
-    with torch.autocast(device_type=state.device.type, enabled=state.amp):
+    with torch.autocast(device_type=state.device.type, dtype=torch.float16, enabled=state.amp):
         loss = state.model(images, targets)["total_loss"]
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()

@@ -16,7 +16,7 @@ import ray.train
 import torch
 
 from raylib import storage, train
-from raylib.config import TrainConfig
+from raylib.config import Config, ModelConfig, TrainConfig
 from raylib.model import build_model, load_model
 from tests.helpers import CLASSES, make_dataset, tiny_config
 
@@ -97,6 +97,36 @@ def test_optimizer_has_yolox_parameter_groups():
     assert no_decay["lr"] == pytest.approx(tc.basic_lr_per_img * 8)
     total = len(no_decay["params"]) + len(decay["params"]) + len(biases["params"])
     assert total == len(list(model.parameters()))
+
+
+def overfit_one_batch(device: torch.device, steps: int) -> tuple[list[float], int]:
+    """`steps` fp16-autocast steps with the GradScaler on one fixed batch (YOLOX-nano, input 96, batch 4,
+    one box per image); returns (losses, steps the scaler skipped). The scenario of issue 10, where every
+    step of the first 8 was skipped at torch's default initial scale."""
+    torch.manual_seed(0)
+    net = build_model("nano", len(CLASSES)).to(device).train()
+    # lr 0.01 (batch 4): high enough that one batch is visibly fitted in a dozen steps.
+    cfg = Config(model=ModelConfig(size="nano", input_size=96),
+                 train=TrainConfig(batch_size=4, warmup_epochs=0, basic_lr_per_img=0.0025, ema=False))
+    state = train.make_state(net, cfg, global_batch=4, steps_per_epoch=steps, device=device)
+    state.amp, state.scaler = True, train.make_scaler(device, enabled=True)  # make_state enables AMP on CUDA only
+    images = torch.rand(4, 3, 96, 96) * 255
+    targets = torch.zeros(4, train.MAX_LABELS, 5)
+    targets[:, 0] = torch.tensor([0.0, 48.0, 48.0, 30.0, 20.0])  # class, cx, cy, w, h (input pixels)
+    losses, skipped = [], 0
+    for _ in range(steps):
+        scale = state.scaler.get_scale()
+        losses.append(float(train.train_step(state, images, targets)))
+        skipped += state.scaler.get_scale() < scale  # the scaler halves its scale exactly when it skips a step
+    return losses, skipped
+
+
+def test_fp16_autocast_steps_on_cpu_fit_one_batch_without_skipped_steps():
+    # CPU twin of tests/test_gpu.py's AMP test: the same fp16 autocast and GradScaler, on CPU.
+    losses, skipped = overfit_one_batch(torch.device("cpu"), steps=12)
+    assert all(np.isfinite(losses))
+    assert skipped <= 1, f"{skipped} of 12 steps skipped (fp16 gradient overflow)"
+    assert min(losses[-3:]) < 0.9 * losses[0], losses
 
 
 def test_empty_train_split_is_a_clear_error(tmp_path):
