@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from yolox.config import YoloxConfig
-from yolox.data import MosaicDetection, TrainTransform
+from yolox.data import MosaicDetection, TrainTransform, YoloBatchSampler
 from yolox.data.datasets import Dataset as YoloxDataset
 from yolox.utils import LRScheduler, ModelEMA
 
@@ -288,39 +288,91 @@ def make_train_dataset(samples: list[Sample], cfg: Config, max_pixels: int | Non
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """`num_samples` indices of a dataset of `n`, from concatenated seeded permutations: every rank
-    takes the same number of steps per epoch (DDP needs it) however its shard size differs."""
+    """`num_samples` indices of a dataset of `n` per epoch, from concatenated permutations seeded by
+    (seed, epoch): every rank takes the same number of steps per epoch (DDP needs it) however its shard
+    size differs, and epoch e draws the same order whether or not the process ran the epochs before it."""
 
     def __init__(self, n: int, num_samples: int, seed: int):
-        self.n, self.num_samples, self.seed = n, num_samples, seed
+        self.n, self.num_samples, self.seed, self.epoch = n, num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng((self.seed, self.epoch))
         order = np.concatenate([rng.permutation(self.n) for _ in range(-(-self.num_samples // self.n))])
-        return iter(int(i) for i in order[: self.num_samples])  # python ints: mosaic_getitem checks int
+        return iter(int(i) for i in order[: self.num_samples])
+
+
+def item_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the item at `position` of `epoch`."""
+    return int(np.random.SeedSequence((seed, epoch, position)).generate_state(1)[0])
+
+
+class EpochBatchSampler(YoloBatchSampler):
+    """Batches of (mosaic, index, item_seed) keys for `SeededItems`.
+
+    The mosaic flag travels with each index, the package's `YoloBatchSampler` way: this object lives in
+    the main process, so `set_no_aug` reaches persistent loader workers, which hold their own copy of
+    the dataset. The item seed makes a batch a function of (seed, epoch, position) only: the same with 0
+    or N workers, whichever worker draws it, and in a resumed run."""
+
+    def __init__(self, sampler: EpochSampler, batch_size: int):
+        super().__init__(sampler, batch_size, drop_last=False, mosaic=True)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[tuple[bool, int, int]]]:
+        position = 0
+        for batch in super().__iter__():
+            yield [(mosaic, index, item_seed(self.sampler.seed, self.sampler.epoch, position + offset))
+                   for offset, (mosaic, index) in enumerate(batch)]
+            position += len(batch)
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """`dataset[(mosaic, index)]` (the package's `mosaic_getitem` key) with `random` and `numpy.random`,
+    which all of YOLOX's augmentations draw from, seeded by the key's item seed."""
+
+    def __init__(self, dataset: MosaicDetection):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[bool, int, int]):
+        mosaic, index, seed = key
+        random.seed(seed)
+        np.random.seed(seed)
+        return self.dataset[(mosaic, index)]
 
 
 def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.from_numpy(np.stack([item[0] for item in batch]))
+    # TrainTransform returns float32 images of whole 0-255 values: uint8 is exact and a quarter of the
+    # bytes through shared memory, pinned memory and host-to-device copies (train_step makes them float).
+    images = torch.from_numpy(np.stack([item[0] for item in batch]).astype(np.uint8))
     targets = torch.from_numpy(np.stack([item[1] for item in batch]))
     return images, targets
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
+# Batches each loader worker prepares ahead (torch's default): a mosaic batch of 64 at 640 is ~80 MB of
+# shared memory, so deeper queues cost memory for no gain once the workers keep up.
+PREFETCH_BATCHES = 2
 
 
-def make_loader(dataset: MosaicDetection, batch_size: int, steps: int, seed: int,
-                num_workers: int = 0) -> torch.utils.data.DataLoader:
+def make_loader(dataset: MosaicDetection, batch_size: int, steps: int, seed: int, num_workers: int = 0,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """`steps` batches per epoch, for the whole run: call `loader.batch_sampler.set_epoch(e)` before
+    iterating epoch e. Worker processes start at the first epoch and persist (no restart per epoch)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), steps * batch_size, seed),
-        num_workers=num_workers, collate_fn=_collate, worker_init_fn=_seed_worker,
-        pin_memory=torch.cuda.is_available(), drop_last=False,
+        SeededItems(dataset), batch_sampler=EpochBatchSampler(EpochSampler(len(dataset), steps * batch_size, seed),
+                                                              batch_size),
+        num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory,
+        persistent_workers=num_workers > 0, prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
     )
 
 
@@ -383,7 +435,7 @@ def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor) -
     lr = state.lr()
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    images = images.to(state.device, non_blocking=True)
+    images = images.to(state.device, non_blocking=True).float()  # uint8 from the loader (_collate)
     targets = targets.to(state.device, non_blocking=True)
     with torch.autocast(device_type=state.device.type, dtype=torch.float16, enabled=state.amp):
         loss = state.model(images, targets)["total_loss"]
@@ -397,9 +449,10 @@ def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor) -
     return loss.detach()
 
 
-def set_no_aug(dataset: MosaicDetection, model: torch.nn.Module, no_aug: bool) -> None:
-    """The last epochs of YOLOX: mosaic (and with it mixup) off, L1 loss on."""
-    dataset.enable_mosaic = not no_aug
+def set_no_aug(loader: torch.utils.data.DataLoader, model: torch.nn.Module, no_aug: bool) -> None:
+    """The last epochs of YOLOX: mosaic (and with it mixup) off, L1 loss on. As the package's
+    `DataLoader.close_mosaic`: the flag is the batch sampler's, sent with every index."""
+    loader.batch_sampler.mosaic = not no_aug
     unwrap(model).head.use_l1 = no_aug
 
 
@@ -449,15 +502,15 @@ def train_loop_per_worker(config: dict) -> None:
         model = ray.train.torch.prepare_model(model)
         state = make_state(model, cfg, global_batch, steps_per_epoch, device)
         start_epoch, history = restore(state, ray.train.get_checkpoint())
-        dataset = make_train_dataset(train_samples, cfg, max_pixels)
+        loader = make_loader(make_train_dataset(train_samples, cfg, max_pixels), local_batch, steps_per_epoch,
+                             seed=cfg.seed * 100_003 + rank, num_workers=tc.num_loader_workers,
+                             pin_memory=device.type == "cuda")
 
         attempt_started = time.time()
         for epoch in range(start_epoch, tc.epochs):
             started = time.time()
-            set_no_aug(dataset, state.model, epoch >= tc.epochs - tc.no_aug_epochs)
-            _seed(cfg.seed, epoch, rank)
-            loader = make_loader(dataset, local_batch, steps_per_epoch, seed=cfg.seed * 100_003 + epoch * 997 + rank,
-                                 num_workers=tc.num_loader_workers)
+            set_no_aug(loader, state.model, epoch >= tc.epochs - tc.no_aug_epochs)
+            loader.batch_sampler.set_epoch(epoch)  # a resumed run repeats this epoch's batches
             loss_sum = torch.zeros((), device=device)
             for images, targets in loader:
                 loss_sum += train_step(state, images, targets)
@@ -475,7 +528,7 @@ def train_loop_per_worker(config: dict) -> None:
             map50 = validate(state, val_samples, val_labels, cfg, len(config["class_names"]), max_pixels)
             history.append({
                 "epoch": epoch + 1, "val_map50": map50, "loss": float(loss_sum) / steps_per_epoch,
-                "lr": state.lr(), "no_aug": not dataset.enable_mosaic, "attempt_start_epoch": start_epoch,
+                "lr": state.lr(), "no_aug": not loader.batch_sampler.mosaic, "attempt_start_epoch": start_epoch,
                 "train_seconds": round(train_seconds, 2), "eval_seconds": round(time.time() - started - train_seconds, 2),
                 "train_images_per_s": round(steps_per_epoch * global_batch / train_seconds, 2),
             })
@@ -497,14 +550,6 @@ def progress_line(progress: dict) -> str:
     eta_text = f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
     return (f"[train] epoch {progress['epoch']}/{progress['epochs']}  loss {progress['loss']:.3f}  "
             f"lr {progress['lr']:.2e}  {progress['images_per_s']:.1f} img/s  ETA {eta_text}")
-
-
-def _seed(seed: int, epoch: int, rank: int) -> None:
-    """Augmentations draw from `random`/`numpy`; seed them per (epoch, rank) so a resumed run repeats."""
-    value = (seed * 1_000_003 + epoch * 7919 + rank) % 2**32
-    random.seed(value)
-    np.random.seed(value)
-    torch.manual_seed(value)
 
 
 def validate(state: TrainState, val_samples: list[Sample], val_labels: pa.Table, cfg: Config,

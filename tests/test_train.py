@@ -69,14 +69,61 @@ def test_train_dataset_uses_yolox_augmentations_and_closes_them(tmp_path):
     images, targets = batches[0]
     assert images.shape == (4, 3, 64, 64) and targets.shape == (4, train.MAX_LABELS, 5)
     assert targets[..., 3:].max() <= 64 * 1.0001  # cx, cy, w, h in input pixels
+    # The package's TrainTransform gives float32 images of whole 0-255 values: the loader's uint8 is exact.
+    image, _, _, _ = dataset[0]
+    assert image.dtype == np.float32 and np.array_equal(image, image.astype(np.uint8))
 
-    train.set_no_aug(dataset, model, True)
-    assert not dataset.enable_mosaic and model.head.use_l1
-    # Without mosaic an image keeps its own boxes: sample 0 is the background image -> no targets.
-    _, background_targets, _, _ = dataset[0]
-    assert not background_targets.any()
-    _, targets_of_1, _, _ = dataset[1]
-    assert (targets_of_1[:, 3] > 0).sum() == len(samples[1].targets)
+    train.set_no_aug(loader, model, True)
+    assert model.head.use_l1
+    assert_own_boxes_only(list(loader), samples, indices_of(loader, epoch=0))
+
+
+def indices_of(loader, epoch: int) -> list[int]:
+    sampler = train.EpochSampler(loader.batch_sampler.sampler.n, loader.batch_sampler.sampler.num_samples,
+                                 loader.batch_sampler.sampler.seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def assert_own_boxes_only(batches: list, samples: list, indices: list[int]) -> None:
+    """Without mosaic every image keeps exactly its own boxes (the background image none)."""
+    targets = torch.cat([t for _, t in batches])
+    boxes_per_image = (targets[:, :, 3] > 0).sum(1).tolist()
+    assert boxes_per_image == [len(samples[i].targets) for i in indices]
+
+
+def run_epochs(loader, model, epochs: range, no_aug_from: int) -> dict[int, list]:
+    """The training loop's per-epoch calls, without the model step: batches of each epoch."""
+    batches = {}
+    for epoch in epochs:
+        train.set_no_aug(loader, model, epoch >= no_aug_from)
+        loader.batch_sampler.set_epoch(epoch)
+        batches[epoch] = list(loader)
+    return batches
+
+
+def test_loader_batches_depend_on_epoch_only_and_mosaic_closes_in_persistent_workers(tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data")
+    samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
+    dataset = train.make_train_dataset(samples, tiny_config())
+    model = build_model("nano", len(CLASSES))
+    inline = run_epochs(train.make_loader(dataset, 4, 2, seed=7), model, range(3), no_aug_from=2)
+    workers_loader = train.make_loader(dataset, 4, 2, seed=7, num_workers=2)
+    in_workers = run_epochs(workers_loader, model, range(3), no_aug_from=2)
+    # Resume at epoch 1: a fresh loader (new processes, new RNG state) that never ran epoch 0.
+    resumed = run_epochs(train.make_loader(dataset, 4, 2, seed=7, num_workers=2), model, range(1, 3), no_aug_from=2)
+    assert workers_loader._iterator is not None  # the same worker processes served all three epochs
+    for epoch in range(3):
+        for ours, theirs in zip(inline[epoch], in_workers[epoch]):
+            assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    for epoch in (1, 2):
+        for ours, theirs in zip(inline[epoch], resumed[epoch]):
+            assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    assert not torch.equal(inline[0][0][0], inline[1][0][0])  # epochs differ
+    # Epoch 2 is a no-aug epoch: mosaic off in the persistent workers, which only see it through the keys.
+    assert_own_boxes_only(in_workers[2], samples, indices_of(workers_loader, epoch=2))
+    mosaic_boxes = (torch.cat([t for _, t in in_workers[0]])[:, :, 3] > 0).sum(1).tolist()
+    assert mosaic_boxes != [len(samples[i].targets) for i in indices_of(workers_loader, epoch=0)]
 
 
 def test_epoch_sampler_gives_every_rank_the_same_number_of_steps():
