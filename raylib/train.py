@@ -38,6 +38,7 @@ import logging
 import os
 import posixpath
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -230,13 +231,19 @@ def _sample(item: tuple[str, str], path: str | OSError, objects: list[dict], max
 class LabelledImages(YoloxDataset):
     """Our samples in the interface `MosaicDetection` expects of a YOLOX dataset (like its VOCDetection):
     `pull_item(i)` -> (image resized to fit `input_dim`, targets [n, 5] x1y1x2y2+class scaled the same,
-    (height, width), i); `load_anno(i)` -> those targets."""
+    (height, width), i); `load_anno(i)` -> those targets.
 
-    def __init__(self, samples: list[Sample], input_size: int, max_pixels: int | None = None):
+    With `resized_dir`, each image is decoded and resized once and kept there as a .npy file (whole
+    uint8 pixels, shared by the loader processes of this dataset): a mosaic + mixup item pulls 5 images,
+    and loading the array is ~10x cheaper than decoding the JPEG again (benchmarks/RESULTS.md)."""
+
+    def __init__(self, samples: list[Sample], input_size: int, max_pixels: int | None = None,
+                 resized_dir: str | None = None):
         super().__init__((input_size, input_size))
         self.samples = samples
         self.max_pixels = max_pixels
         self.preproc = None
+        self.resized = ImageCache(resized_dir) if resized_dir and _fits_on_disk(resized_dir, samples, input_size) else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -251,14 +258,23 @@ class LabelledImages(YoloxDataset):
         return targets
 
     def pull_item(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int], int]:
+        sample = self.samples[index]
+        return self._resized_image(index), self.load_anno(index), (sample.height, sample.width), index
+
+    def _resized_image(self, index: int) -> np.ndarray:
         import cv2
 
         sample = self.samples[index]
+        cached = self.resized.path_for(f"{sample.path}@{self.input_dim[0]}") + ".npy" if self.resized else None
+        if cached and os.path.exists(cached):
+            return np.load(cached)
         image = detect.read_image(sample.path, sample.image_id, self.max_pixels)
         ratio = self._ratio(index)
         image = cv2.resize(image, (int(sample.width * ratio), int(sample.height * ratio)),
                            interpolation=cv2.INTER_LINEAR)
-        return image, self.load_anno(index), (sample.height, sample.width), index
+        if cached:
+            _save_array(cached, image)
+        return image
 
     @YoloxDataset.mosaic_getitem
     def __getitem__(self, index: int):
@@ -268,11 +284,35 @@ class LabelledImages(YoloxDataset):
         return image, targets, info, index
 
 
-def make_train_dataset(samples: list[Sample], cfg: Config, max_pixels: int | None = None) -> MosaicDetection:
-    """The package's augmentation stack over our samples (as `YoloxConfig.get_data_loader` builds it)."""
+def _fits_on_disk(directory: str, samples: list[Sample], input_size: int) -> bool:
+    """Whether the resized copies of `samples` (at most input_size^2 x 3 bytes each) take under half
+    of the free space where `directory` is; if not, images are decoded at every pull."""
+    os.makedirs(directory, exist_ok=True)
+    needed, free = len(samples) * input_size * input_size * 3, shutil.disk_usage(directory).free
+    if needed > free // 2:
+        log.warning("resized training images would take up to %.1f GB of the %.1f GB free in %s: not cached, "
+                    "decoded at every use (slower loading)", needed / 1e9, free / 1e9, directory)
+    return needed <= free // 2
+
+
+def _save_array(path: str, array: np.ndarray) -> None:
+    """np.save, atomically (loader processes may write the same image at once); a failed write (disk
+    full) only costs the cache entry."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".tmp", delete=False) as handle:
+            np.save(handle, array)
+        os.replace(handle.name, path)
+    except OSError as exc:
+        log.warning("resized image not cached at %s: %s", path, exc)
+
+
+def make_train_dataset(samples: list[Sample], cfg: Config, max_pixels: int | None = None,
+                       resized_dir: str | None = None) -> MosaicDetection:
+    """The package's augmentation stack over our samples (as `YoloxConfig.get_data_loader` builds it);
+    `resized_dir`: where to keep decoded, resized images (see `LabelledImages`)."""
     tc, size = cfg.train, cfg.model.input_size
     return MosaicDetection(
-        LabelledImages(samples, size, max_pixels),
+        LabelledImages(samples, size, max_pixels, resized_dir),
         img_size=(size, size),
         mosaic=True,
         preproc=TrainTransform(max_labels=MAX_LABELS, flip_prob=tc.flip_prob, hsv_prob=tc.hsv_prob),
@@ -359,6 +399,14 @@ def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return images, targets
 
 
+def _loader_worker_init(worker_id: int) -> None:
+    # One loader process is one core's worth of work: cv2's own thread pool would compete with the other
+    # loader processes and the training step (YOLOX's trainer sets the same, in `configure_module`).
+    import cv2
+
+    cv2.setNumThreads(0)
+
+
 # Batches each loader worker prepares ahead (torch's default): a mosaic batch of 64 at 640 is ~80 MB of
 # shared memory, so deeper queues cost memory for no gain once the workers keep up.
 PREFETCH_BATCHES = 2
@@ -371,7 +419,7 @@ def make_loader(dataset: MosaicDetection, batch_size: int, steps: int, seed: int
     return torch.utils.data.DataLoader(
         SeededItems(dataset), batch_sampler=EpochBatchSampler(EpochSampler(len(dataset), steps * batch_size, seed),
                                                               batch_size),
-        num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory,
+        num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory, worker_init_fn=_loader_worker_init,
         persistent_workers=num_workers > 0, prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
     )
 
@@ -502,7 +550,8 @@ def train_loop_per_worker(config: dict) -> None:
         model = ray.train.torch.prepare_model(model)
         state = make_state(model, cfg, global_batch, steps_per_epoch, device)
         start_epoch, history = restore(state, ray.train.get_checkpoint())
-        loader = make_loader(make_train_dataset(train_samples, cfg, max_pixels), local_batch, steps_per_epoch,
+        dataset = make_train_dataset(train_samples, cfg, max_pixels, resized_dir=os.path.join(cache_dir, "resized"))
+        loader = make_loader(dataset, local_batch, steps_per_epoch,
                              seed=cfg.seed * 100_003 + rank, num_workers=tc.num_loader_workers,
                              pin_memory=device.type == "cuda")
 

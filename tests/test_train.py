@@ -126,6 +126,18 @@ def test_loader_batches_depend_on_epoch_only_and_mosaic_closes_in_persistent_wor
     assert mosaic_boxes != [len(samples[i].targets) for i in indices_of(workers_loader, epoch=0)]
 
 
+def test_resized_images_are_cached_once_and_load_as_decoded(tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data")
+    samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
+    decoding = train.LabelledImages(samples, 64)
+    cached = train.LabelledImages(samples, 64, resized_dir=str(tmp_path / "resized"))
+    for index in range(len(samples)):
+        first, again = cached.pull_item(index), cached.pull_item(index)  # decoded + written, then loaded
+        assert np.array_equal(first[0], decoding.pull_item(index)[0]) and np.array_equal(again[0], first[0])
+        assert first[0].dtype == np.uint8 and np.array_equal(first[1], decoding.pull_item(index)[1])
+    assert len(os.listdir(tmp_path / "resized")) == len(samples)
+
+
 def test_epoch_sampler_gives_every_rank_the_same_number_of_steps():
     for n in (1, 3, 5):
         indices = list(train.EpochSampler(n, 8, seed=1))
