@@ -1,8 +1,9 @@
 """Training throughput: our data path against the yolox package's loader, our step against its step.
 
-    python benchmarks/train_throughput.py          # CPU, ~2 min: nano, input 640, batch 8, 1 loader worker
+    python benchmarks/train_throughput.py          # CPU, ~1 min: the loaders only, input 640, batch 8, 1 process
+    python benchmarks/train_throughput.py --input 256 --steps 6 --trainer-epochs 3   # + steps and trainer
     python benchmarks/train_throughput.py --device cuda --size s --input 640 --batch 64 --loader-workers 12 \
-        --trainer-epochs 3                         # one GPU, < 5 min
+        --steps 10 --trainer-epochs 3              # one GPU, < 5 min
 
 Measured, in images/s, in one process and one run:
   loaders         Mosaic + MixUp at `--input` (the package's MosaicDetection/TrainTransform in both), on the
@@ -127,8 +128,8 @@ def time_loader(loader: torch.utils.data.DataLoader, batches: int) -> tuple[floa
 def compare_loaders(root: str, cfg: Config, args: argparse.Namespace) -> None:
     """Steady images/s per loader process of ours and the package's loader; the first round (loader
     processes starting, our resized-image cache filling) is printed apart as start-up."""
-    samples = make_voc(root, args.loader_images)
     workers, batches = args.loader_workers, args.loader_batches
+    samples = make_voc(root, max(args.loader_images, args.batch * (batches + 1)))  # one epoch holds a round
     loaders = {
         "package": package_loader(root, cfg, args.batch, workers),
         "ours": train.make_loader(train.make_train_dataset(samples, cfg, resized_dir=os.path.join(root, "resized")),
@@ -213,10 +214,11 @@ def main() -> None:
     parser.add_argument("--size", default="nano")
     parser.add_argument("--input", type=int, default=640)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per round")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per round; 0 skips the step timings")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loader-workers", type=int, default=1)
-    parser.add_argument("--loader-images", type=int, default=64, help="generated VOC images for the loaders")
+    parser.add_argument("--loader-images", type=int, default=64,
+                        help="generated VOC images for the loaders (at least batch x (loader-batches + 1))")
     parser.add_argument("--loader-batches", type=int, default=4, help="timed batches per round, after the first")
     parser.add_argument("--trainer-epochs", type=int, default=0, help="0 skips the TorchTrainer run")
     args = parser.parse_args()
@@ -238,42 +240,48 @@ def main() -> None:
 
         labels, manifest = make_images(root, n_images)
         samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(os.path.join(root, "cache")))
-        dataset = train.make_train_dataset(samples, cfg)
-        n_steps = args.steps + 1
-        fixed = list(train.make_loader(dataset, args.batch, n_steps, seed=0))  # same batches for both steps
-        print(f"steps: {n_images} generated 320x240 images, median of {args.rounds} rounds x {args.steps} steps")
-
-        ours_model = build_model(args.size, len(CLASSES)).to(device)
-        yolox_model = build_model(args.size, len(CLASSES)).to(device)
-        yolox_model.load_state_dict(ours_model.state_dict())
-        state = train.make_state(ours_model, cfg, args.batch, n_steps, device)
-        state.step = 1  # past the first step's special-cased lr, as in the middle of training
-        def ours(images: torch.Tensor, targets: torch.Tensor) -> None:
-            train.train_step(state, images, targets)
-
-        yolox = yolox_step_fn(yolox_model, device, args.batch, n_steps)
-        for step in (yolox, ours):  # warm-up (allocator, cudnn autotune, first-call overheads)
-            step(*fixed[0])
-
-        loader = train.make_loader(dataset, args.batch, args.steps, seed=1, num_workers=args.loader_workers,
-                                   pin_memory=device.type == "cuda")
-        start_up = time_epoch(ours, loader, 0, device)  # worker processes start here, and persist
-        times: dict[str, list[float]] = {"yolox_step": [], "our_step": [], "our_step_data": []}
-        for round_idx in range(args.rounds):
-            times["yolox_step"].append(time_steps(yolox, fixed[1:], device))
-            times["our_step"].append(time_steps(ours, fixed[1:], device))
-            times["our_step_data"].append(time_epoch(ours, loader, round_idx + 1, device) / args.steps)
-        rates = {name: args.batch / statistics.median(values) for name, values in times.items()}
-        for name, rate in rates.items():
-            print(f"  {name:15s} {rate:8.2f} images/s")
-        print(f"  our_step_data start-up: first epoch ({args.steps} steps, loader processes starting) "
-              f"{start_up:.2f}s, later epochs median {statistics.median(times['our_step_data']) * args.steps:.2f}s")
-        print(f"  ratio our_step / yolox_step      = {rates['our_step'] / rates['yolox_step']:.3f}")
-        print(f"  ratio our_step_data / yolox_step = {rates['our_step_data'] / rates['yolox_step']:.3f}")
-        del loader
-
+        yolox_rate = compare_steps(samples, cfg, args, device) if args.steps > 0 else None
         if args.trainer_epochs > 0:
-            run_trainer(cfg, labels, manifest, root, device, len(samples), rates["yolox_step"])
+            run_trainer(cfg, labels, manifest, root, device, len(samples), yolox_rate)
+
+
+def compare_steps(samples: list[train.Sample], cfg: Config, args: argparse.Namespace, device: torch.device) -> float:
+    """Prints yolox_step, our_step and our_step_data; returns yolox_step's images/s."""
+    dataset = train.make_train_dataset(samples, cfg)
+    n_steps = args.steps + 1
+    fixed = list(train.make_loader(dataset, args.batch, n_steps, seed=0))  # same batches for both steps
+    print(f"steps: {len(samples)} generated 320x240 images, median of {args.rounds} rounds x {args.steps} steps")
+
+    ours_model = build_model(args.size, len(CLASSES)).to(device)
+    yolox_model = build_model(args.size, len(CLASSES)).to(device)
+    yolox_model.load_state_dict(ours_model.state_dict())
+    state = train.make_state(ours_model, cfg, args.batch, n_steps, device)
+    state.step = 1  # past the first step's special-cased lr, as in the middle of training
+    def ours(images: torch.Tensor, targets: torch.Tensor) -> None:
+        train.train_step(state, images, targets)
+
+    yolox = yolox_step_fn(yolox_model, device, args.batch, n_steps)
+    for step in (yolox, ours):  # warm-up (allocator, cudnn autotune, first-call overheads)
+        step(*fixed[0])
+
+    # Our data path as train_loop_per_worker builds it: resized images kept next to the copied ones.
+    cached = train.make_train_dataset(samples, cfg, resized_dir=os.path.join(os.path.dirname(samples[0].path), "resized"))
+    loader = train.make_loader(cached, args.batch, args.steps, seed=1, num_workers=args.loader_workers,
+                               pin_memory=device.type == "cuda")
+    start_up = time_epoch(ours, loader, 0, device)  # worker processes start here, and persist
+    times: dict[str, list[float]] = {"yolox_step": [], "our_step": [], "our_step_data": []}
+    for round_idx in range(args.rounds):
+        times["yolox_step"].append(time_steps(yolox, fixed[1:], device))
+        times["our_step"].append(time_steps(ours, fixed[1:], device))
+        times["our_step_data"].append(time_epoch(ours, loader, round_idx + 1, device) / args.steps)
+    rates = {name: args.batch / statistics.median(values) for name, values in times.items()}
+    for name, rate in rates.items():
+        print(f"  {name:15s} {rate:8.2f} images/s")
+    print(f"  our_step_data start-up: first epoch ({args.steps} steps, loader processes starting) "
+          f"{start_up:.2f}s, later epochs median {statistics.median(times['our_step_data']) * args.steps:.2f}s")
+    print(f"  ratio our_step / yolox_step      = {rates['our_step'] / rates['yolox_step']:.3f}")
+    print(f"  ratio our_step_data / yolox_step = {rates['our_step_data'] / rates['yolox_step']:.3f}")
+    return rates["yolox_step"]
 
 
 def time_epoch(step, loader: torch.utils.data.DataLoader, epoch: int, device: torch.device) -> float:
@@ -288,7 +296,7 @@ def time_epoch(step, loader: torch.utils.data.DataLoader, epoch: int, device: to
 
 
 def run_trainer(cfg: Config, labels: str, manifest: str, root: str, device: torch.device, n_train: int,
-                yolox_rate: float) -> None:
+                yolox_rate: float | None) -> None:
     import ray
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False,
@@ -308,7 +316,8 @@ def run_trainer(cfg: Config, labels: str, manifest: str, root: str, device: torc
     if steady:
         rate = statistics.median(steady)
         print(f"  steady      {rate:.2f} images/s (epochs after the first, training time only)")
-        print(f"  ratio trainer steady / yolox_step = {rate / yolox_rate:.3f}")
+        if yolox_rate:
+            print(f"  ratio trainer steady / yolox_step = {rate / yolox_rate:.3f}")
 
 
 if __name__ == "__main__":
