@@ -11,7 +11,11 @@ logged and left out.
 What one worker does (`train_loop_per_worker`), per YOLOX (yolox/core/trainer.py, yolox/config.py):
   * data: its shard (by rank) of the `train` split, images copied into a worker-private temp dir under
     hashed names, served by `LabelledImages` wrapped in the package's `MosaicDetection` + `TrainTransform`
-    (mosaic, mixup, random affine, HSV, flip: the package's code, not ours);
+    (mosaic, mixup, random affine, HSV, flip: the package's code, not ours). One DataLoader for the run,
+    its `num_loader_workers` processes persistent across epochs; each index carries the mosaic flag (the
+    package's `YoloBatchSampler`) and its own augmentation seed from (seed, epoch, position), so an epoch's
+    batches are the same with any worker count and after a resume. Decoded, resized images are kept as
+    .npy files next to the copies (a mosaic + mixup item reads 5 images);
   * solver: SGD nesterov with YOLOX's parameter groups (`YoloxConfig.get_optimizer`: no decay on BN
     weights and biases), lr = basic_lr_per_img x global batch, `LRScheduler("yoloxwarmcos")` (warmup,
     cosine, min lr in the last no-aug epochs), EMA of the weights (`ModelEMA`, decay 0.9998), AMP on CUDA;
