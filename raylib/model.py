@@ -183,6 +183,9 @@ def decode_batch(
     outputs = outputs.detach().float()
     device, (n_images, _, width) = outputs.device, outputs.shape
     num_classes = width - 5
+    # Boxes are clipped to their image, so the largest image side bounds every coordinate: NMS's group
+    # shift read from the (host) sizes, not from the boxes, costs no device-to-host sync.
+    extent = float(torch.as_tensor(sizes, dtype=torch.float32).max()) if n_images else 0.0
     ratios = torch.as_tensor(ratios, dtype=torch.float32, device=device)
     sizes = torch.as_tensor(sizes, dtype=torch.float32, device=device).reshape(n_images, 2)
     cls_conf, class_id = outputs[..., 5:].max(dim=2)
@@ -198,7 +201,7 @@ def decode_batch(
     image_index, pred, cls_conf, class_id, boxes = (
         image_index[visible], pred[visible], cls_conf[visible], class_id[visible], boxes[visible])
     kept = _nms_per_image_and_class(boxes, pred[:, 4] * cls_conf, image_index, class_id, n_images,
-                                    num_classes, nms_threshold, max_detections)
+                                    num_classes, nms_threshold, max_detections, extent)
     rows = torch.cat([image_index[kept, None].float(), class_id[kept, None].float(), cls_conf[kept, None],
                       pred[kept, 4:5], boxes[kept], pred[kept, 5:]], dim=1).cpu().numpy()
     return BatchDetections(image_index=rows[:, 0].astype(np.int64), class_id=rows[:, 1].astype(np.int16),
@@ -208,12 +211,13 @@ def decode_batch(
 
 def _nms_per_image_and_class(boxes: torch.Tensor, scores: torch.Tensor, image_index: torch.Tensor,
                              class_id: torch.Tensor, n_images: int, num_classes: int, nms_threshold: float,
-                             max_detections: int) -> torch.Tensor:
+                             max_detections: int, extent: float) -> torch.Tensor:
     """Indices of the boxes NMS keeps within each (image, class) group, at most `max_detections` per
     image, grouped by image and by decreasing score within one.
 
-    Groups are kept apart by shifting each group's boxes to its own region (as torchvision's
-    batched_nms does per class), in float64: the shifts of a whole batch would eat float32's mantissa."""
+    Groups are kept apart by shifting each group's boxes to its own region, `extent` (no coordinate is
+    larger) + 1 apart (as torchvision's batched_nms does per class), in float64: the shifts of a whole
+    batch would eat float32's mantissa."""
     if not len(boxes):
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     group = image_index * num_classes + class_id
@@ -225,7 +229,7 @@ def _nms_per_image_and_class(boxes: torch.Tensor, scores: torch.Tensor, image_in
     group_starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]])
     chunk_of_group = group_starts // limit
     bounds = np.concatenate([group_starts[np.flatnonzero(np.diff(chunk_of_group)) + 1], [len(boxes)]]).tolist()
-    shifted = boxes.double()[order] + (group[order].double() * (float(boxes.max()) + 1.0))[:, None]
+    shifted = boxes.double()[order] + (group[order].double() * (extent + 1.0))[:, None]
     sorted_scores = scores.double()[order]  # nms wants one dtype; float32 -> float64 keeps the order
     kept, start = [], 0
     for end in bounds:
