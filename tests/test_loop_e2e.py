@@ -1,8 +1,10 @@
 """The whole loop, as users run it: `jobs/loop.py` in a subprocess with Hydra overrides.
 
-One multirun over two strategies is the reference run; a second run of the same config is SIGKILLed
-mid-round (the whole process group: driver and its local Ray) and started again with the same
-command. It must resume and end with the same selections, labels and metrics as the reference.
+One multirun over two strategies (and a data set that fails at once, for the sweep's failure
+isolation) is the reference. A second run of the reference's cls_iou config with external annotators
+is SIGKILLed mid-round (the whole process group: driver and its local Ray), started again with the same
+command, stops to wait for labels, gets them, and resumes once more. It must end with the same
+selections and labels as the reference. (One run for both resumes: every loop run costs a minute of CI.)
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def _rerun(args: list[str], log_path: str) -> tuple[subprocess.CompletedProcess,
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """`jobs/loop.py -m strategy=cls_iou,random`: two complete runs side by side."""
+    """`jobs/loop.py -m strategy=cls_iou,random data=synthetic,voc`: two complete runs side by side and
+    two points that fail at once (the generated folder has no trainval_2007 image set)."""
     tmp = tmp_path_factory.mktemp("loop")
     yield from _reference(tmp)
     shutil.rmtree(RAY_TMP, ignore_errors=True)
@@ -72,7 +75,8 @@ def _reference(tmp):
     log = str(tmp / "multirun.log")
     # A relative run_root from another directory, as `./run.sh` users give it: Ray Train workers run
     # elsewhere, so this fails unless the config makes local paths absolute.
-    done = _run(_command(tmp, "runs/${strategy.name}_seed${seed}", "-m", "strategy=cls_iou,random"), log, cwd=tmp)
+    done = _run(_command(tmp, "runs/${strategy.name}_${data.kind}", "-m", "strategy=cls_iou,random",
+                         "data=synthetic,voc"), log, cwd=tmp)
     assert done.returncode == 0, open(log).read()[-5000:]
     yield tmp, runs, log
 
@@ -92,7 +96,7 @@ def _preannotation_files(folder: str) -> list[str]:
 
 def test_loop_writes_every_round_output_and_the_report(reference):
     _, runs, _ = reference
-    run_root = str(runs / "cls_iou_seed0")
+    run_root = str(runs / "cls_iou_synthetic")
     pool_size = storage.read_table(paths.pool_manifest(run_root)).num_rows
     for r in range(ROUNDS):
         rp = RoundPaths(run_root, r)
@@ -120,39 +124,63 @@ def test_loop_writes_every_round_output_and_the_report(reference):
         assert os.path.getsize(os.path.join(report_dir, f"{png}.png")) > 1000
 
 
-def test_multirun_produces_the_strategy_comparison(reference):
-    _, runs, _ = reference
+def test_multirun_produces_the_strategy_comparison_and_isolates_failed_points(reference):
+    tmp, runs, _ = reference
+    failed = (tmp / "hydra_multi" / "failed_points.txt").read_text().splitlines()
+    assert len(failed) == 2 and all(line.startswith("sweep point [") and "data=voc" in line for line in failed)
+    assert all("PoolError" in line and "trainval_2007" in line for line in failed)
     text = open(runs / "comparison" / "comparison.md").read()
     assert "| cls_iou |" in text and "| random |" in text
     assert os.path.getsize(runs / "comparison" / "comparison.png") > 1000
     # Different strategies pick different images from the same model of round 0.
-    assert _selections(str(runs / "cls_iou_seed0"))[0] != _selections(str(runs / "random_seed0"))[0]
+    assert _selections(str(runs / "cls_iou_synthetic"))[0] != _selections(str(runs / "random_synthetic"))[0]
 
 
-def test_sigkilled_driver_resumes_to_the_same_outputs(reference):
+def test_sigkilled_run_resumes_waits_for_annotators_and_ends_like_the_reference(reference):
+    """`loop.oracle=external`, SIGKILLed while scoring round 0. The same command resumes at the score
+    stage, exports round 0's pre-annotations and stops: nothing to ingest yet. Annotators deliver
+    corrected XML (the ground truth); the same command resumes at the oracle stage and ends with the
+    selections and labels of the simulated-oracle reference."""
     tmp, runs, _ = reference
-    run_root = str(tmp / "killed" / "cls_iou_seed0")
+    run_root = str(tmp / "killed" / "cls_iou_synthetic")
+    labels_in = tmp / "corrected"
     log = str(tmp / "killed.log")
-    args = _command(tmp, run_root, "strategy=cls_iou")
+    args = _command(tmp, run_root, "strategy=cls_iou", "loop.oracle=external", f"loop.labels_in={labels_in}")
     round0 = RoundPaths(run_root, 0)
     # score_pool creates scored/ before its actors start (seconds of model loading and scoring on 2
     # cores), so killing when it appears lands inside the score stage, with its marker not yet written.
-    scoring = round0.scored
     with open(log, "ab") as out:
         process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env=ENV)
         deadline = time.monotonic() + 600
-        while not os.path.exists(scoring) and process.poll() is None and time.monotonic() < deadline:
+        while not os.path.exists(round0.scored) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # polling for the condition itself, not sleeping in place of it
         assert process.poll() is None, "the run finished before it could be killed"
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert os.path.exists(round0.marker("unlabelled")) and not os.path.exists(round0.marker("score"))
+
     resumed, resumed_log = _rerun(args, log)
     assert resumed.returncode == 0, resumed_log[-5000:]
     assert "round 0: evaluate already committed, skipping" in resumed_log
     assert "[round 0] train ..." not in resumed_log and "[round 0] score ..." in resumed_log
-    reference_root = str(runs / "cls_iou_seed0")
+    assert "waiting for labels: 0 of" in resumed_log
+    assert os.path.exists(round0.marker("export")) and not os.path.exists(round0.marker("oracle"))
+    assert not os.path.exists(RoundPaths(run_root, 1).root)
+
+    delivered = 0
+    for uri in _preannotation_files(round0.preannotations):
+        image_id = os.path.relpath(uri, round0.preannotations)[: -len(".xml")]
+        storage.write_bytes(str(labels_in / "Annotations" / f"{image_id}.xml"),
+                            storage.read_bytes(str(tmp / "data" / "Annotations" / f"{image_id}.xml")))
+        delivered += 1
+    assert delivered > 0
+    second, labelled_log = _rerun(args, log)
+    assert second.returncode == 0, labelled_log[-5000:]
+    assert "round 0: export already committed, skipping" in labelled_log and "[round 0] oracle ..." in labelled_log
+    assert os.path.exists(RoundPaths(run_root, 1).metrics)
+
+    reference_root = str(runs / "cls_iou_synthetic")
     assert _selections(run_root) == _selections(reference_root)
     for r in range(ROUNDS - 1):
         ours = storage.read_table(RoundPaths(run_root, r).labels).sort_by("image_id")
@@ -177,36 +205,3 @@ def test_credentials_never_reach_outputs_or_logs(reference):
                 leaks.append(path)
     assert checked > 50  # outputs, Hydra logs, our logs and Ray's session logs were all read
     assert not leaks, leaks
-
-
-def test_external_oracle_stops_for_labels_and_resumes_when_they_arrive(reference):
-    """`loop.oracle=external`: the run stops after exporting round 0's pre-annotations (nothing to
-    ingest yet); annotators deliver corrected XML; the same command resumes at the oracle stage. With
-    the ground truth as the corrections, the labels equal those of the simulated-oracle reference."""
-    tmp, runs, _ = reference
-    run_root = str(tmp / "external" / "cls_iou_seed0")
-    labels_in = tmp / "corrected"
-    log = str(tmp / "external.log")
-    args = _command(tmp, run_root, "strategy=cls_iou", "loop.oracle=external", f"loop.labels_in={labels_in}")
-    first = _run(args, log)
-    text = open(log).read()
-    assert first.returncode == 0, text[-5000:]
-    assert "waiting for labels: 0 of" in text
-    round0 = RoundPaths(run_root, 0)
-    assert os.path.exists(round0.marker("export")) and not os.path.exists(round0.marker("oracle"))
-    assert not os.path.exists(RoundPaths(run_root, 1).root)
-
-    delivered = 0
-    for uri in _preannotation_files(round0.preannotations):
-        image_id = os.path.relpath(uri, round0.preannotations)[: -len(".xml")]
-        storage.write_bytes(str(labels_in / "Annotations" / f"{image_id}.xml"),
-                            storage.read_bytes(str(tmp / "data" / "Annotations" / f"{image_id}.xml")))
-        delivered += 1
-    assert delivered > 0
-    second, resumed = _rerun(args, log)
-    assert second.returncode == 0, resumed[-5000:]
-    assert "round 0: export already committed, skipping" in resumed and "[round 0] oracle ..." in resumed
-    assert os.path.exists(RoundPaths(run_root, 1).metrics)
-    ours = storage.read_table(round0.labels).sort_by("image_id")
-    theirs = storage.read_table(RoundPaths(str(runs / "cls_iou_seed0"), 0).labels).sort_by("image_id")
-    assert ours.equals(theirs)
