@@ -1,9 +1,9 @@
 """GPU paths, each beside the CPU twin that CI runs:
 
-  fp16 + channels_last scoring actor  ~ tests/test_score.py::test_detections_equal_a_direct_model_call_on_every_image
-  score_pool with one GPU actor       ~ tests/test_score.py::test_scoring_records_every_image_and_only_confident_detections
+  fp16 + channels_last scoring actor  ~ tests/test_score.py::test_scoring_records_every_image_and_the_detections_of_a_direct_model_call
+  score_pool with one GPU actor       ~ tests/test_score.py::test_scoring_records_every_image_and_the_detections_of_a_direct_model_call
   nvJPEG decode + letterbox on the GPU, fallbacks, one row per image
-                                      ~ the same two tests, [device_decode] (torchvision's CPU decoder)
+                                      ~ the same test, [device_decode] (torchvision's CPU decoder)
   batched post-process on the GPU     ~ tests/test_model.py::test_batched_post_process_equals_the_per_image_one
   AMP training (fp16, GradScaler)     ~ tests/test_train.py::test_fp16_autocast_steps_on_cpu_fit_one_batch_without_skipped_steps
 

@@ -152,35 +152,6 @@ def image_sizes(folder: str, expected: dict[str, str]) -> dict[str, tuple[int, i
     return sizes
 
 
-@pytest.mark.parametrize("device_decode", [False, True], ids=["cpu_decode", "device_decode"])
-def test_scoring_records_every_image_and_only_confident_detections(ray_session, tmp_path, device_decode):
-    """Also the CPU twin of the GPU decode path (device_decode: JPEG bytes to the actor, decoded there
-    with torchvision's decoder on the actor's device; everything else decoded by the CPU tasks): the
-    same status rows and error messages."""
-    manifest, expected = write_pool(str(tmp_path / "pool"))
-    weights = confident_weights(str(tmp_path / "w.pt"))
-    rp = RoundPaths(str(tmp_path / "run"), 3)
-    summary = score_pool(manifest, weights, rp, config(device_decode=device_decode), CLASSES)
-    assert summary.n_images == summary.n_ok + summary.n_error == len(expected)
-    assert summary.n_error == sum(s == "error" for s in expected.values()) == len(REASONS)
-    status, detections = check_outputs(rp, expected, str(tmp_path / "pool"))
-    errors = dict(zip(status.column("image_id").to_pylist(), status.column("error").to_pylist()))
-    for image_id, reason in REASONS.items():
-        assert reason in errors[image_id], errors[image_id]
-    assert summary.n_detections == detections.num_rows > 0
-    frame = detections.to_pandas()
-    assert (frame["round"] == 3).all()
-    assert (frame["score"] > MIN_SCORE).all()
-    assert np.allclose(frame["score"], frame["cls_conf"] * frame["loc_conf"], atol=1e-6)
-    assert frame["class_probs"].map(len).eq(len(CLASSES)).all()
-    sizes = image_sizes(str(tmp_path / "pool"), expected)
-    for image_id, rows in frame.groupby("image_id"):
-        height, width = sizes[image_id]
-        assert (rows["x1"] >= 0).all() and (rows["y1"] >= 0).all()
-        assert (rows["x2"] <= width).all() and (rows["y2"] <= height).all(), image_id
-        assert (rows["x1"] <= rows["x2"]).all() and (rows["y1"] <= rows["y2"]).all()
-
-
 # Above the number of candidates: no top-k cut whose 20th and 21st scores could swap on float noise.
 CROSS_CHECK_MAX_DETECTIONS = 500
 
@@ -209,20 +180,43 @@ def assert_same_rows(ours: np.ndarray, theirs: np.ndarray, what: str, tolerance:
 
 
 @pytest.mark.parametrize("device_decode", [False, True], ids=["cpu_decode", "device_decode"])
-def test_detections_equal_a_direct_model_call_on_every_image(ray_session, tmp_path, device_decode):
-    """The direct call decodes with PIL and letterboxes with OpenCV. The device path resizes with
-    torch (pixels within a grey level of OpenCV's), which moves boxes by a fraction of a pixel (0.2
-    seen) and scores by less: same rows, compared within half a pixel."""
+def test_scoring_records_every_image_and_the_detections_of_a_direct_model_call(ray_session, tmp_path, device_decode):
+    """One status row per image with its error, only confident detections inside the image, and on every
+    good image the rows of the model called by hand (one scoring run serves both checks: CI time).
+
+    Also the CPU twin of the GPU decode path (device_decode: JPEG bytes to the actor, decoded there with
+    torchvision's decoder on the actor's device; everything else decoded by the CPU tasks): the same
+    status rows and error messages. The direct call decodes with PIL and letterboxes with OpenCV; the
+    device path resizes with torch (pixels within a grey level of OpenCV's), which moves boxes by a
+    fraction of a pixel (0.2 seen) and scores by less: same rows, compared within half a pixel."""
     manifest, expected = write_pool(str(tmp_path / "pool"))
     weights = confident_weights(str(tmp_path / "w.pt"))
-    rp = RoundPaths(str(tmp_path / "run"), 0)
-    score_pool(manifest, weights, rp, config(max_detections=CROSS_CHECK_MAX_DETECTIONS,
-                                             device_decode=device_decode), CLASSES)
-    frame = storage.read_table(rp.detections).to_pandas()
+    rp = RoundPaths(str(tmp_path / "run"), 3)
+    summary = score_pool(manifest, weights, rp, config(max_detections=CROSS_CHECK_MAX_DETECTIONS,
+                                                       device_decode=device_decode), CLASSES)
+    assert summary.n_images == summary.n_ok + summary.n_error == len(expected)
+    assert summary.n_error == sum(s == "error" for s in expected.values()) == len(REASONS)
+    status, detections = check_outputs(rp, expected, str(tmp_path / "pool"))
+    errors = dict(zip(status.column("image_id").to_pylist(), status.column("error").to_pylist()))
+    for image_id, reason in REASONS.items():
+        assert reason in errors[image_id], errors[image_id]
+    assert summary.n_detections == detections.num_rows > 0
+    frame = detections.to_pandas()
+    assert (frame["round"] == 3).all()
+    assert (frame["score"] > MIN_SCORE).all()
+    assert np.allclose(frame["score"], frame["cls_conf"] * frame["loc_conf"], atol=1e-6)
+    assert frame["class_probs"].map(len).eq(len(CLASSES)).all()
+    sizes = image_sizes(str(tmp_path / "pool"), expected)
+    for image_id, rows in frame.groupby("image_id"):
+        height, width = sizes[image_id]
+        assert (rows["x1"] >= 0).all() and (rows["y1"] >= 0).all()
+        assert (rows["x2"] <= width).all() and (rows["y2"] <= height).all(), image_id
+        assert (rows["x1"] <= rows["x2"]).all() and (rows["y1"] <= rows["y2"]).all()
+
     net = model.load_model("nano", len(CLASSES), weights).eval()
     checked = 0
-    for image_id, status in expected.items():
-        if status != "ok":
+    for image_id, image_status in expected.items():
+        if image_status != "ok":
             continue
         theirs = direct_rows(str(tmp_path / "pool" / image_id), net, 96)
         ours = frame[frame["image_id"] == image_id][["class_id", "score", "x1", "y1", "x2", "y2"]]
@@ -247,19 +241,6 @@ def test_pixel_limit_is_checked_from_the_header(ray_session, tmp_path):
     status = storage.read_table(rp.image_status).to_pandas().set_index("image_id")
     assert status.loc["small.png", "status"] == "ok"
     assert "200x150" in status.loc["large.png", "error"] and "over the limit" in status.loc["large.png", "error"]
-
-
-def test_rerun_replaces_outputs_instead_of_adding(ray_session, tmp_path):
-    manifest, expected = write_pool(str(tmp_path / "pool"))
-    weights = confident_weights(str(tmp_path / "w.pt"))
-    rp = RoundPaths(str(tmp_path / "run"), 0)
-    first = score_pool(manifest, weights, rp, config(), CLASSES)
-    # Left-overs of a crashed attempt: a stray file in each output directory.
-    for folder in (rp.detections, rp.image_status):
-        storage.write_table(storage.read_table(folder), storage.join(folder, "stale-attempt.parquet"))
-    second = score_pool(manifest, weights, rp, config(), CLASSES)
-    assert first == second
-    check_outputs(rp, expected)
 
 
 @pytest.mark.s3
@@ -339,27 +320,34 @@ def test_device_decode_of_a_batch_equals_the_cpu_decoder():
         assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 2, name
 
 
-def test_same_config_and_seed_select_the_same_images_with_one_or_two_actors(ray_session, tmp_path):
-    """Determinism: scoring twice with one actor and once with two gives identical detections and
-    selections (rows are per image; which actor scores a batch must not matter)."""
+def test_rerun_with_two_actors_replaces_a_one_actor_run_with_the_same_outputs(ray_session, tmp_path):
+    """A rerun of the score stage into the same round folder replaces its outputs (stray files of a
+    crashed attempt included) instead of adding to them; and it is deterministic: one actor or two give
+    identical detections and selections (rows are per image; which actor scores a batch must not matter).
+    One test for both: each scoring run costs ~20 s of CI."""
     from raylib.select import select_round
 
-    manifest, _ = write_pool(str(tmp_path / "pool"))
+    manifest, expected = write_pool(str(tmp_path / "pool"))
     weights = confident_weights(str(tmp_path / "w.pt"))
     strategy = StrategyConfig(k=3, min_score=MIN_SCORE)
-    outputs = []
-    for attempt, num_actors in enumerate([1, 1, 2]):
-        rp = RoundPaths(str(tmp_path / f"run{attempt}"), 0)
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    outputs, summaries = [], []
+    for num_actors in (1, 2):
         cfg = config(num_actors=num_actors)
         cfg.strategy = strategy
-        score_pool(manifest, weights, rp, cfg, CLASSES)
+        summaries.append(score_pool(manifest, weights, rp, cfg, CLASSES))
         select_round(rp.detections, strategy, 0, rp, len(CLASSES))
         detections = storage.read_table(rp.detections).drop_columns(["class_probs"]).to_pandas()
         detections = detections.sort_values(["image_id", "class_id", "score", "x1", "y1"]).reset_index(drop=True)
         outputs.append((detections, storage.read_table(rp.selection).to_pandas(),
                         storage.read_table(rp.thresholds).to_pandas()))
+        if num_actors == 1:  # left-overs of a crashed attempt: a stray file in each output directory
+            for folder in (rp.detections, rp.image_status):
+                storage.write_table(storage.read_table(folder), storage.join(folder, "stale-attempt.parquet"))
+    check_outputs(rp, expected)  # one status row per image: the stray files are gone
+    assert summaries[0] == summaries[1]
     assert len(outputs[0][0]) > 0 and len(outputs[0][1]) > 0, "the check needs detections and a selection"
-    for detections, selection, thresholds in outputs[1:]:
-        assert detections.equals(outputs[0][0])
-        assert selection.equals(outputs[0][1])
-        assert thresholds.equals(outputs[0][2])
+    detections, selection, thresholds = outputs[1]
+    assert detections.equals(outputs[0][0])
+    assert selection.equals(outputs[0][1])
+    assert thresholds.equals(outputs[0][2])
