@@ -198,7 +198,10 @@ def test_empty_train_split_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_workers_train_checkpoint_and_resume(ray_session, tmp_path):
+def test_two_gloo_workers_train_checkpoint_resume_and_survive_a_worker_failure(ray_session, tmp_path):
+    """A rerun of the same out_dir continues from its last checkpoint; a worker that raises mid-epoch
+    is restarted (FailureConfig) from the last checkpoint of that attempt. One test: each Ray Train run
+    costs about a minute of CI."""
     labels, manifest = make_dataset(tmp_path / "data")
     out_dir = str(tmp_path / "out")
     first = train.train_model(tiny_config(epochs=1), labels, manifest, out_dir, CLASSES)
@@ -207,47 +210,47 @@ def test_two_gloo_workers_train_checkpoint_and_resume(ray_session, tmp_path):
     assert first.best_map50 is not None and 0.0 <= first.best_map50 <= 1.0
     assert os.path.isdir(os.path.join(out_dir, "ray", "train", "epoch_0001"))
 
-    # Same out_dir, one more epoch (the last one without mosaic): continues from the epoch-1 checkpoint.
-    second = train.train_model(tiny_config(epochs=2, no_aug_epochs=1), labels, manifest, out_dir, CLASSES)
-    assert [h["epoch"] for h in second.history] == [1, 2]
-    assert second.history[1]["attempt_start_epoch"] == 1 and second.history[1]["no_aug"]
-    assert second.epochs == 2 and second.best_epoch in (1, 2)
+    marker = str(tmp_path / "failed_once")
+
+    def fail_once_in_epoch_3(epoch: int, rank: int, world_size: int) -> None:
+        """Raises in the last rank mid-epoch 3 (index 2), once (the marker file remembers across restarts)."""
+        if epoch == 2 and rank == world_size - 1 and not os.path.exists(marker):
+            with open(marker, "w") as handle:
+                handle.write("failed\n")
+            raise RuntimeError("injected failure in epoch 3")
+
+    # Same out_dir, two more epochs (the last one without mosaic): the rerun starts at the epoch-1
+    # checkpoint; the failure in epoch 3 sends the restarted group back to the epoch-2 checkpoint.
+    second = train.train_model(tiny_config(epochs=3, no_aug_epochs=1, max_failures=1), labels, manifest, out_dir,
+                               CLASSES, on_step=fail_once_in_epoch_3)
+    assert os.path.exists(marker)  # the last rank did raise in epoch 3
+    assert [h["epoch"] for h in second.history] == [1, 2, 3]
+    assert [h["attempt_start_epoch"] for h in second.history] == [0, 1, 2]
+    assert [h["no_aug"] for h in second.history] == [False, False, True]
+    assert second.epochs == 3 and second.best_epoch in (1, 2, 3)
     model = load_model("nano", len(CLASSES), second.weights_uri).eval()
     assert model(torch.zeros(1, 3, 64, 64)).shape[-1] == 5 + len(CLASSES)
 
 
 @pytest.mark.slow
 @pytest.mark.s3
-def test_checkpoints_to_s3_and_weights_load_back(ray_session, s3_bucket, tmp_path):
+def test_checkpoints_to_s3_at_evaluations_only_with_progress_between(ray_session, s3_bucket, tmp_path):
+    """Checkpoints and weights on S3; epochs between evaluations report progress without a checkpoint
+    (Ray Train accepts them from every rank), and the checkpointed epoch carries the same progress keys."""
     labels, manifest = make_dataset(tmp_path / "data", n_train=4, n_val=2)
     out_dir = f"{s3_bucket}/run/round=00/train"
-    result = train.train_model(tiny_config(num_workers=1), labels, manifest, out_dir, CLASSES)
+    result = train.train_model(tiny_config(epochs=3, eval_interval=3, num_workers=1), labels, manifest, out_dir,
+                               CLASSES)
+    assert [h["epoch"] for h in result.history] == [3] and result.best_epoch == 3
     assert result.weights_uri == f"{out_dir}/model.pt" and storage.exists(result.weights_uri)
-    assert storage.exists(f"{out_dir}/ray/train/epoch_0001/state.pt")
+    assert storage.exists(f"{out_dir}/ray/train/epoch_0003/state.pt")
+    assert not storage.exists(f"{out_dir}/ray/train/epoch_0001/state.pt")
+    filesystem, _ = storage.resolve(out_dir)
+    metrics = ray.train.Result.from_path(result.run_path, storage_filesystem=filesystem).metrics
+    assert (metrics["epoch"], metrics["epochs"], metrics["eta_s"]) == (3, 3, 0) and metrics["images_per_s"] > 0
     model = load_model("nano", len(CLASSES), result.weights_uri).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 84, 5 + len(CLASSES))
-
-
-@pytest.mark.slow
-def test_worker_failure_mid_epoch_resumes_from_last_checkpoint(ray_session, tmp_path):
-    labels, manifest = make_dataset(tmp_path / "data")
-    marker = str(tmp_path / "failed_once")
-
-    def fail_once_in_epoch_1(epoch: int, rank: int, world_size: int) -> None:
-        """Raises in the last rank mid-epoch 1, once (the marker file remembers across restarts)."""
-        if epoch == 1 and rank == world_size - 1 and not os.path.exists(marker):
-            with open(marker, "w") as handle:
-                handle.write("failed\n")
-            raise RuntimeError("injected failure in epoch 1")
-
-    cfg = tiny_config(epochs=2, max_failures=1)
-    result = train.train_model(cfg, labels, manifest, str(tmp_path / "out"), CLASSES, on_step=fail_once_in_epoch_1)
-    assert os.path.exists(marker)  # rank 1 did raise in epoch index 1
-    assert [h["epoch"] for h in result.history] == [1, 2]
-    # Epoch 1 came from the first attempt; epoch 2 from the restart, which began at the checkpoint.
-    assert [h["attempt_start_epoch"] for h in result.history] == [0, 1]
-    assert os.path.exists(result.weights_uri)
 
 
 def test_progress_line_names_epoch_loss_lr_speed_and_eta():
@@ -257,15 +260,3 @@ def test_progress_line_names_epoch_loss_lr_speed_and_eta():
     assert train.progress_line(progress) == "[train] epoch 3/60  loss 7.412  lr 2.00e-02  41.3 img/s  ETA 23m45s"
     progress = train.epoch_progress(10, 300, loss=2.0, lr=1e-3, images_per_s=250.0, seconds_per_epoch=60.0)
     assert train.progress_line(progress).endswith("ETA 4h50m")
-
-
-@pytest.mark.slow  # ~1 min of Ray Train on 2 idle cores; 4 on a loaded machine
-def test_epochs_between_evaluations_report_progress_without_a_checkpoint(ray_session, tmp_path):
-    labels, manifest = make_dataset(tmp_path / "data")
-    result = train.train_model(tiny_config(epochs=3, eval_interval=3, num_workers=1), labels, manifest,
-                               str(tmp_path / "out"), CLASSES)
-    assert [h["epoch"] for h in result.history] == [3] and result.best_epoch == 3
-    # Epochs 1 and 2 reported without a checkpoint (Ray Train accepts them from every rank); the
-    # checkpointed epoch 3 carries the same progress keys.
-    metrics = ray.train.Result.from_path(result.run_path).metrics
-    assert (metrics["epoch"], metrics["epochs"], metrics["eta_s"]) == (3, 3, 0) and metrics["images_per_s"] > 0
