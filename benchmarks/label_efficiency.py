@@ -18,7 +18,8 @@ no-augmentation epochs, whatever val says. Second, the test set: 200 images (~38
 per-class AP50 standard error of roughly 0.05-0.08, so the fixed performance test set is doubled to 400
 images (a few seconds per round). Left as in v1 (no evidence against them): 15 epochs and lr 0.02 at batch 8
 (`basic_lr_per_img` 0.0025), the lr at which the seed set still learns in 15 epochs. Round 0 (seed set,
-train, evaluate, score) depends on the seed only, so other strategies of a seed reuse it (`share_round0`).
+train, evaluate) depends on the seed only, so other strategies of a seed reuse it (`share_round0`; not the
+score stage: its detection rows carry the strategy's score, so `random` draws its own).
 
 Budget of the default run (2 shared cores, ~55 min): 5 seeds x {cls_iou, random} x 3 rounds (60, 90, 120
 labels; v1 had 4), pretraining cut to 500 digit images x 24 epochs (v1: 800 x 30), then one take-all
@@ -233,7 +234,10 @@ class Curve:
     seconds: float
 
 
-_ROUND0_SHARED = ("train", "evaluate", "unlabelled", "score")  # identical for every strategy of a seed
+# Identical for every strategy of a seed. Not "score": its rows carry the strategy's per-detection score
+# (random draws, entropy...); sharing it made every strategy select cls_iou's round-0 images (found
+# 2026-11-27: random's round-1 mAP50 equalled cls_iou's on every seed).
+_ROUND0_SHARED = ("train", "evaluate", "unlabelled")
 
 
 def share_round0(src_run: str, dst_run: str) -> bool:
@@ -241,14 +245,14 @@ def share_round0(src_run: str, dst_run: str) -> bool:
 
     Round 0 trains on the seed set, which depends on the seed only, with the same config and training
     seed: the v1 results show bit-identical round-0 mAP50 for every strategy. Reusing it saves one
-    training and one scoring per extra strategy; selection onwards runs in the destination run."""
+    training per extra strategy; scoring onwards runs in the destination run."""
     from raylib.paths import RoundPaths
 
     src, dst = RoundPaths(src_run, 0), RoundPaths(dst_run, 0)
     if os.path.exists(dst.root) or not all(os.path.exists(src.marker(s)) for s in _ROUND0_SHARED):
         return False
-    skip = {os.path.basename(p) for p in (src.selection, src.thresholds, src.preannotations, src.oracle_errors,
-                                          src.labels)} | {"_done"}
+    skip = {os.path.basename(p) for p in (src.scored, src.detections, src.image_status, src.selection,
+                                          src.thresholds, src.preannotations, src.oracle_errors, src.labels)} | {"_done"}
     os.makedirs(dst.root)
     for name in os.listdir(src.root):
         if name in skip:
@@ -279,7 +283,7 @@ def run_all(setup: Setup, out: str, init: str | None) -> list[Curve]:
                 print(f"{name}: done before ({seconds:.0f} s)", flush=True)
             else:
                 if first_run and share_round0(first_run, run_root):
-                    print(f"{name}: round 0 (train, evaluate, score) shared with {os.path.basename(first_run)}",
+                    print(f"{name}: round 0 (train, evaluate) shared with {os.path.basename(first_run)}",
                           flush=True)
                 print(f"{name}: running ...", flush=True)
                 seconds = run_job(overrides, os.path.join(out, "logs", f"{name}.log"))
