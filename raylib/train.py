@@ -104,7 +104,7 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     `max_pixels`: larger images are left out (None: the decoder's default). `on_step(epoch, rank,
     world_size)` runs in each worker after every optimizer step (tests inject failures with it).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if labels.split_counts(labels_uri).get("train", 0) == 0:
@@ -126,6 +126,10 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_map50",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=tc.max_failures),
+            # Ray Train's own console lines (resource requests, worker group start, every report and
+            # checkpoint in full, "safe to ignore" tracebacks of a busy CPU) at ERROR only: our epoch
+            # lines say the progress, and Ray's session log files still hold every level.
+            logging_config=LoggingConfig(log_level="ERROR"),
         ),
     )
     result = trainer.fit()
@@ -519,8 +523,9 @@ def train_loop_per_worker(config: dict) -> None:
     # yolox's head calls the deprecated torch.cuda.amp.autocast every step: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast", category=FutureWarning)
     # Ray Train logs every report in full ("Reporting training result N: ..."): the epoch line says it.
+    # Its logger is named by file, not under "ray.train", so RunConfig's LoggingConfig does not reach it.
     try:
-        from ray.train.v2._internal.execution import context as train_context  # its logger is named by file
+        from ray.train.v2._internal.execution import context as train_context
 
         train_context.logger.setLevel(logging.WARNING)
     except (ImportError, AttributeError):  # another Ray version: its log lines stay
