@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the scoring path in one command (< 5 minutes on one H100/H200):
-#   the GPU tests, the post-process bound with realistic and worst-case candidate counts, and the
-#   end-to-end benchmark (model alone, bare DataLoader loop, score_pool) at 40,000 images.
+# Every GPU measurement in one command (< 6 minutes on one H100/H200): the GPU tests (scoring paths and
+# the AMP training step), where a scoring actor's start-up goes, the post-process bound with realistic
+# and worst-case candidate counts, and the end-to-end benchmark (model alone, bare DataLoader loop,
+# score_pool with its per-phase timeline) at 40,000 images, then score_pool alone at batch 128.
 # Results go to $OUT (default: ./gpu_check_out). Usage: benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+quiet() { grep -v -E "DEBUG|INFO|\[score\]" ; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+timeout 90 python3 benchmarks/actor_startup.py --device cuda --size s --input 640 2>&1 | quiet | tee "$OUT/startup.txt"
 timeout 60 python3 benchmarks/score_throughput.py --device cuda --size s --input 640 --unique 1024 \
   --candidates all --skip bare,ray --repeats 3 2>&1 | tee "$OUT/post_worst.txt"
-timeout 300 python3 benchmarks/score_throughput.py --device cuda --size s --input 640 --unique 2000 \
-  --n 40000 --candidates 20 --repeats 1 2>&1 | grep -v -E "DEBUG|INFO" | tee "$OUT/score_e2e.txt"
+timeout 200 python3 benchmarks/score_throughput.py --device cuda --size s --input 640 --unique 2000 \
+  --n 40000 --candidates 20 --repeats 1 2>&1 | quiet | tee "$OUT/score_e2e.txt"
+timeout 120 python3 benchmarks/score_throughput.py --device cuda --size s --input 640 --unique 2000 \
+  --n 40000 --candidates 20 --repeats 1 --skip model,bare --batch-size 128 2>&1 | quiet | tee "$OUT/score_e2e_b128.txt"

@@ -218,8 +218,10 @@ def run_model(net, canvases: torch.Tensor, ratios, sizes, cfg: Config, device, h
 
 
 def timed_scorer(log_path: str) -> type:
-    """YoloxScorer that appends wall-clock stamps (actor start, model ready, each batch) to `log_path`,
-    so that actor start-up and steady state can be told apart. Ray pickles it by value (__main__)."""
+    """YoloxScorer that appends wall-clock stamps (actor __init__, each batch and each of its phases:
+    inputs = decode + letterbox on the device, detect = model + post-process, table = Arrow rows) to
+    `log_path`, so that actor start-up, steady state and where an actor's time goes can be told apart.
+    Ray pickles it by value (__main__)."""
     from raylib.score import YoloxScorer
 
     class TimedScorer(YoloxScorer):
@@ -232,6 +234,24 @@ def timed_scorer(log_path: str) -> type:
             started = time.time()
             result = super().__call__(batch)
             self._stamp("batch", started, len(batch["image_id"]))
+            return result
+
+        def _inputs(self, batch):
+            started = time.time()
+            result = super()._inputs(batch)
+            self._stamp("inputs", started)
+            return result
+
+        def _detect(self, *args):
+            started = time.time()
+            result = super()._detect(*args)
+            self._stamp("detect", started)
+            return result
+
+        def _table(self, *args):
+            started = time.time()
+            result = super()._table(*args)
+            self._stamp("table", started)
             return result
 
         def _stamp(self, kind: str, started: float, rows: int = 0) -> None:
@@ -252,12 +272,19 @@ def run_ray(manifest: str, weights: str, root: str, cfg: Config, class_names: li
                          scorer_cls=timed_scorer(log_path))
     elapsed = time.time() - started
     stamps = [line.split() for line in open(log_path)] if os.path.exists(log_path) else []
-    inits = [float(b) - started for kind, _, _, b, _ in stamps if kind == "init"]
-    batches = [(float(a) - started, float(b) - started) for kind, _, a, b, _ in stamps if kind == "batch"]
+    spans = {}
+    for kind, _, a, b, _ in stamps:
+        spans.setdefault(kind, []).append((float(a) - started, float(b) - started))
+    batches = spans.get("batch", [])
     timeline = {"busy": sum(b - a for a, b in batches),
-                "actor_ready": max(inits, default=float("nan")),
+                "init_began": min((a for a, _ in spans.get("init", [])), default=float("nan")),
+                "actor_ready": max((b for _, b in spans.get("init", [])), default=float("nan")),
                 "first_batch": min((a for a, _ in batches), default=float("nan")),
-                "last_batch": max((b for _, b in batches), default=float("nan"))}
+                "last_batch": max((b for _, b in batches), default=float("nan")),
+                "batches": len(batches)}
+    for phase in ("inputs", "detect", "table"):  # mean ms per batch (threads overlap: wall, not CPU)
+        timeline[phase] = 1000 * sum(b - a for a, b in spans.get(phase, [])) / max(1, len(batches))
+    timeline["call"] = 1000 * timeline["busy"] / max(1, len(batches))
     shutil.rmtree(root, ignore_errors=True)
     return elapsed, summary.n_detections, timeline
 
@@ -419,6 +446,10 @@ def main() -> None:
                   f"{statistics.median(t['first_batch'] for t in timelines):.1f}, last batch "
                   f"{statistics.median(t['last_batch'] for t in timelines):.1f}, returned "
                   f"{statistics.median(times['ray']):.1f}; steady state {steady:.0f} images/s")
+            print("actor __init__ began {:.1f} s after the call, ended {:.1f} s; per batch (ms, wall, threads "
+                  "overlap): call {:.1f} = inputs {:.1f} + detect {:.1f} + table {:.1f} + rest".format(
+                      *(statistics.median(t[k] for t in timelines)
+                        for k in ("init_began", "actor_ready", "call", "inputs", "detect", "table"))))
             busy = statistics.median(t["busy"] / (t["last_batch"] - t["first_batch"]) for t in timelines)
             print(f"actor calls in flight, on average between first and last batch: {busy:.2f} (of "
                   f"{preset.num_actors * preset.concurrent_batches}: below it, the actors wait for input)")
