@@ -27,6 +27,7 @@ Paths, images/s:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -347,6 +348,8 @@ def main() -> None:
     parser.add_argument("--gpus-per-actor", type=float, default=None, help="score.num_gpus_per_actor (default: 1)")
     parser.add_argument("--skip", default="", help="comma list of paths not to run: model,bare,ray")
     parser.add_argument("--nodes", action="store_true", help="only the two-node vs one-node scaling (CPU)")
+    parser.add_argument("--ray-variants", default="",
+                        help="after the main runs, score_pool once per BATCHxCONCURRENT, e.g. 128x3,256x2")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     device = torch.device(args.device)
@@ -457,6 +460,17 @@ def main() -> None:
                 if other in rate:
                     print(f"ratio ray / {other}: end to end {rate['ray'] / rate[other]:.3f}, "
                           f"steady state {steady / rate[other]:.3f}")
+        for variant in filter(None, args.ray_variants.split(",")):
+            batch, concurrent = (int(v) for v in variant.split("x"))
+            shape = dataclasses.replace(preset, batch_size=batch, concurrent_batches=concurrent)
+            seconds, _, t = run_ray(manifest, weights, os.path.join(root, f"v{variant}"),
+                                    dataclasses.replace(cfg, score=shape), class_names)
+            steady = args.n / (t["last_batch"] - t["first_batch"])
+            print(f"variant batch {batch} x {concurrent} in flight: end to end {args.n / seconds:.0f} images/s, "
+                  f"steady {steady:.0f}" + (f" ({steady / rate['model+post']:.3f}x model+post)" if "model+post" in rate
+                                            else "") + f"; actors ready {t['actor_ready']:.1f} s; calls in flight "
+                  f"{t['busy'] / (t['last_batch'] - t['first_batch']):.2f}; per batch ms: call {t['call']:.1f}, "
+                  f"inputs {t['inputs']:.1f}, detect {t['detect']:.1f}, table {t['table']:.1f}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
