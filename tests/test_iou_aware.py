@@ -67,5 +67,5 @@ def test_default_head_targets_one_and_iou_aware_changes_only_objectness():
     assert float(a["conf_loss"].detach()) != pytest.approx(float(b["conf_loss"].detach()), rel=1e-3)  # targets IoU < 1, not 1
 
 
-# Through the whole loop (two rounds, train.init=previous, calibration per round): the job of
-# tests/test_cluster_job.py, so that one loop run serves both tests.
+# Through the whole loop (two rounds, train.init=previous, calibration per round): the reference job of
+# tests/test_loop_e2e.py, and the SIGKILLed run that must end like it.

@@ -1,24 +1,33 @@
-"""The whole loop, as users run it: `jobs/loop.py` in a subprocess with Hydra overrides.
+"""The whole loop, as users run it: `jobs/loop.py` with Hydra overrides, as a Ray job and as a command.
 
-One multirun over two data sets, one of which fails at once (the sweep's failure isolation), is the
-reference. (One strategy: the strategies and the comparison of several are tested apart, in
-test_strategies.py and test_report.py; a second strategy here cost two loop rounds of CI.) A second run
-of the reference's config with external annotators
-is SIGKILLed mid-round (the whole process group: driver and its local Ray), started again with the same
-command, stops to wait for labels, gets them, and resumes once more. It must end with the same
-selections and labels as the reference. (One run for both resumes: every loop run costs a minute of CI.)
+The reference is a multirun over two data sets, one of which fails at once (the sweep's failure
+isolation), submitted as a Ray job (JobSubmissionClient, the runtime env of infra/runtime_env.yaml) to a
+real `ray start --head`: this is where a runtime env that sets an env var `raylib.runtime.init_ray` sends
+too would fail (Ray refuses to merge them). It runs issue 13's options through the whole loop: the
+IoU-aware objectness, each round trained from the previous round's model, calibration on val. (One
+strategy: the strategies and the comparison of several are tested apart, in test_strategies.py and
+test_report.py.) A second run of the same config, as a plain command with a local Ray and external
+annotators, is SIGKILLed mid-round (the whole process group: driver and its local Ray), started again
+with the same command, stops to wait for labels, gets them, and resumes once more. It must end with the
+same selections and labels as the reference. (Every loop run costs a minute or two of CI: one run for
+the job and the sweep, one for both resumes.)
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
+import yaml
 
 from raylib import paths, schemas, storage, voc
 from raylib.export import LABEL_CONFIG_FILE
@@ -28,22 +37,20 @@ from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROUNDS = 2  # round 0 selects per class (budget 8), round 1 trains on the grown set
+ROUNDS = 2  # round 0 selects per class (budget 8), round 1 trains on the grown set from round 0's model
 
 
-def _command(tmp, run_root: str | None, *extra: str) -> list[str]:
+def _command(tmp, run_root: str, *extra: str) -> list[str]:
     flags = [a for a in extra if a.startswith("-")]  # Hydra's flags (-m) go before the overrides
     extra = tuple(a for a in extra if not a.startswith("-"))
-    args = [sys.executable, os.path.join(ROOT, "jobs", "loop.py"), *flags, "debug=fast", f"loop.rounds={ROUNDS}",
+    return [sys.executable, os.path.join(ROOT, "jobs", "loop.py"), *flags, "debug=fast", f"loop.rounds={ROUNDS}",
             f"data.root={tmp}/data", f"hydra.run.dir={tmp}/hydra", f"hydra.sweep.dir={tmp}/hydra_multi",
-            "cluster.num_cpus=2", "loop.last_round_takes_all=false"]
-    if run_root:
-        args.append(f"run_root={run_root}")
-    return args + list(extra)
+            "cluster.num_cpus=2", "loop.last_round_takes_all=false", "model.iou_aware_obj=true",
+            "train.init=previous", f"run_root={run_root}", *extra]
 
 
-# Ray's session logs go to a short folder of our own (unix socket paths are limited to ~100 bytes),
-# so the credentials test can read them too.
+# Ray's session logs (the head's and the killed run's) go to a short folder of our own (unix socket
+# paths are limited to ~100 bytes), so the credentials test can read them too.
 RAY_TMP = tempfile.mkdtemp(prefix="rl", dir="/tmp")
 ENV = {**os.environ, "RAY_TMPDIR": RAY_TMP}
 
@@ -54,33 +61,89 @@ def _run(args: list[str], log_path: str, timeout: float = 600, cwd=ROOT) -> subp
                               start_new_session=True, env=ENV)
 
 
-def _rerun(args: list[str], log_path: str) -> tuple[subprocess.CompletedProcess, str]:
+def _rerun(args: list[str], log_path: str, cwd) -> tuple[subprocess.CompletedProcess, str]:
     """Run the command again, appending to its log; returns the run and what this run logged."""
     start = os.path.getsize(log_path)
-    done = _run(args, log_path)
+    done = _run(args, log_path, cwd=cwd)
     with open(log_path) as handle:
         handle.seek(start)
         return done, handle.read()
 
 
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@contextlib.contextmanager
+def _local_head(temp_dir: str):
+    """A head of our own (`ray start --head --block`, free ports, its own session and temp dir),
+    SIGKILLed with its process group after: its graceful stop took 30 s of CI, and nothing of this
+    throwaway head needs saving. Yields a JobSubmissionClient."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    gcs, dashboard, client, agent = _free_ports(4)
+    # 2.60 heads default to token auth, and this process's Ray read its (disabled) auth mode at import:
+    # a head on 127.0.0.1 only, without auth. `python` in the entrypoint is this venv's.
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block", f"--port={gcs}",
+         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while True:  # the dashboard answers once the head is up
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except AuthenticationError:
+                raise
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.time() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(1)
+        yield JobSubmissionClient(address)
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """`jobs/loop.py -m strategy=cls_iou data=synthetic,voc`: a complete run and a point that fails at
-    once (the generated folder has no trainval_2007 image set)."""
+    """`jobs/loop.py -m strategy=cls_iou data=synthetic,voc` as a Ray job: a complete run and a point that
+    fails at once (the generated folder has no trainval_2007 image set). Yields (tmp, runs, job log)."""
+    from ray.job_submission import JobStatus
+
     tmp = tmp_path_factory.mktemp("loop")
-    yield from _reference(tmp)
-    shutil.rmtree(RAY_TMP, ignore_errors=True)
-
-
-def _reference(tmp):
     runs = tmp / "runs"
     log = str(tmp / "multirun.log")
-    # A relative run_root from another directory, as `./run.sh` users give it: Ray Train workers run
-    # elsewhere, so this fails unless the config makes local paths absolute.
-    done = _run(_command(tmp, "runs/${strategy.name}_${data.kind}", "-m", "strategy=cls_iou",
-                         "data=synthetic,voc"), log, cwd=tmp)
-    assert done.returncode == 0, open(log).read()[-5000:]
+    with open(os.path.join(ROOT, "infra", "runtime_env.yaml")) as handle:
+        runtime_env = yaml.safe_load(handle)
+    runtime_env.pop("pip")  # the head's Python has those packages and this machine has no index
+    runtime_env["working_dir"] = ROOT
+    # The region is set by the job's runtime env AND by this process (conftest): init_ray must not send it again.
+    assert runtime_env["env_vars"]["AWS_REGION"] and os.environ["AWS_REGION"]
+    args = _command(tmp, f"{runs}/${{strategy.name}}_${{data.kind}}", "-m", "strategy=cls_iou", "data=synthetic,voc",
+                    "cluster.address=auto")
+    with _local_head(os.path.join(RAY_TMP, "head")) as client:
+        job_id = client.submit_job(entrypoint=shlex.join(["python", *args[1:]]), runtime_env=runtime_env)
+        deadline = time.time() + 600
+        while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            assert time.time() < deadline, client.get_job_logs(job_id)[-3000:]
+            time.sleep(2)  # polling the job's status, not waiting in place of it
+        with open(log, "w") as handle:
+            handle.write(client.get_job_logs(job_id))
+        assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, open(log).read()[-5000:]
     yield tmp, runs, log
+    shutil.rmtree(RAY_TMP, ignore_errors=True)
 
 
 def _selections(run_root: str) -> list[list[dict]]:
@@ -96,9 +159,16 @@ def _preannotation_files(folder: str) -> list[str]:
     return [uri for uri in storage.list_files(folder, ".xml") if os.path.basename(uri) != LABEL_CONFIG_FILE]
 
 
-def test_loop_writes_every_round_output_and_the_report(reference):
-    _, runs, _ = reference
+def test_loop_job_writes_every_round_output_calibration_and_the_report(reference):
+    _, runs, log = reference
+    logs = open(log).read()
+    assert "[train] epoch 1/1" in logs and "Loop stopped: 2 rounds done" in logs
     run_root = str(runs / "cls_iou_synthetic")
+    for r in range(ROUNDS):  # the IoU-aware model of every round, calibrated on val
+        summary = json.loads(open(RoundPaths(run_root, r).calibration_summary).read())
+        assert summary["split"] == "val" and summary["n_images"] > 0
+        assert os.path.exists(RoundPaths(run_root, r).calibration)
+    assert "## Calibration" in open(paths.report_file(paths.report_dir(run_root))).read()
     pool_size = storage.read_table(paths.pool_manifest(run_root)).num_rows
     for r in range(ROUNDS):
         rp = RoundPaths(run_root, r)
@@ -145,12 +215,15 @@ def test_sigkilled_run_resumes_waits_for_annotators_and_ends_like_the_reference(
     run_root = str(tmp / "killed" / "cls_iou_synthetic")
     labels_in = tmp / "corrected"
     log = str(tmp / "killed.log")
-    args = _command(tmp, run_root, "strategy=cls_iou", "loop.oracle=external", f"loop.labels_in={labels_in}")
+    # A relative run_root, given from another directory as `./run.sh` users give it: Ray Train workers
+    # run elsewhere, so this fails unless the config makes local paths absolute.
+    args = _command(tmp, "killed/cls_iou_synthetic", "strategy=cls_iou", "loop.oracle=external",
+                    f"loop.labels_in={labels_in}")
     round0 = RoundPaths(run_root, 0)
     # score_pool creates scored/ before its actors start (seconds of model loading and scoring on 2
     # cores), so killing when it appears lands inside the score stage, with its marker not yet written.
     with open(log, "ab") as out:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        process = subprocess.Popen(args, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env=ENV)
         deadline = time.monotonic() + 600
         while not os.path.exists(round0.scored) and process.poll() is None and time.monotonic() < deadline:
@@ -160,7 +233,7 @@ def test_sigkilled_run_resumes_waits_for_annotators_and_ends_like_the_reference(
         process.wait()
     assert os.path.exists(round0.marker("unlabelled")) and not os.path.exists(round0.marker("score"))
 
-    resumed, resumed_log = _rerun(args, log)
+    resumed, resumed_log = _rerun(args, log, cwd=tmp)
     assert resumed.returncode == 0, resumed_log[-5000:]
     assert "round 0: evaluate already committed, skipping" in resumed_log
     assert "[round 0] train ..." not in resumed_log and "[round 0] score ..." in resumed_log
@@ -175,7 +248,7 @@ def test_sigkilled_run_resumes_waits_for_annotators_and_ends_like_the_reference(
                             storage.read_bytes(str(tmp / "data" / "Annotations" / f"{image_id}.xml")))
         delivered += 1
     assert delivered > 0
-    second, labelled_log = _rerun(args, log)
+    second, labelled_log = _rerun(args, log, cwd=tmp)
     assert second.returncode == 0, labelled_log[-5000:]
     assert "round 0: export already committed, skipping" in labelled_log and "[round 0] oracle ..." in labelled_log
     assert os.path.exists(RoundPaths(run_root, 1).metrics)
