@@ -198,57 +198,45 @@ def test_empty_train_split_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_workers_train_checkpoint_resume_and_survive_a_worker_failure(ray_session, tmp_path):
-    """A rerun of the same out_dir continues from its last checkpoint; a worker that raises mid-epoch
-    is restarted (FailureConfig) from the last checkpoint of that attempt. One test: each Ray Train run
-    costs about a minute of CI."""
+@pytest.mark.s3
+def test_ray_train_on_s3_checkpoints_at_evaluations_resumes_and_survives_a_worker_failure(ray_session, s3_bucket,
+                                                                                          tmp_path):
+    """Checkpoints and weights on S3, written at evaluations only; epochs between report progress (Ray
+    Train accepts it from every rank). A rerun of the same out_dir, now with two gloo workers, continues
+    from the last checkpoint, and a worker that raises mid-epoch is restarted (FailureConfig) from the
+    last checkpoint of that attempt. One test: each Ray Train run costs about half a minute of CI."""
     labels, manifest = make_dataset(tmp_path / "data")
-    out_dir = str(tmp_path / "out")
-    first = train.train_model(tiny_config(epochs=1), labels, manifest, out_dir, CLASSES)
-    assert first.weights_uri == os.path.join(out_dir, "model.pt") and os.path.exists(first.weights_uri)
-    assert first.epochs == 1 and [h["epoch"] for h in first.history] == [1]
+    out_dir = f"{s3_bucket}/run/round=00/train"
+    first = train.train_model(tiny_config(epochs=2, eval_interval=2, num_workers=1), labels, manifest, out_dir,
+                              CLASSES)
+    assert [h["epoch"] for h in first.history] == [2] and first.best_epoch == 2 and first.epochs == 2
     assert first.best_map50 is not None and 0.0 <= first.best_map50 <= 1.0
-    assert os.path.isdir(os.path.join(out_dir, "ray", "train", "epoch_0001"))
+    assert first.weights_uri == f"{out_dir}/model.pt" and storage.exists(first.weights_uri)
+    assert storage.exists(f"{out_dir}/ray/train/epoch_0002/state.pt")
+    assert not storage.exists(f"{out_dir}/ray/train/epoch_0001/state.pt")
+    filesystem, _ = storage.resolve(out_dir)
+    metrics = ray.train.Result.from_path(first.run_path, storage_filesystem=filesystem).metrics
+    assert (metrics["epoch"], metrics["epochs"], metrics["eta_s"]) == (2, 2, 0) and metrics["images_per_s"] > 0
 
     marker = str(tmp_path / "failed_once")
 
-    def fail_once_in_epoch_3(epoch: int, rank: int, world_size: int) -> None:
-        """Raises in the last rank mid-epoch 3 (index 2), once (the marker file remembers across restarts)."""
-        if epoch == 2 and rank == world_size - 1 and not os.path.exists(marker):
+    def fail_once_in_epoch_4(epoch: int, rank: int, world_size: int) -> None:
+        """Raises in the last rank mid-epoch 4 (index 3), once (the marker file remembers across restarts)."""
+        if epoch == 3 and rank == world_size - 1 and not os.path.exists(marker):
             with open(marker, "w") as handle:
                 handle.write("failed\n")
-            raise RuntimeError("injected failure in epoch 3")
+            raise RuntimeError("injected failure in epoch 4")
 
-    # Same out_dir, two more epochs (the last one without mosaic): the rerun starts at the epoch-1
-    # checkpoint; the failure in epoch 3 sends the restarted group back to the epoch-2 checkpoint.
-    second = train.train_model(tiny_config(epochs=3, no_aug_epochs=1, max_failures=1), labels, manifest, out_dir,
-                               CLASSES, on_step=fail_once_in_epoch_3)
-    assert os.path.exists(marker)  # the last rank did raise in epoch 3
-    assert [h["epoch"] for h in second.history] == [1, 2, 3]
-    assert [h["attempt_start_epoch"] for h in second.history] == [0, 1, 2]
+    # Same out_dir, two more epochs evaluated each (the last one without mosaic): the rerun starts at the
+    # epoch-2 checkpoint; the failure in epoch 4 sends the restarted group back to the epoch-3 checkpoint.
+    second = train.train_model(tiny_config(epochs=4, no_aug_epochs=1, max_failures=1), labels, manifest, out_dir,
+                               CLASSES, on_step=fail_once_in_epoch_4)
+    assert os.path.exists(marker)  # the last rank did raise in epoch 4
+    assert [h["epoch"] for h in second.history] == [2, 3, 4]
+    assert [h["attempt_start_epoch"] for h in second.history] == [0, 2, 3]
     assert [h["no_aug"] for h in second.history] == [False, False, True]
-    assert second.epochs == 3 and second.best_epoch in (1, 2, 3)
+    assert second.epochs == 4 and second.best_epoch in (2, 3, 4)
     model = load_model("nano", len(CLASSES), second.weights_uri).eval()
-    assert model(torch.zeros(1, 3, 64, 64)).shape[-1] == 5 + len(CLASSES)
-
-
-@pytest.mark.slow
-@pytest.mark.s3
-def test_checkpoints_to_s3_at_evaluations_only_with_progress_between(ray_session, s3_bucket, tmp_path):
-    """Checkpoints and weights on S3; epochs between evaluations report progress without a checkpoint
-    (Ray Train accepts them from every rank), and the checkpointed epoch carries the same progress keys."""
-    labels, manifest = make_dataset(tmp_path / "data", n_train=4, n_val=2)
-    out_dir = f"{s3_bucket}/run/round=00/train"
-    result = train.train_model(tiny_config(epochs=3, eval_interval=3, num_workers=1), labels, manifest, out_dir,
-                               CLASSES)
-    assert [h["epoch"] for h in result.history] == [3] and result.best_epoch == 3
-    assert result.weights_uri == f"{out_dir}/model.pt" and storage.exists(result.weights_uri)
-    assert storage.exists(f"{out_dir}/ray/train/epoch_0003/state.pt")
-    assert not storage.exists(f"{out_dir}/ray/train/epoch_0001/state.pt")
-    filesystem, _ = storage.resolve(out_dir)
-    metrics = ray.train.Result.from_path(result.run_path, storage_filesystem=filesystem).metrics
-    assert (metrics["epoch"], metrics["epochs"], metrics["eta_s"]) == (3, 3, 0) and metrics["images_per_s"] > 0
-    model = load_model("nano", len(CLASSES), result.weights_uri).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 84, 5 + len(CLASSES))
 
