@@ -300,7 +300,9 @@ def start_ray(gpu: bool, num_cpus: int | None) -> None:
 
 
 def nodes_scaling(args, root: str, paths: list[str], weights: str, class_names: list[str]) -> None:
-    """The same work on one 1-CPU Ray node, then on two (ray.cluster_utils.Cluster): one actor per node."""
+    """The same work on one 1-CPU scoring node, then on two (ray.cluster_utils.Cluster), one actor each.
+    The head has one CPU of its own for what is not scoring (the manifest read, the split tasks): on a
+    1-CPU cluster an actor holding the only CPU leaves Ray Data's read task nowhere to run."""
     import ray
     from ray.cluster_utils import Cluster
     from ray.data import DataContext
@@ -310,7 +312,7 @@ def nodes_scaling(args, root: str, paths: list[str], weights: str, class_names: 
     rates = {}
     for nodes in (1, 2):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        for _ in range(nodes - 1):
+        for _ in range(nodes):
             cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address, log_to_driver=False)
         DataContext.get_current().enable_progress_bars = False
