@@ -582,7 +582,8 @@ def write_results(path: str, setup: Setup, command: str, dataset: dict, pre: dic
                             for n, o in setup.pretrain_more) + "; digits test "
                   f"mAP50 {pre['digits_test_map50']:.3f}), class head dropped.", ""]
     else:
-        lines += ["Start weights: none (from scratch).", ""]
+        lines += ["Start weights: " + ("none (from scratch)." if "--init none" in command else
+                                       "the weights given with `--init` (in the command above).") , ""]
     lines += ["## Results", "", tables(summary, curves, dataset["classes"], reference), "",
               calibration_table(out, curves), "", "## Verdict", "",
               verdict(summary), "",
@@ -599,7 +600,7 @@ def command_of(args) -> str:
 
 
 def report_only(setup: Setup, out: str, results: str, dataset: dict, command: str, start: float,
-                load_start: float) -> None:
+                load_start: float, want_reference: bool = True) -> None:
     """Results of the finished (strategy, seed) runs and of the take-all reference if it finished."""
     curves, done = [], []
     for seed in setup.seeds:
@@ -623,7 +624,7 @@ def report_only(setup: Setup, out: str, results: str, dataset: dict, command: st
     if os.path.exists(os.path.join(out, "take_all", "seed0", "benchmark_seconds.json")):
         reference = take_all(setup, out, None)
     expected = len(setup.seeds) * len(setup.strategies)
-    status = "" if len(done) == expected and reference else (
+    status = "" if len(done) == expected and (reference or not want_reference) else (
         f"**Partial: {len(done)} of {expected} runs finished ({', '.join(done)}); take-all reference "
         f"{'done' if reference else 'not run'}.** Finish with `{command}` (resumes).")
     summary = summarise(curves, [s for s in setup.strategies if any(c.strategy == s for c in curves)])
@@ -668,7 +669,7 @@ def main() -> None:
     print(f"pool: {os.path.join(out, 'data', 'fashion')} ({dataset['pool_images']} + {dataset['test_images']} test images)")
     pre = None
     if args.report_only:
-        report_only(setup, out, results, dataset, command_of(args), start, load_start)
+        report_only(setup, out, results, dataset, command_of(args), start, load_start, not args.no_take_all)
         return
     if args.init == "digits":
         init, pre = pretrain(setup, out)
