@@ -237,22 +237,19 @@ def timed_scorer(log_path: str) -> type:
             self._stamp("batch", started, len(batch["image_id"]))
             return result
 
-        def _inputs(self, batch):
-            started = time.time()
-            result = super()._inputs(batch)
-            self._stamp("inputs", started)
-            return result
+        def _inputs(self, *args):
+            return self._timed("inputs", super()._inputs, *args)
 
         def _detect(self, *args):
-            started = time.time()
-            result = super()._detect(*args)
-            self._stamp("detect", started)
-            return result
+            return self._timed("detect", super()._detect, *args)
 
         def _table(self, *args):
+            return self._timed("table", super()._table, *args)
+
+        def _timed(self, kind: str, phase, *args):
             started = time.time()
-            result = super()._table(*args)
-            self._stamp("table", started)
+            result = phase(*args)
+            self._stamp(kind, started)
             return result
 
         def _stamp(self, kind: str, started: float, rows: int = 0) -> None:
@@ -281,8 +278,7 @@ def run_ray(manifest: str, weights: str, root: str, cfg: Config, class_names: li
                 "init_began": min((a for a, _ in spans.get("init", [])), default=float("nan")),
                 "actor_ready": max((b for _, b in spans.get("init", [])), default=float("nan")),
                 "first_batch": min((a for a, _ in batches), default=float("nan")),
-                "last_batch": max((b for _, b in batches), default=float("nan")),
-                "batches": len(batches)}
+                "last_batch": max((b for _, b in batches), default=float("nan"))}
     for phase in ("inputs", "detect", "table"):  # mean ms per batch (threads overlap: wall, not CPU)
         timeline[phase] = 1000 * sum(b - a for a, b in spans.get(phase, [])) / max(1, len(batches))
     timeline["call"] = 1000 * timeline["busy"] / max(1, len(batches))
