@@ -10,6 +10,8 @@ import socket
 
 import pytest
 
+from raylib.runtime import LOCAL_RAY_ENV
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -32,6 +34,7 @@ os.environ.update(
         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     }
 )
+os.environ.update(LOCAL_RAY_ENV)  # every Ray of the tests is local: the session's, Clusters', `ray start`'s
 
 
 @pytest.fixture(scope="session")
