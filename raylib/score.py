@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,11 +168,44 @@ class YoloxScorer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self.compiled = None
+        if self.score.compile:
+            self.compiled = self._compile(model)
         self.round_idx = round_idx
         # Detections at or under strategy.min_score are dropped after NMS, and NMS never lets a lower
         # score suppress a higher one, so filtering them before NMS keeps exactly the same rows.
         self.candidate_conf = max(self.score.candidate_conf, self.strategy.min_score)
         self._threads = threading.local()
+
+    def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
+        """torch.compile'd `model`, compiled here by one warm-up call on a full batch, under the same
+        inference mode, dtype and memory format as `_detect`'s calls: Dynamo guards on all of them, so
+        the actor's threads later only run the compiled graph (compiling from several threads at once
+        is what torch.compile is not safe for)."""
+        compiled = torch.compile(model, dynamic=False)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            self._forward(compiled, torch.zeros((self.score.batch_size, 3, self.side, self.side), device=self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        print(f"[score] compiled the model in {time.perf_counter() - started:.1f} s", flush=True)
+        return compiled
+
+    def _forward(self, net: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """The model on float inputs [n, 3, side, side], in the actor's dtype and memory format. The
+        compiled model is compiled for one shape and layout (Dynamo guards on sizes and strides; another
+        would compile again, for minutes): batches of batch_size, shorter ones padded with zeros, and
+        contiguous (the CPU path's inputs are a view of the HWC canvases)."""
+        n = len(inputs)
+        if net is self.compiled:
+            if n < self.score.batch_size:
+                inputs = torch.cat([inputs, inputs.new_zeros((self.score.batch_size - n, *inputs.shape[1:]))])
+            inputs = inputs.contiguous()
+        if self.half:
+            inputs = inputs.half()
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return net(inputs)[:n]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Score a batch. If the model raises on it, score its images one by one so one bad input
@@ -189,7 +223,7 @@ class YoloxScorer:
                 for position, i in enumerate(ok):
                     try:
                         one = self._detect(inputs[position:position + 1], ratios[position:position + 1], batch,
-                                           np.array([i]))
+                                           np.array([i]), compiled=False)
                         detections.append(one)
                     except Exception as image_exc:  # noqa: BLE001
                         errors[i] = (f"image '{batch['image_id'][i]}' could not be scored "
@@ -243,16 +277,14 @@ class YoloxScorer:
 
     @torch.inference_mode()
     def _detect(self, inputs: torch.Tensor, ratios: torch.Tensor, batch: dict[str, np.ndarray],
-                ok: np.ndarray) -> BatchDetections:
+                ok: np.ndarray, compiled: bool = True) -> BatchDetections:
         """Detections kept by pseudo-code 1 for the rows `ok` of the batch (inputs in the same order);
-        `image_index` refers to the batch."""
+        `image_index` refers to the batch. `compiled=False`: the eager model (the one-by-one retry of a
+        failed batch: a batch of one padded to a full batch would cost a batch per image)."""
         if not len(ok):
             return concat_detections([])
-        if self.half:
-            inputs = inputs.half()
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        outputs = self.model(inputs)
+        net = self.compiled if compiled and self.compiled is not None else self.model
+        outputs = self._forward(net, inputs)
         sizes = np.stack([batch["height"][ok], batch["width"][ok]], axis=1)
         detections = decode_batch(outputs, ratios, sizes, candidate_conf=self.candidate_conf,
                                   nms_threshold=self.score.nms_threshold,

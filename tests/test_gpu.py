@@ -6,6 +6,8 @@
                                       ~ the same test, [device_decode] (torchvision's CPU decoder)
   batched post-process on the GPU     ~ tests/test_model.py::test_batched_post_process_equals_the_per_image_one
   AMP training (fp16, GradScaler)     ~ tests/test_train.py::test_fp16_autocast_steps_on_cpu_fit_one_batch_without_skipped_steps
+  score.compile (Inductor, CUDA, threads)
+                                      ~ tests/test_score.py::test_compiled_scorer_compiles_once_and_gives_the_eager_rows_on_full_and_short_batches
 
 Marked `gpu`: skipped where CUDA is absent (conftest), never silently passed.
 """
@@ -149,6 +151,26 @@ def test_score_pool_with_gpu_decode_and_concurrent_batches_records_every_image(r
     summary = score_pool(manifest, weights, rp, cfg, CLASSES)
     assert summary.n_images == len(expected)
     check_outputs(rp, expected, str(tmp_path / "pool"))
+
+
+def test_compiled_gpu_actor_in_score_pool_gives_the_eager_rows(ray_session, tmp_path):
+    """score.compile with Inductor on CUDA, fp16 + channels_last, nvJPEG, three batches in flight (threads
+    share the compiled graph): every image's row, the statuses of the eager run and its detection counts
+    (within one per image: Inductor's fp16 kernels round apart from eager's at the 0.2 floor)."""
+    manifest, expected = write_pool(str(tmp_path / "pool"))
+    weights = confident_weights(str(tmp_path / "w.pt"))
+    counts = []
+    for compiled in (False, True):
+        rp = RoundPaths(str(tmp_path / f"run_{compiled}"), 0)
+        cfg = _config(gpu=True)
+        cfg.score.device_decode, cfg.score.concurrent_batches, cfg.score.compile = True, 3, compiled
+        cfg.score.num_actors, cfg.score.num_cpus_per_actor, cfg.score.decode_num_cpus = 1, 1, 0.5
+        assert score_pool(manifest, weights, rp, cfg, CLASSES).n_images == len(expected)
+        status, _ = check_outputs(rp, expected, str(tmp_path / "pool"))
+        counts.append(status.sort_by("image_id").select(["image_id", "status", "n_detections"]).to_pylist())
+    assert [(r["image_id"], r["status"]) for r in counts[0]] == [(r["image_id"], r["status"]) for r in counts[1]]
+    assert all(abs(a["n_detections"] - b["n_detections"]) <= 1 for a, b in zip(*counts))
+    assert sum(r["n_detections"] for r in counts[1]) > 0
 
 
 def test_amp_training_on_cuda_fits_one_batch_without_skipped_steps():
