@@ -35,6 +35,9 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # A notice about a choice, not about this run, on every start of a local Ray: its token auth is on (Ray's
+    # default, kept).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if cfg.cluster.address == "local":
         for name, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(name, value)
@@ -83,6 +86,7 @@ def condense_ray_data_progress(terminal: bool) -> None:
     if not terminal:
         context.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": we know
 
 
 def report_progress(dataset: Any, label: str, total: int, operator: str, interval_s: float = 10.0) -> None:

@@ -202,6 +202,8 @@ def test_scoring_records_every_image_and_the_detections_of_a_direct_model_call(r
     errors = dict(zip(status.column("image_id").to_pylist(), status.column("error").to_pylist()))
     for image_id, reason in REASONS.items():
         assert reason in errors[image_id], errors[image_id]
+    # score.max_pixels is checked from the header, before any pixel is decoded: the message gives the size.
+    assert "is 100000x100000 (10000 MP), over the limit of 2 MP" in errors["images/bomb.png"]
     assert summary.n_detections == detections.num_rows > 0
     frame = detections.to_pandas()
     assert (frame["round"] == 3).all()
@@ -226,23 +228,6 @@ def test_scoring_records_every_image_and_the_detections_of_a_direct_model_call(r
         assert_same_rows(ours.to_numpy(np.float64), theirs, image_id, 0.5 if device_decode else 1e-3)
         checked += 1
     assert checked == sum(s == "ok" for s in expected.values())
-
-
-def test_pixel_limit_is_checked_from_the_header(ray_session, tmp_path):
-    """A valid image over score.max_pixels is an error row; one under it is scored."""
-    small, large = scene(160, 120, seed=1), scene(200, 150, seed=2)  # 19,200 and 30,000 pixels
-    ids = {"small.png": small, "large.png": large}
-    for name, image in ids.items():
-        image.save(tmp_path / name)
-    manifest = str(tmp_path / "pool.parquet")
-    storage.write_table(pa.table({"image_id": list(ids), "uri": [str(tmp_path / n) for n in ids]}), manifest)
-    rp = RoundPaths(str(tmp_path / "run"), 0)
-    summary = score_pool(manifest, confident_weights(str(tmp_path / "w.pt")), rp,
-                         config(max_pixels=25_000), CLASSES)
-    assert (summary.n_ok, summary.n_error) == (1, 1)
-    status = storage.read_table(rp.image_status).to_pandas().set_index("image_id")
-    assert status.loc["small.png", "status"] == "ok"
-    assert "200x150" in status.loc["large.png", "error"] and "over the limit" in status.loc["large.png", "error"]
 
 
 @pytest.mark.s3
