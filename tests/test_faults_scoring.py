@@ -26,10 +26,10 @@ POISON = "images/good_0.jpg"
 class PoisonedScorer(YoloxScorer):
     """Raises whenever a batch holds the poisoned image, as a model bug or a CUDA error would."""
 
-    def _detect(self, inputs, ratios, batch, ok):
+    def _detect(self, inputs, ratios, batch, ok, **options):
         if any(str(batch["image_id"][i]) == POISON for i in ok):
             raise RuntimeError("injected failure")
-        return super()._detect(inputs, ratios, batch, ok)
+        return super()._detect(inputs, ratios, batch, ok, **options)
 
 
 def test_a_batch_that_raises_costs_only_the_bad_image(ray_session, tmp_path):
