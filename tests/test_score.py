@@ -352,9 +352,8 @@ def test_compiled_scorer_compiles_once_and_gives_the_eager_rows_on_full_and_shor
 
     from raylib.score import YoloxScorer, load_images
 
-    compile_with_inductor = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **options: compile_with_inductor(model, backend="eager",
-                                                                                         **options))
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **options: real_compile(model, backend="eager", **options))
 
     manifest, expected = write_pool(str(tmp_path / "pool"))
     rows = storage.read_table(manifest).to_pydict()
