@@ -531,9 +531,9 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}")
 
 
-def write_results(path: str, setup: Setup, command: str, dataset: dict, pre: dict | None, curves: list[Curve],
-                  summary: dict, wall: float, loads: tuple, out: str, reference: dict | None = None,
-                  status: str = "") -> None:
+def write_results(path: str, setup: Setup, command: str, init: str, dataset: dict, pre: dict | None,
+                  curves: list[Curve], summary: dict, wall: float, loads: tuple, out: str,
+                  reference: dict | None = None, status: str = "") -> None:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -582,8 +582,7 @@ def write_results(path: str, setup: Setup, command: str, dataset: dict, pre: dic
                             for n, o in setup.pretrain_more) + "; digits test "
                   f"mAP50 {pre['digits_test_map50']:.3f}), class head dropped.", ""]
     else:
-        lines += ["Start weights: " + ("none (from scratch)." if "--init none" in command else
-                                       "the weights given with `--init` (in the command above).") , ""]
+        lines += ["Start weights: " + ("none (from scratch)." if init == "none" else f"`{init}` (`--init`)."), ""]
     lines += ["## Results", "", tables(summary, curves, dataset["classes"], reference), "",
               calibration_table(out, curves), "", "## Verdict", "",
               verdict(summary), "",
@@ -599,7 +598,7 @@ def command_of(args) -> str:
     return ("python benchmarks/label_efficiency.py " + " ".join(argv)).strip()
 
 
-def report_only(setup: Setup, out: str, results: str, dataset: dict, command: str, start: float,
+def report_only(setup: Setup, out: str, results: str, dataset: dict, command: str, init: str, start: float,
                 load_start: float, want_reference: bool = True) -> None:
     """Results of the finished (strategy, seed) runs and of the take-all reference if it finished."""
     curves, done = [], []
@@ -616,7 +615,7 @@ def report_only(setup: Setup, out: str, results: str, dataset: dict, command: st
                 done.append(f"{strategy}/seed{seed}")
     pre, reference = None, None
     timing = os.path.join(out, "pretrain", "benchmark_seconds.json")
-    if os.path.exists(timing):
+    if init == "digits" and os.path.exists(timing):  # a cached pretraining describes only runs started from it
         with open(timing) as f:
             seconds = json.load(f)["seconds"]
         with open(os.path.join(out, "pretrain", "digits", "round=00", "metrics.json")) as f:
@@ -629,7 +628,7 @@ def report_only(setup: Setup, out: str, results: str, dataset: dict, command: st
         f"{'done' if reference else 'not run'}.** Finish with `{command}` (resumes).")
     summary = summarise(curves, [s for s in setup.strategies if any(c.strategy == s for c in curves)])
     loads = (f"{load_start:.1f}", f"{os.getloadavg()[0]:.1f}")
-    write_results(results, setup, command, dataset, pre, curves, summary, time.time() - start, loads, out,
+    write_results(results, setup, command, init, dataset, pre, curves, summary, time.time() - start, loads, out,
                   reference, status)
     print(tables(summary, curves, dataset["classes"], reference))
     print(verdict(summary))
@@ -669,7 +668,8 @@ def main() -> None:
     print(f"pool: {os.path.join(out, 'data', 'fashion')} ({dataset['pool_images']} + {dataset['test_images']} test images)")
     pre = None
     if args.report_only:
-        report_only(setup, out, results, dataset, command_of(args), start, load_start, not args.no_take_all)
+        report_only(setup, out, results, dataset, command_of(args), args.init, start, load_start,
+                    not args.no_take_all)
         return
     if args.init == "digits":
         init, pre = pretrain(setup, out)
@@ -682,8 +682,8 @@ def main() -> None:
     def write(status: str = "") -> dict:
         summary = summarise(curves, setup.strategies)
         loads = (f"{load_start:.1f}", f"{os.getloadavg()[0]:.1f}")
-        write_results(results, setup, command, dataset, pre, curves, summary, time.time() - start, loads, out,
-                      reference, status)
+        write_results(results, setup, command, args.init, dataset, pre, curves, summary, time.time() - start, loads,
+                      out, reference, status)
         return summary
 
     # Seed by seed, the results file rewritten after each: a run cut short leaves its partial result.
