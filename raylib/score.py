@@ -168,28 +168,27 @@ class YoloxScorer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.compiled = None
-        if self.score.compile:
-            self.compiled = self._compile(model)
+        self.compiled = torch.compile(model, dynamic=False) if self.score.compile else None
+        if self.compiled is not None:
+            self._compile_now()
         self.round_idx = round_idx
         # Detections at or under strategy.min_score are dropped after NMS, and NMS never lets a lower
         # score suppress a higher one, so filtering them before NMS keeps exactly the same rows.
         self.candidate_conf = max(self.score.candidate_conf, self.strategy.min_score)
         self._threads = threading.local()
 
-    def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
-        """torch.compile'd `model`, compiled here by one warm-up call on a full batch, under the same
-        inference mode, dtype and memory format as `_detect`'s calls: Dynamo guards on all of them, so
-        the actor's threads later only run the compiled graph (compiling from several threads at once
-        is what torch.compile is not safe for)."""
-        compiled = torch.compile(model, dynamic=False)
+    def _compile_now(self) -> None:
+        """Compile `self.compiled` at start-up: one call on a full batch through `_forward`, under inference
+        mode, as `_detect` calls it. Dynamo guards on shape, layout, dtype and grad mode, so the actor's
+        threads later only run the compiled graph (compiling from several threads at once is what
+        torch.compile is not safe for)."""
         started = time.perf_counter()
         with torch.inference_mode():
-            self._forward(compiled, torch.zeros((self.score.batch_size, 3, self.side, self.side), device=self.device))
+            self._forward(self.compiled, torch.zeros((self.score.batch_size, 3, self.side, self.side),
+                                                     device=self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         print(f"[score] compiled the model in {time.perf_counter() - started:.1f} s", flush=True)
-        return compiled
 
     def _forward(self, net: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """The model on float inputs [n, 3, side, side], in the actor's dtype and memory format. The
