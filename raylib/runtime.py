@@ -35,12 +35,11 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # A notice about a choice, not about this run, on every start of a local Ray: its token auth is on (Ray's
-    # default, kept).
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if cfg.cluster.address == "local":
         for name, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(name, value)
+        # A notice about a choice, not about this run, on every start: its token auth is on (Ray's default, kept).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     kwargs = init_kwargs(cfg, free_port() if cfg.cluster.address == "local" else None)
     ray.init(address=cfg.cluster.address, **kwargs)
     condense_ray_data_progress(sys.stdout.isatty())
