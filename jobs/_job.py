@@ -5,14 +5,16 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from raylib import runtime, storage
+from raylib import console, runtime, storage
 from raylib.config import Config, ConfigError, to_config
 
 
 def start(cfg: DictConfig, with_ray: bool = True) -> Config:
     """Log raylib at INFO, check the config, then start or join Ray (which also points storage at the
-    configured S3 endpoint); jobs that only stream Parquet in-process set up storage alone."""
+    configured S3 endpoint); jobs that only stream Parquet in-process set up storage alone. Ray's
+    known-harmless C++ note is kept off the console (`console.filter_stderr`) from before Ray starts."""
     logging.getLogger("raylib").setLevel(logging.INFO)
+    console.filter_stderr()
     try:
         config = to_config(cfg)
     except ConfigError as error:  # one line naming the key, not a traceback

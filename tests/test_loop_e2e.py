@@ -238,7 +238,9 @@ def test_sigkilled_run_resumes_waits_for_annotators_and_ends_like_the_reference(
     assert "round 0: evaluate already committed, skipping" in resumed_log
     assert "[round 0] train ..." not in resumed_log and "[round 0] score ..." in resumed_log
     assert "waiting for labels: 0 of" in resumed_log
-    for notice in ("Token authentication is enabled", "Progress bars disabled"):  # Ray's, not the run's
+    # Ray's notes, not the run's (the last: Ray's C++ core worker about the scoring actors, raylib.console)
+    notices = ("Token authentication is enabled", "Progress bars disabled", "constructor arguments in the object store")
+    for notice in notices:
         assert notice not in resumed_log
     assert os.path.exists(round0.marker("export")) and not os.path.exists(round0.marker("oracle"))
     assert not os.path.exists(RoundPaths(run_root, 1).root)

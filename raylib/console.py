@@ -1,0 +1,85 @@
+"""What reaches the user's screen from Ray's C++ side: one known note is dropped, everything else passes.
+
+Ray's C++ core worker logs, at ERROR level and straight to the process's stderr, a note for every actor
+whose constructor arguments sit in the object store while it may restart (ray-project/ray#53727). Ray
+itself puts them there for the actors we get from it: Ray Data's map workers (our scoring actors) and
+Ray Train's PreemptionWatcher. So every training and scoring stage printed an "E ... core_worker.cc"
+line about nothing the user did or can change. No Ray setting hides it without hiding real C++ errors
+(RAY_BACKEND_LOG_LEVEL applies to all of them, in the session logs too), so a job's stderr goes through
+a small child process that drops exactly that line. Ray's session logs keep it.
+
+A child process, not a thread: what the job writes last before it dies (a traceback) is still in the
+pipe when it dies, and the child, in a session of its own (Ctrl-C and a killed process group don't
+reach it), passes it on and exits when the pipe closes.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import subprocess
+import sys
+
+RAY_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor with class name: '[^'\n]*' and ID: '[0-9a-f]+' "
+                       rb"has constructor arguments in the object store and max_restarts > 0")
+_installed = False
+
+
+def drop_ray_noise(chunk: bytes, at_line_start: bool) -> tuple[bytes, bool]:
+    """`chunk` less its whole lines that match RAY_NOISE; a line begun in an earlier chunk is passed on
+    (its start was). Returns what to write and whether the next chunk starts a line."""
+    kept = []
+    # Only "\n" ends a line: a progress bar's "\r" updates pass through as they come.
+    for line in re.findall(rb"[^\n]*\n|[^\n]+", chunk):
+        whole = at_line_start and line.endswith(b"\n")
+        if not (whole and RAY_NOISE.search(line)):
+            kept.append(line)
+        at_line_start = line.endswith(b"\n")
+    return b"".join(kept), at_line_start
+
+
+def filter_stderr() -> None:
+    """From now on, this process's stderr (fd 2: Python's, the C++ core worker's, the worker lines Ray
+    forwards) goes through the child; at exit, stderr is the console again once the child has passed
+    everything on. Once per process."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    sys.stderr.flush()
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    child = subprocess.Popen([sys.executable, "-m", "raylib.console"], stdin=subprocess.PIPE,
+                             stdout=sys.__stderr__, env={**os.environ, "PYTHONPATH": python_path},
+                             start_new_session=True)
+    console = os.dup(2)
+    os.dup2(child.stdin.fileno(), 2)
+
+    def restore() -> None:
+        # Registered after Ray's own exit handler when called before ray.init, so it runs after it.
+        sys.stderr.flush()
+        os.dup2(console, 2)
+        os.close(console)
+        child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a process we started still holds the pipe: it passes on its own
+            pass
+
+    atexit.register(restore)
+
+
+def _forward(source: int, sink: int) -> None:
+    at_line_start = True
+    while chunk := os.read(source, 1 << 16):
+        kept, at_line_start = drop_ray_noise(chunk, at_line_start)
+        view = memoryview(kept)
+        while view:
+            view = view[os.write(sink, view):]
+
+
+if __name__ == "__main__":
+    try:
+        _forward(sys.stdin.fileno(), sys.stdout.fileno())
+    except BrokenPipeError:  # the console went away: nothing left to show
+        pass
