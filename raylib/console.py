@@ -1,4 +1,4 @@
-"""What reaches the user's screen from Ray's C++ side: one known note is dropped, everything else passes.
+"""What reaches the user's screen: how long work has left, and from Ray's C++ side one known note less.
 
 Ray's C++ core worker logs, at ERROR level and straight to the process's stderr, a note for every actor
 whose constructor arguments sit in the object store while it may restart (ray-project/ray#53727). Ray
@@ -23,6 +23,13 @@ import sys
 RAY_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor with class name: '[^'\n]*' and ID: '[0-9a-f]+' "
                        rb"has constructor arguments in the object store and max_restarts > 0")
 _installed = False
+
+
+def eta_text(seconds: float) -> str:
+    """`2m05s`, or `4h50m` from an hour on: how long work that shows progress has left."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def drop_ray_noise(chunk: bytes, at_line_start: bool) -> tuple[bytes, bool]:

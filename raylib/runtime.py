@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from raylib import paths, storage
+from raylib import console, paths, storage
 from raylib.config import Config
 
 log = logging.getLogger(__name__)
@@ -88,28 +88,51 @@ def condense_ray_data_progress(terminal: bool) -> None:
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": we know
 
 
+def progress_text(label: str, done: int, total: int, seconds: float, rate: float | None, final: bool) -> str:
+    """`[score] 1200/40000 images, 95.3 img/s, ETA 6m47s` while it runs (`rate`: images/s since the first
+    images came out, so actor start-up does not stretch the ETA; None before), and at the end
+    `[score] 40000/40000 images in 420.5 s, 95.1 img/s`."""
+    speed = f"{done / max(seconds, 1e-9):.1f} img/s"
+    if final:
+        return f"[{label}] {done}/{total} images in {seconds:.1f} s, {speed}"
+    if not done:
+        return f"[{label}] 0/{total} images, starting"
+    line = f"[{label}] {done}/{total} images, {speed}"
+    return line + (f", ETA {console.eta_text((total - done) / rate)}" if rate else "")
+
+
 def report_progress(dataset: Any, label: str, total: int, operator: str, interval_s: float = 10.0) -> None:
-    """While `dataset` executes, print `[label] done/total images, N img/s` every `interval_s` and a
-    last line when it ends, counting the rows out of the operator whose name contains `operator`
-    (e.g. the scoring actor's class). Registered on this dataset only (its DataContext)."""
+    """While `dataset` executes, print `progress_text` every `interval_s` and a last line when it ends,
+    counting the rows out of the operator whose name contains `operator` (e.g. the scoring actor's
+    class). Registered on this dataset only (its DataContext)."""
     from ray.data._internal.execution.execution_callback import ExecutionCallback
 
     class Progress(ExecutionCallback):
         def __init__(self) -> None:
             self.started = self.printed = time.time()
+            self.first_out: tuple[float, int] | None = None  # (time, rows) when images first came out
 
-        def _line(self, executor: Any, final: bool) -> str:
+        @staticmethod
+        def _rows(executor: Any) -> int:
             rows = 0
             for op in getattr(executor, "_topology", None) or {}:  # Ray internals: no count, no crash
                 if operator in op.name:
                     rows = getattr(op.metrics, "rows_task_outputs_generated", 0)
-            seconds = max(time.time() - self.started, 1e-9)
-            return f"[{label}] {rows}/{total} images{' in %.1f s' % seconds if final else ''}, {rows / seconds:.1f} img/s"
+            return rows
+
+        def _line(self, executor: Any, final: bool) -> str:
+            rows, now, rate = self._rows(executor), time.time(), None
+            if self.first_out is not None and rows > self.first_out[1] and now > self.first_out[0]:
+                rate = (rows - self.first_out[1]) / (now - self.first_out[0])
+            return progress_text(label, rows, total, now - self.started, rate, final)
 
         def before_execution_starts(self, executor: Any) -> None:
             self.started = self.printed = time.time()
+            self.first_out = None
 
         def on_execution_step(self, executor: Any) -> None:
+            if self.first_out is None and (rows := self._rows(executor)):
+                self.first_out = (time.time(), rows)
             if time.time() - self.printed >= interval_s:
                 self.printed = time.time()
                 print(self._line(executor, final=False), flush=True)

@@ -62,6 +62,7 @@ from yolox.data.datasets import Dataset as YoloxDataset
 from yolox.utils import LRScheduler, ModelEMA
 
 from raylib import detect, labels, metrics, paths, storage
+from raylib.console import eta_text
 from raylib.config import Config, TrainConfig
 from raylib.images import ImageError
 from raylib.iou_aware import make_iou_aware
@@ -603,11 +604,8 @@ def epoch_progress(epoch: int, epochs: int, loss: float, lr: float, images_per_s
 
 def progress_line(progress: dict) -> str:
     """`[train] epoch 3/60  loss 7.412  lr 2.00e-02  41.3 img/s  ETA 2m05s`"""
-    eta = int(round(progress["eta_s"]))
-    hours, rest = divmod(eta, 3600)
-    eta_text = f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
     return (f"[train] epoch {progress['epoch']}/{progress['epochs']}  loss {progress['loss']:.3f}  "
-            f"lr {progress['lr']:.2e}  {progress['images_per_s']:.1f} img/s  ETA {eta_text}")
+            f"lr {progress['lr']:.2e}  {progress['images_per_s']:.1f} img/s  ETA {eta_text(progress['eta_s'])}")
 
 
 def validate(state: TrainState, val_samples: list[Sample], val_labels: pa.Table, cfg: Config,

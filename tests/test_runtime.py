@@ -36,6 +36,16 @@ def test_report_progress_prints_images_done_of_total(ray_session, capsys):
     assert len(lines) == 1 and re.fullmatch(r"\[score\] 40/40 images in [0-9.]+ s, [0-9.]+ img/s", lines[0]), lines
 
 
+def test_progress_text_gives_an_eta_from_the_rate_after_start_up():
+    assert runtime.progress_text("score", 0, 40000, 12.0, None, final=False) == "[score] 0/40000 images, starting"
+    # 38,800 images left at 100 img/s; the 40 img/s so far include the actors' start-up.
+    assert (runtime.progress_text("score", 1200, 40000, 30.0, 100.0, final=False)
+            == "[score] 1200/40000 images, 40.0 img/s, ETA 6m28s")
+    assert runtime.progress_text("score", 1200, 40000, 30.0, 10.0, final=False).endswith("ETA 1h04m")
+    assert (runtime.progress_text("score", 40000, 40000, 420.5, 100.0, final=True)
+            == "[score] 40000/40000 images in 420.5 s, 95.1 img/s")
+
+
 def test_a_local_ray_tells_its_workers_its_own_dashboard():
     from raylib.config import ClusterConfig, Config
 
