@@ -63,7 +63,8 @@ def filter_stderr() -> None:
     os.dup2(child.stdin.fileno(), 2)
 
     def restore() -> None:
-        # Registered after Ray's own exit handler when called before ray.init, so it runs after it.
+        # Runs before Ray's own exit handler (registered when ray was imported; atexit runs the last
+        # registered first): what Ray prints while it shuts down goes straight to the console.
         sys.stderr.flush()
         os.dup2(console, 2)
         os.close(console)
