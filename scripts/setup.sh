@@ -9,6 +9,8 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
+echo "setup: installing the project into .venv (about 2 minutes on first use) ..."
+started=$SECONDS
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # torch/torchvision are pinned here, not in pyproject: this machine has these two on local disk, and
 # PyPI's torchvision does not load beside the older local torch file. GPU clusters install their own.
@@ -22,3 +24,4 @@ fi
 # torch above: installed packages that satisfy the project are not replaced).
 .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e ".[dev,cluster]"
 echo "$want" > "$stamp"
+echo "setup: done in $((SECONDS - started)) s"
