@@ -17,8 +17,11 @@ log = logging.getLogger(__name__)
 # Set for a private local Ray before it starts (its raylet and workers inherit it). Ray Data 2.60 lists
 # the files of every read_parquet through 32 footer-reader actors, each a new process importing Ray
 # Data: on 2 cores a scoring stage spent 7 s listing one manifest file, 2.4 s with one actor (which
-# has 128 I/O threads: enough for the files of one machine). Clusters keep Ray's default.
-LOCAL_RAY_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
+# has 128 I/O threads: enough for the files of one machine). Ray Train 2.60's controller takes a worker's
+# `ray.train.report` off a queue of one every health check, 2 s by default, so reporting every epoch (as
+# training does) made every epoch last at least 2 s: the demo's epochs take 1.5 s. Clusters keep Ray's
+# defaults (their epochs take minutes).
+LOCAL_RAY_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def init_ray(cfg: Config) -> None:
