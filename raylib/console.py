@@ -17,11 +17,13 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import select
 import subprocess
 import sys
 
 RAY_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor with class name: '[^'\n]*' and ID: '[0-9a-f]+' "
                        rb"has constructor arguments in the object store and max_restarts > 0")
+PARTIAL_HOLD_S = 0.2  # how long the end of a line is waited for (_forward)
 _installed = False
 
 
@@ -78,12 +80,31 @@ def filter_stderr() -> None:
 
 
 def _forward(source: int, sink: int) -> None:
-    at_line_start = True
-    while chunk := os.read(source, 1 << 16):
-        kept, at_line_start = drop_ray_noise(chunk, at_line_start)
-        view = memoryview(kept)
-        while view:
-            view = view[os.write(sink, view):]
+    """Pass `source` to `sink` less the noise. A line's end is waited for up to PARTIAL_HOLD_S: Python's
+    `print(..., file=sys.stderr)` writes the text and its newline in two calls, so Ray's forwarded note
+    could arrive as a "partial line" and pass; a partial line still partial after that is a progress
+    bar's update, and passes."""
+    at_line_start, partial = True, b""
+    while True:
+        if partial and not select.select([source], [], [], PARTIAL_HOLD_S)[0]:
+            _write(sink, partial)
+            at_line_start, partial = False, b""
+            continue
+        chunk = os.read(source, 1 << 16)
+        if not chunk:
+            break
+        data = partial + chunk
+        end = data.rfind(b"\n") + 1
+        kept, at_line_start = drop_ray_noise(data[:end], at_line_start)
+        _write(sink, kept)
+        partial = data[end:]
+    _write(sink, partial)
+
+
+def _write(sink: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(sink, view):]
 
 
 if __name__ == "__main__":

@@ -55,6 +55,20 @@ def test_a_failing_job_shows_everything_but_the_note_in_order():
     assert b"Traceback (most recent call last)" in err
 
 
+def test_the_note_is_dropped_when_its_newline_comes_in_a_write_of_its_own():
+    # As `print(..., file=sys.stderr)` writes it (text, then "\n"), with a gap: the filter reads between them.
+    done = _job_like(f"""
+        import time
+        time.sleep(0.5)  # the filter is up and waiting to read
+        for _ in range(3):
+            os.write(2, {FORWARDED_NOTE[:-1]!r})
+            time.sleep(0.005)
+            os.write(2, b"\\n")
+        print("[round 0] train ...", file=sys.stderr)
+        """)
+    assert done.returncode == 0 and done.stderr == b"[round 0] train ...\n", done.stderr
+
+
 def test_the_last_words_of_a_killed_job_still_reach_the_console():
     done = _job_like("""
         os.write(2, b"[round 0] score ...\\n")
