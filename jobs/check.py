@@ -4,14 +4,14 @@ local GPUs, a rerun's config) and print the plan, without starting Ray.
     python jobs/check.py experiment=voc_1gpu data.root=/data/VOC0712
 """
 import hydra
-from _job import start
+from _job import run, start
 from omegaconf import DictConfig
-
-from raylib.check import plan, problems
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from raylib.check import plan, problems
+
     config = start(cfg, with_ray=False)
     print(plan(config))
     found = problems(config)
@@ -21,4 +21,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, __doc__)

@@ -9,16 +9,16 @@ A rerun into the same run_root resumes; with other result-relevant values it is 
 says the two ways out).
 """
 import hydra
-from _job import start, sweep_point
+from _job import run, start, sweep_point
 from omegaconf import DictConfig
-
-from raylib.loop import run_loop
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from raylib.loop import run_loop  # torch and Ray: only once there is work (--help answers without)
+
     sweep_point(lambda: run_loop(start(cfg)))
 
 
 if __name__ == "__main__":
-    main()
+    run(main, __doc__)

@@ -8,15 +8,15 @@ import argparse
 import sys
 
 import hydra
-from _job import start
+from _job import run, start
 from omegaconf import DictConfig
-
-from raylib import pool, runtime
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    ds = runtime.ensure_dataset(start(cfg, with_ray=False))
+    from raylib import dataset
+
+    ds = dataset.ensure_dataset(start(cfg, with_ray=False))
     print(f"data root: {ds.voc_root}\npool manifest: {ds.pool_manifest}\ntest manifest: {ds.test_manifest}")
 
 
@@ -25,6 +25,8 @@ if __name__ == "__main__" and any(arg.startswith("--folder") for arg in sys.argv
     parser.add_argument("--folder", required=True, help="local folder or s3://bucket/prefix")
     parser.add_argument("--out", required=True, help="manifest path or s3:// URI (.parquet)")
     args = parser.parse_args(sys.argv[1:])
+    from raylib import pool
+
     print(f"indexed {pool.index_folder(args.folder, args.out)} images under {args.folder} into {args.out}")
 elif __name__ == "__main__":
-    main()
+    run(main, __doc__)

@@ -4,17 +4,17 @@
     python jobs/status.py experiment=demo          # the run root the same overrides give jobs/loop.py
 """
 import hydra
-from _job import start
+from _job import run, start
 from omegaconf import DictConfig
-
-from raylib.status import format_status, run_status
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from raylib.status import format_status, run_status
+
     run_root = start(cfg, with_ray=False).run_root
     print(format_status(run_root, *run_status(run_root)))
 
 
 if __name__ == "__main__":
-    main()
+    run(main, __doc__)

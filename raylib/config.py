@@ -6,14 +6,16 @@ in `__post_init__`, i.e. when `to_config` turns the Hydra node into objects.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+from omegaconf.errors import ConfigKeyError, InterpolationToMissingValueError, MissingMandatoryValue
 
-from raylib.storage import absolute
 
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random")
@@ -23,6 +25,16 @@ LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (rayli
 
 class ConfigError(ValueError):
     """A config value is out of range; the message names the key and the allowed values."""
+
+
+def absolute(uri: str | None) -> str | None:
+    """A local path made absolute against the current directory; s3:// URIs and None unchanged.
+
+    Ray Train workers and Ray Data tasks run in directories of Ray's own, so a relative path that is
+    right for the driver names a missing file there: configs absolutise theirs when they are built."""
+    if uri is None or "://" in uri and not uri.startswith("file://"):
+        return uri
+    return os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -67,11 +79,15 @@ class DataConfig:
     pool_sets: list[str] = field(default_factory=lambda: ["trainval"])
     test_sets: list[str] = field(default_factory=lambda: ["test"])
     classes: list[str] = field(default_factory=list)  # empty: taken from data.synthetic.classes
+    # Larger images (width x height from the header) are never decoded: in scoring they become error
+    # rows, in training and evaluation they are left out (decompression bombs).
+    max_pixels: int = 40_000_000
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         _require(self.kind in ("synthetic", "voc"), f"data.kind must be synthetic or voc, got '{self.kind}'")
         _require(self.kind == "synthetic" or bool(self.root), "data.root is required when data.kind=voc")
+        _require(self.max_pixels > 0, f"data.max_pixels must be > 0, got {self.max_pixels}")
         self.root = absolute(self.root)
 
     @property
@@ -119,7 +135,6 @@ class ScoreConfig:
     nms_threshold: float = 0.45
     candidate_conf: float = 0.01  # YOLOX's own pre-NMS filter on obj x cls
     max_detections: int = 100  # per image, after NMS
-    max_pixels: int = 40_000_000  # larger images become error rows (decompression bombs)
     keep_class_probs: bool = True  # needed by margin/entropy
     torch_threads: Optional[int] = None  # intra-op threads per actor; None: the actor's CPUs (at least 1)
     rows_per_file: int = 20_000  # images per scored Parquet file
@@ -136,7 +151,6 @@ class ScoreConfig:
         _require(self.batch_size > 0, "score.batch_size must be > 0")
         _require(self.num_actors > 0, "score.num_actors must be > 0")
         _require(0 < self.nms_threshold <= 1, "score.nms_threshold must be in (0, 1]")
-        _require(self.max_pixels > 0, "score.max_pixels must be > 0")
         _require(self.concurrent_batches > 0, "score.concurrent_batches must be > 0")
 
 
@@ -285,7 +299,59 @@ def to_config(cfg: Any) -> Config:
         except (MissingMandatoryValue, InterpolationToMissingValueError) as missing:
             key = str(missing).split("Missing mandatory value: ", 1)[-1].split("\n")[0].strip()
             raise ConfigError(f"{key} is required and has no value: pass {key}=<value>") from None
+        except ConfigKeyError as unknown:  # a key no dataclass has, from a group file or a `+key=`
+            raise ConfigError(unknown_key_message(unknown.full_key or str(unknown))) from None
     raise TypeError(f"expected a Hydra config, got {type(cfg).__name__}")
+
+
+def schema_keys(node: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included: `strategy`, `strategy.k`, ..."""
+    keys = []
+    for item in dataclasses.fields(node):
+        key = prefix + item.name
+        keys.append(key)
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        if dataclasses.is_dataclass(default):
+            keys += schema_keys(type(default), key + ".")
+    return keys
+
+
+def unknown_key_message(key: str) -> str:
+    """`strategy.kk is not a config key; did you mean strategy.k?`; the section's keys when none is close."""
+    keys = schema_keys()
+    section, _, name = key.rpartition(".")
+    if section and section not in keys:  # the section itself is misspelt: `lop.rounds`
+        close = difflib.get_close_matches(key, keys, n=1)
+        return f"{key} is not a config key" + (f"; did you mean {close[0]}?" if close else "")
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
+    close = difflib.get_close_matches(name, siblings, n=1)
+    where = f"{section}." if section else ""
+    if close:
+        return f"{key} is not a config key; did you mean {where}{close[0]}?"
+    return f"{key} is not a config key; the keys{f' of {section}' if section else ''} are {', '.join(siblings)}"
+
+
+def override_problem(override: str, groups: dict[str, list[str]]) -> str | None:
+    """One line when a command-line override (`strategy.k=5`, `+x=1`, `model=yolox_s`) names no schema
+    key or no preset of a config group; None when it does (values are checked later, by the schema).
+    Hydra's own answer to a typo is a traceback-shaped error advising `+key`, which the schema refuses
+    anyway. `groups`: each config group's presets (the files of conf/<group>/)."""
+    if "=" not in override or override.startswith("-"):
+        return None
+    key, value = override.split("=", 1)
+    key = key.lstrip("+~")
+    if key == "hydra" or key.startswith("hydra.") or key.startswith("hydra/"):
+        return None
+    if key in groups:
+        for choice in value.split(","):  # a sweep lists several
+            if choice not in groups[key] and choice != "null":
+                close = difflib.get_close_matches(choice, groups[key], n=1)
+                hint = f"did you mean {key}={close[0]}? " if close else ""
+                return f"{key}={choice}: no such preset; {hint}{key} is one of {', '.join(groups[key])}"
+        return None
+    if key not in schema_keys():
+        return unknown_key_message(key)
+    return None
 
 
 register()

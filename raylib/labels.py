@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from raylib import annotations, paths, pool, schemas, storage, voc
 from raylib.config import LoopConfig
 from raylib.paths import RoundPaths
-from raylib.runtime import Dataset
+from raylib.dataset import Dataset
 
 log = logging.getLogger(__name__)
 

@@ -153,6 +153,7 @@ class YoloxScorer:
 
     def __init__(self, cfg: Config, weights_uri: str | None, num_classes: int, round_idx: int):
         self.score, self.strategy, self.side = cfg.score, cfg.strategy, cfg.model.input_size
+        self.max_pixels = cfg.data.max_pixels
         wants_gpu = self.score.num_gpus_per_actor > 0
         if wants_gpu and not torch.cuda.is_available():
             log.warning("score.num_gpus_per_actor=%s but this actor sees no CUDA device: scoring on CPU",
@@ -253,7 +254,7 @@ class YoloxScorer:
         for i in ok:
             if i in on_device and on_device[i] is None:  # the device refused it: decode as the CPU path does
                 try:
-                    image = decode_on_cpu(batch["data"][i], batch["image_id"][i], self.score.max_pixels)
+                    image = decode_on_cpu(batch["data"][i], batch["image_id"][i], self.max_pixels)
                 except images.ImageError as exc:
                     errors[i] = str(exc)
                     continue
@@ -398,7 +399,7 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
         # batch-sized blocks so that every actor gets work and decoding streams into inference.
         .repartition(target_num_rows_per_block=sc.batch_size)
         .map_batches(read_images if sc.device_decode else load_images,
-                     fn_kwargs={"side": cfg.model.input_size, "max_pixels": sc.max_pixels},
+                     fn_kwargs={"side": cfg.model.input_size, "max_pixels": cfg.data.max_pixels},
                      batch_size=sc.batch_size, num_cpus=sc.decode_num_cpus, batch_format="numpy")
         .map_batches(scorer_cls, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
                                                          "num_classes": len(class_names),

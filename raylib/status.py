@@ -10,9 +10,7 @@ from omegaconf import OmegaConf
 
 from raylib import paths, storage
 from raylib.paths import RoundPaths
-
-STAGES = ("train", "evaluate", "unlabelled", "score", "select", "export", "oracle")  # loop.py's order
-LAST_ROUND_STAGES = ("train", "evaluate")
+from raylib.stage import LAST_ROUND_STAGES, STAGES
 
 
 @dataclass

@@ -82,16 +82,6 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
-def absolute(uri: str | None) -> str | None:
-    """A local path made absolute against the current directory; s3:// URIs and None unchanged.
-
-    Ray Train workers and Ray Data tasks run in directories of Ray's own, so a relative path that is
-    right for the driver names a missing file there: configs absolutise theirs when they are built."""
-    if uri is None or "://" in uri and not uri.startswith("file://"):
-        return uri
-    return os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
-
-
 def join(uri: str, *parts: str) -> str:
     if is_s3(uri):
         return posixpath.join(uri.rstrip("/"), *parts)

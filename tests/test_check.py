@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from raylib import check, runtime, storage
+from raylib import check, dataset, storage
 from raylib.config import to_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def test_voc_layout_runs_with_the_seeds_values(tmp_path):
     assert (cfg.model.size, cfg.model.input_size, cfg.strategy.k, cfg.strategy.min_score) == ("s", 640, 100, 0.2)
     assert (cfg.train.epochs, cfg.loop.seed_size, cfg.loop.rounds) == (300, 2000, 10)
     assert check.problems(cfg) == []
-    ds = runtime.ensure_dataset(cfg)
+    ds = dataset.ensure_dataset(cfg)
     assert storage.read_table(ds.pool_manifest).column("image_id").to_pylist() == ["000005", "000007", "2008_000002"]
     assert storage.read_table(ds.test_manifest).num_rows == 2 and len(ds.class_names) == 20
     lines = check.plan(cfg).splitlines()
@@ -78,6 +78,15 @@ def test_check_job_prints_one_line_errors_without_a_traceback(tmp_path):
     bad = job("strategy.k=-1", "loop.rounds=0")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == ["error: strategy.k must be > 0, got -1"]
+    typo = job("strategy.kk=5")  # Hydra alone: an error block advising `+strategy.kk=5`, which fails too
+    assert typo.returncode != 0 and typo.stderr.strip().splitlines() == [
+        "error: strategy.kk is not a config key; did you mean strategy.k?"]
+    preset = job("model=yolox_ss")
+    assert preset.stderr.strip().splitlines()[0].startswith("error: model=yolox_ss: no such preset; did you mean "
+                                                             "model=yolox_s?")
+    helped = job("--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("A dry run: check a config")
+    assert "  strategy=cls_iou | cls_only | entropy | loc_only | margin | random" in helped.stdout
     good = job("experiment=demo", f"run_root={tmp_path}/run")
     assert good.returncode == 0, good.stderr
     assert "4 rounds from a seed set of 60 images" in good.stdout and good.stdout.rstrip().endswith("would stop this run")
@@ -111,7 +120,7 @@ def test_make_voc_merges_a_vocdevkit_download_into_what_data_voc_reads(tmp_path)
     assert (out / "ImageSets" / "Main" / "trainval_2012.txt").read_text().split() == ["2008_000002", "2008_000003", "2008_000008"]
     cfg = _make("data=voc", f"data.root={out}", f"run_root={tmp_path}/run")
     assert check.problems(cfg) == []
-    ds = runtime.ensure_dataset(cfg)
+    ds = dataset.ensure_dataset(cfg)
     assert storage.read_table(ds.pool_manifest).num_rows == 5 and storage.read_table(ds.test_manifest).num_rows == 1
     missing = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "make_voc.py"), str(tmp_path / "nothing"),
                               str(tmp_path / "o")], capture_output=True, text=True, timeout=120)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
-from raylib.config import Config, ConfigError, SyntheticConfig, to_config
+from raylib.config import Config, ConfigError, SyntheticConfig, override_problem, to_config
 from raylib.run_config import flatten
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -155,13 +155,36 @@ def test_experiment_with_debug_and_a_sweep_like_override(hydra_conf):
 )
 def test_a_typo_key_is_an_error_naming_it(hydra_conf, override, key):
     # Hydra refuses unknown keys while composing; keys forced in with `+` are refused by to_config.
-    with pytest.raises((ConfigCompositionException, ConfigKeyError), match=key):
+    with pytest.raises((ConfigCompositionException, ConfigError), match=key):
         make(override)
 
 
-def test_a_typo_key_in_a_plain_dict_is_an_error():
-    with pytest.raises(ConfigKeyError, match="modle"):
+def test_a_typo_key_in_a_plain_dict_is_one_line_naming_the_nearest_key():
+    with pytest.raises(ConfigError, match=r"^modle is not a config key; did you mean model\?$"):
         to_config({"modle": {"size": "s"}})
+    with pytest.raises(ConfigError, match=r"^strategy\.kk is not a config key; did you mean strategy\.k\?$"):
+        to_config({"strategy": {"kk": 3}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("strategy.kk=5", "strategy.kk is not a config key; did you mean strategy.k?"),
+    ("+strategy.kk=5", "strategy.kk is not a config key; did you mean strategy.k?"),
+    ("lop.rounds=3", "lop.rounds is not a config key; did you mean loop.rounds?"),
+    ("data.synthetic.num_pol=3", "data.synthetic.num_pol is not a config key; did you mean data.synthetic.num_pool?"),
+    ("strategy.zzzz=1", "strategy.zzzz is not a config key; the keys of strategy are name, k, min_score, budget, seed"),
+    ("strategy=cls_io", "strategy=cls_io: no such preset; did you mean strategy=cls_iou? strategy is one of "
+                        "cls_iou, random"),
+    ("strategy=random,cls_io", "strategy=cls_io: no such preset; did you mean strategy=cls_iou? strategy is one "
+                               "of cls_iou, random"),
+])
+def test_an_override_naming_no_key_or_preset_gets_one_line(override, message):
+    assert override_problem(override, {"strategy": ["cls_iou", "random"]}) == message
+
+
+@pytest.mark.parametrize("override", ["strategy.k=5", "strategy=random", "-m", "hydra.run.dir=x", "experiment=null",
+                                      "data.synthetic.num_pool=3", "seed=0,1,2"])
+def test_a_valid_override_passes(override):
+    assert override_problem(override, {"strategy": ["cls_iou", "random"], "experiment": ["demo"]}) is None
 
 
 def test_a_wrong_type_is_an_error(hydra_conf):

@@ -11,7 +11,7 @@ from raylib import labels, paths, schemas, storage, voc
 from raylib.config import Config, DataConfig, LoopConfig
 from raylib.labels import sample_ids, stratified_split
 from raylib.paths import RoundPaths
-from raylib.runtime import Dataset
+from raylib.dataset import Dataset
 from tests.helpers import labels_table, write_manifest
 
 

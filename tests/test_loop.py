@@ -5,7 +5,8 @@ import pytest
 
 from raylib import schemas, storage
 from raylib.config import Config, LoopConfig
-from raylib.loop import LoopResult, _stop_reason, _write_selection_of_all
+from raylib.loop import LoopResult, _stop_reason
+from raylib.stages import _write_selection_of_all
 from tests.helpers import write_manifest
 
 

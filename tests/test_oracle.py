@@ -12,7 +12,7 @@ import pytest
 from raylib import labels, schemas, storage
 from raylib.config import LoopConfig
 from raylib.paths import RoundPaths
-from raylib.runtime import Dataset
+from raylib.dataset import Dataset
 
 CLASSES = ["cat", "dog"]
 # Ground truth: image -> [(class name, xmin, ymin, xmax, ymax)] in VOC's 1-based pixels; image c is empty.

@@ -250,7 +250,7 @@ def test_shared_ids_between_test_set_and_pool(tmp_path):
 
 def test_a_test_set_overlapping_the_pool_is_refused(tmp_path):
     from raylib.config import Config, DataConfig
-    from raylib.runtime import ensure_dataset
+    from raylib.dataset import ensure_dataset
 
     write_set(tmp_path / "voc", "trainval", "a\nb\n")
     write_set(tmp_path / "voc", "test", "b\n")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from raylib import images, model, schemas, storage
-from raylib.config import Config, ModelConfig, ScoreConfig, StrategyConfig
+from raylib.config import Config, DataConfig, ModelConfig, ScoreConfig, StrategyConfig
 from raylib.paths import RoundPaths
 from raylib.score import score_pool
 from tests.bad_images import corpus, scene
@@ -113,9 +113,9 @@ def write_pool(folder: str, uri_root: str | None = None, manifest_uri: str | Non
 
 
 def config(**score) -> Config:
-    options = {"batch_size": 4, "num_actors": 1, "max_pixels": 2_000_000, "max_detections": 20, **score}
-    return Config(model=ModelConfig(size="nano", input_size=96), score=ScoreConfig(**options),
-                  strategy=StrategyConfig(min_score=MIN_SCORE))
+    options = {"batch_size": 4, "num_actors": 1, "max_detections": 20, **score}
+    return Config(data=DataConfig(max_pixels=2_000_000), model=ModelConfig(size="nano", input_size=96),
+                  score=ScoreConfig(**options), strategy=StrategyConfig(min_score=MIN_SCORE))
 
 
 def check_outputs(rp: RoundPaths, expected: dict[str, str], folder: str | None = None) -> tuple[pa.Table, pa.Table]:
@@ -202,7 +202,7 @@ def test_scoring_records_every_image_and_the_detections_of_a_direct_model_call(r
     errors = dict(zip(status.column("image_id").to_pylist(), status.column("error").to_pylist()))
     for image_id, reason in REASONS.items():
         assert reason in errors[image_id], errors[image_id]
-    # score.max_pixels is checked from the header, before any pixel is decoded: the message gives the size.
+    # data.max_pixels is checked from the header, before any pixel is decoded: the message gives the size.
     assert "is 100000x100000 (10000 MP), over the limit of 2 MP" in errors["images/bomb.png"]
     assert summary.n_detections == detections.num_rows > 0
     frame = detections.to_pandas()

@@ -1,0 +1,109 @@
+"""The stages of a round, one function each, shared by the loop (raylib/loop.py) and the stage jobs
+(jobs/<stage>.py): a stage run alone is the loop's stage.
+
+Each is `stage(cfg, ds, rp) -> summary`: it reads what earlier stages wrote under the round's paths
+`rp` (raylib/paths.py), writes its own outputs there, and hands each library function its own slice
+of the config. The summary is what the stage's marker stores. Their order, and which weights or pool a
+stage reads, are in raylib/stage.py (no torch or Ray there, for the jobs' checks and jobs/status.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+
+from raylib import labels, pool, schemas, storage
+from raylib.calibration import calibrate_split
+from raylib.config import Config
+from raylib.dataset import Dataset
+from raylib.evaluate import evaluate_split
+from raylib.export import export_preannotations
+from raylib.paths import RoundPaths
+from raylib.stage import init_weights, scoring_weights, takes_all
+from raylib.score import score_pool
+from raylib.select import select_round
+from raylib.train import train_model
+
+
+def round_labels(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
+    """The labelled set round `rp.round_idx` trains on: the loop's (seed set, then the previous oracle's
+    output); outside a loop, every pool image with its labels (raylib/labels.py)."""
+    return labels.labels_for_round(rp.run_root, rp.round_idx, ds, cfg.loop.split, cfg.seed)
+
+
+def train(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    result = train_model(cfg, round_labels(cfg, ds, rp), ds.pool_manifest, rp.checkpoint, ds.class_names,
+                         init_weights=init_weights(cfg, rp), max_pixels=cfg.data.max_pixels)
+    return {"weights_uri": result.weights_uri, "best_val_map50": result.best_map50, "epochs": result.epochs}
+
+
+def evaluate(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    """AP50 on the fixed performance test set (the curve) and on the labelled set's `test` split, and
+    whether loc_conf is a predicted IoU on its `val` split (ground truth known there)."""
+    labels_uri = round_labels(cfg, ds, rp)
+    perf_test = labels.perf_test_labels(rp.run_root, ds)
+
+    def on(split: str, labels_of: str, manifest: str, out_uri: str) -> dict:
+        return evaluate_split(cfg.eval, cfg.model, rp.weights, labels_of, manifest, split, out_uri,
+                              ds.class_names, cfg.data.max_pixels)
+
+    perf = on("perf_test", perf_test, ds.test_manifest, rp.metrics)
+    test = on("test", labels_uri, ds.pool_manifest, rp.metrics_test)
+    calib = calibrate_split(cfg.model, rp.weights, labels_uri, ds.pool_manifest, "val", ds.class_names,
+                            cfg.data.max_pixels, cfg.strategy.min_score, rp.calibration, rp.calibration_summary)
+    return {"map50": perf["map50"], "test_map50": test["map50"], "splits": labels.split_counts(labels_uri),
+            "val_spearman_loc_conf_true_iou": calib["spearman_loc_conf_true_iou"]}
+
+
+def unlabelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    """The pool less the images labelled so far: what this round scores."""
+    labelled = labels.labelled_ids(round_labels(cfg, ds, rp))
+    return {"n_images": pool.write_remaining(ds.pool_manifest, labelled, rp.unlabelled)}
+
+
+def score(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    return asdict(score_pool(pool.round_pool(rp, ds.pool_manifest), scoring_weights(cfg, rp), rp, cfg,
+                             ds.class_names))
+
+
+def select(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    if not takes_all(cfg, rp.round_idx):
+        return asdict(select_round(rp.detections, cfg.strategy, rp.round_idx, rp, len(ds.class_names)))
+    # Without confidence filtering: every image scored, whatever its detections.
+    n_images = _write_selection_of_all(pool.round_pool(rp, ds.pool_manifest), rp.round_idx, rp.selection)
+    storage.write_table(schemas.empty(schemas.THRESHOLDS), rp.thresholds)
+    return {"n_images": n_images, "take_all": True}
+
+
+def export(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    return {"n_files": export_preannotations(rp.selection, rp.detections, rp.image_status, ds.class_names,
+                                             rp.preannotations, rp.round_idx, cfg.loop.labelstudio_document_root)}
+
+
+def oracle(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    """Labels for the selection (simulated or the annotators'), added to the round's labelled set. Raises
+    labels.LabelsPending while the annotators' delivery is incomplete."""
+    return labels.oracle(rp, ds, cfg.loop, cfg.seed, round_labels(cfg, ds, rp))
+
+
+BY_NAME = {"train": train, "evaluate": evaluate, "unlabelled": unlabelled, "score": score, "select": select,
+           "export": export, "oracle": oracle}
+
+
+def _write_selection_of_all(manifest_uri: str, round_idx: int, out_uri: str) -> int:
+    """Every image of `manifest_uri` as a selection row (class_id -1: selected by no class quota),
+    streamed batch by batch: the last round's pool may be most of the dataset."""
+
+    def rows() -> Iterator[pa.RecordBatch]:
+        start = 0
+        for batch in pool.iter_manifest(manifest_uri):
+            n = batch.num_rows
+            yield pa.RecordBatch.from_arrays([
+                pa.array(np.full(n, round_idx, np.int16)), batch.column("image_id"),
+                pa.array(np.full(n, -1, np.int16)), pa.array(np.zeros(n, np.float32)),
+                pa.array(np.arange(start, start + n, dtype=np.int32))], schema=schemas.SELECTION)
+            start += n
+
+    return storage.write_batches(rows(), out_uri, schemas.SELECTION)
