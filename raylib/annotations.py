@@ -8,7 +8,8 @@ round's selected images only:
     coco         every *.json under <labels_in> is a COCO dataset (CVAT's or Label Studio's COCO export);
                  images are matched by file_name (`coco.file_name`, or the bare base name)
     labelstudio  every *.json under <labels_in> is a Label Studio JSON export (list of tasks);
-                 images are matched by data.image_id (our tasks carry it), else by the image URL
+                 images are matched by data.image_id (our tasks carry it; the image URL must agree),
+                 else by the image URL: the same s3:// or https:// URI, or the local-files path
 
 and in every format <labels_in>/reviewed_empty.txt: image ids (or file names), one a line, that an
 annotator reviewed and found empty. Tools whose exports drop images without boxes (Label Studio's VOC
@@ -16,7 +17,10 @@ export does) lose the "no object here" answer otherwise, and the image would be 
 
 Each selected image ends up in exactly one of: `labels` (usable, possibly with no objects),
 `errors` (delivered but unusable: the reason names the file and the problem; never fatal) or
-`missing` (nothing delivered yet). A delivery is complete when the annotators say so
+`missing` (nothing delivered yet). A bad value costs its image, never the file or the stage: boxes
+must be finite and inside the image (clipped by at most 1 px), yes/no fields 0/1 (a string "0" is
+no), ids unique; image sizes come from the image's header when known. A file is refused whole, with
+an error naming it, only when it can't be read as its format at all. A delivery is complete when the annotators say so
 (`delivery_marker`), or when every selected image is labelled; `check_delivery` says which and how
 many images are still missing. Images left out of a committed round stay in the pool.
 """
@@ -34,7 +38,12 @@ from raylib import coco, labelstudio, schemas, storage, voc
 
 FORMATS = ("voc", "coco", "labelstudio")
 REVIEWED_EMPTY_FILE = "reviewed_empty.txt"  # in <labels_in>/
-MAX_JSON_BYTES = 1024 * 1024 * 1024  # a delivery file this big is not an annotation export
+# A delivery file is parsed whole (no streaming JSON parser here), at about 8x its size in memory:
+# a round's export is a few MB, and a whole Label Studio project of 1M boxes ~ 200 MB.
+MAX_JSON_BYTES = 256 * 1024 * 1024
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # reviewed_empty.txt: a million image ids
+# What reading one delivery file can raise on any content: explicit, so a bug elsewhere still shows.
+FILE_ERRORS = (ValueError, OSError, TypeError, AttributeError, KeyError, OverflowError, RecursionError)
 READ_THREADS = 16
 LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field("objects")])
 
@@ -113,30 +122,59 @@ def import_voc(labels_in: str, selected: Mapping[str, str | None], class_names: 
     return _finish(labels_in, selected, rows, errors, missing)
 
 
-def _read_json(uri: str) -> object:
+def _read_capped(uri: str, max_bytes: int, what: str) -> bytes:
+    """At most `max_bytes` + 1 bytes: a bigger file is refused without being loaded whole."""
     fs, path = storage.resolve(uri)
     with fs.open_input_stream(path) as stream:
-        data = stream.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise ValueError(f"'{uri}' is larger than {MAX_JSON_BYTES} bytes; not an annotation export")
+        data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"'{uri}' is larger than {max_bytes // 2**20} MiB; not {what}. Split it")
+    return data
+
+
+def _read_json(uri: str) -> object:
+    data = _read_capped(uri, MAX_JSON_BYTES, "an annotation export")
     try:
         return json.loads(data)
+    except RecursionError:  # json's C parser recurses once per nesting level
+        raise ValueError(f"'{uri}' is nested too deeply to be an annotation export") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"'{uri}' is not valid JSON: {exc}") from None
 
 
+def _header_sizes(selected: Mapping[str, str | None]) -> dict[str, tuple[int, int]]:
+    """image_id -> (width, height) from each selected image's header, for the images that can be read:
+    boxes are checked against the image itself, whatever size the delivery states (or omits)."""
+    from raylib import images  # torch comes with it: only when there is a JSON delivery to check
+
+    def one(item: tuple[str, str | None]) -> tuple[str, tuple[int, int] | None]:
+        image_id, uri = item
+        try:
+            return image_id, images.header_size_of(uri, image_id) if uri else None
+        except (images.ImageError, OSError, ValueError):
+            return image_id, None  # unreadable here: the delivery's size is used
+
+    items = sorted(selected.items())
+    threads = READ_THREADS if any(storage.is_s3(uri or "") for _, uri in items) else 1
+    with ThreadPoolExecutor(max_workers=threads) as executor:
+        return {image_id: size for image_id, size in executor.map(one, items) if size is not None}
+
+
 def _import_json_files(labels_in: str, selected: Mapping[str, str | None], what: str,
-                       parse: Callable[[object], tuple[pa.Table, list[tuple[str, str]]]]) -> Delivery:
-    """Every *.json under `labels_in` through `parse`; the same image delivered twice with different
-    labels is an error for that image."""
+                       parse: Callable[[object, dict], tuple[pa.Table, list[tuple[str, str]]]]) -> Delivery:
+    """Every *.json under `labels_in` through `parse(document, header sizes)`; a file that can't be
+    parsed is an error naming it (the others are still read); the same image delivered twice with
+    different labels is an error for that image."""
     rows: dict[str, list[dict]] = {}
     errors: list[tuple[str, str]] = []
     failed: set[str] = set()
     source: dict[str, str] = {}
-    for uri in storage.list_files(labels_in, ".json"):
+    files = storage.list_files(labels_in, ".json")
+    sizes = _header_sizes(selected) if files else {}
+    for uri in files:
         try:
-            table, file_errors = parse(_read_json(uri))
-        except (ValueError, OSError, TypeError, AttributeError, KeyError) as exc:
+            table, file_errors = parse(_read_json(uri), sizes)
+        except FILE_ERRORS as exc:
             errors.append((f"<{uri}>", f"{what} file '{uri}' could not be read: {exc}"))
             continue
         for image_id, reason in file_errors:
@@ -158,24 +196,22 @@ def import_coco(labels_in: str, selected: Mapping[str, str | None], class_names:
     """Every *.json under `labels_in` as a COCO dataset; an image listed without annotations is empty."""
     names = name_index(selected)
 
-    def parse(document: object) -> tuple[pa.Table, list[tuple[str, str]]]:
-        if not isinstance(document, dict) or not isinstance(document.get("images"), list):
-            raise ValueError("not a COCO dataset (no 'images' list)")
-        return coco.coco_to_labels(document, class_names, image_ids=names)
+    def parse(document: object, sizes: dict) -> tuple[pa.Table, list[tuple[str, str]]]:
+        return coco.coco_to_labels(document, class_names, image_ids=names, sizes=sizes)
 
     return _import_json_files(labels_in, selected, "COCO", parse)
 
 
 def import_labelstudio(labels_in: str, selected: Mapping[str, str | None], class_names: list[str],
-                       sizes: Mapping[str, tuple[int, int]] | None = None) -> Delivery:
+                       document_root: str | None = None) -> Delivery:
     """Every *.json under `labels_in` as a Label Studio JSON export; an annotation with no regions is
-    an empty image, a task without a (non-skipped) annotation is missing."""
-    names = name_index(selected)
+    an empty image, a task without a (non-skipped) annotation is missing. `document_root`: Label
+    Studio's LOCAL_FILES_DOCUMENT_ROOT (`loop.labelstudio_document_root`), for local-files URLs."""
 
-    def parse(document: object) -> tuple[pa.Table, list[tuple[str, str]]]:
+    def parse(document: object, sizes: dict) -> tuple[pa.Table, list[tuple[str, str]]]:
         if not isinstance(document, list):
             raise ValueError("not a Label Studio JSON export (a list of tasks)")
-        return labelstudio.tasks_to_labels(document, class_names, selected, names, dict(sizes or {}))
+        return labelstudio.tasks_to_labels(document, class_names, selected, sizes, document_root)
 
     return _import_json_files(labels_in, selected, "Label Studio", parse)
 
@@ -186,39 +222,55 @@ IMPORTERS: dict[str, Callable[[str, Mapping[str, str | None], list[str]], Delive
 
 
 def import_delivery(labels_format: str, labels_in: str, selected: Mapping[str, str | None],
-                    class_names: list[str]) -> Delivery:
-    """The delivery in `labels_in` for the `selected` images (image_id -> uri) in `labels_format`."""
+                    class_names: list[str], document_root: str | None = None) -> Delivery:
+    """The delivery in `labels_in` for the `selected` images (image_id -> uri) in `labels_format`;
+    `document_root` is Label Studio's (local-files URLs)."""
     if labels_format not in IMPORTERS:
         raise ValueError(f"loop.labels_format '{labels_format}' is not one of {', '.join(FORMATS)}")
+    if labels_format == "labelstudio":
+        return import_labelstudio(labels_in, selected, class_names, document_root)
     return IMPORTERS[labels_format](labels_in, selected, class_names)
 
 
 # ----------------------------------------------------------------------------------- reviewed empty
 
 
-def reviewed_empty(labels_in: str, selected: Mapping[str, str | None]) -> tuple[set[str], list[str]]:
-    """(selected image ids listed in `<labels_in>/reviewed_empty.txt`, lines naming no selected image).
-    Lines are image ids or file names; blank lines and `#` comments are skipped."""
+def reviewed_empty(labels_in: str, selected: Mapping[str, str | None]) -> tuple[set[str], list[str], list[str]]:
+    """(selected image ids listed in `<labels_in>/reviewed_empty.txt`, lines naming no selected image,
+    errors). Lines are image ids or file names in UTF-8; blank lines and `#` comments are skipped. A
+    line that is not UTF-8 (a file saved as cp1252) is skipped and named in the errors, the others
+    count; a file that can't be read at all is one error."""
     uri = storage.join(labels_in, REVIEWED_EMPTY_FILE)
     if not storage.exists(uri):
-        return set(), []
+        return set(), [], []
+    try:
+        data = _read_capped(uri, MAX_TEXT_BYTES, "a list of image ids")
+    except (ValueError, OSError) as exc:
+        return set(), [], [f"{REVIEWED_EMPTY_FILE} could not be read: {exc}"]
     names = name_index(selected)
-    found, unknown = set(), []
-    for line in storage.read_text(uri).splitlines():
-        line = line.strip()
+    found, unknown, bad = set(), [], []
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            bad.append(number)
+            continue
         if not line or line.startswith("#"):
             continue
         if line in names:
             found.add(names[line])
         else:
             unknown.append(line)
-    return found, unknown
+    errors = [f"line(s) {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''} of '{uri}' are not UTF-8 "
+              "text and were not read; save the file as UTF-8"] if bad else []
+    return found, unknown, errors
 
 
 def _finish(labels_in: str, selected: Mapping[str, str | None], rows: dict[str, list[dict]],
             errors: list[tuple[str, str]], missing: list[str]) -> Delivery:
     """Apply reviewed_empty.txt and build the Delivery (labels in selection order)."""
-    empty, _ = reviewed_empty(labels_in, selected)
+    empty, _, problems = reviewed_empty(labels_in, selected)
+    errors.extend((f"<{storage.join(labels_in, REVIEWED_EMPTY_FILE)}>", problem) for problem in problems)
     errored = {image_id for image_id, _ in errors}
     for image_id in sorted(empty):
         if rows.get(image_id):

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import pandas as pd
 import pyarrow as pa
 
-from raylib import paths, schemas
+from raylib import paths, schemas, voc
 
 LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field("objects")])
 
@@ -67,69 +67,204 @@ def labels_to_coco(
     return {"images": images, "annotations": annotations, "categories": categories(class_names)}
 
 
-def _object(ann: dict, class_of_category: dict, what: str) -> dict:
-    category = ann.get("category_id")
-    if category not in class_of_category:
-        raise ValueError(f"{what}: category_id {category!r} is not among the categories of configured classes")
+# ------------------------------------------------------------------------------------------ import
+# Deliveries are typed or converted by people and tools: every value is checked for its JSON type, and
+# a bad one costs its image (an error naming the field), never the file or a silently different label.
+
+MAX_OBJECTS = voc.MAX_OBJECTS  # per image, as for VOC files
+_FLAG_STRINGS = {"0": False, "false": False, "1": True, "true": True}
+
+
+def short(value: object) -> str:
+    """`value` for an error message: lists, objects and huge integers by kind (their repr may be huge,
+    too deep to print, or over Python's 4300-digit limit), the rest as repr cut at 40 characters."""
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:
+        return "a huge integer"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def number(value: object, what: str) -> float:
+    """A JSON number as a finite float; strings, booleans, lists and huge integers are errors."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} is {short(value)}, not a number")
     try:
-        x, y, w, h = (float(v) for v in ann["bbox"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{what}: bbox must be [x, y, width, height] numbers") from None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise ValueError(f"{what}: bbox {[x, y, w, h]} is empty, negative or not finite")
-    difficult = bool(ann.get("difficult", 0)) or bool(ann.get("iscrowd", 0))
-    return {"class_id": class_of_category[category], "x1": x, "y1": y, "x2": x + w, "y2": y + h,
+        result = float(value)
+    except OverflowError:
+        raise ValueError(f"{what} is {short(value)}, not a finite number") from None
+    if not math.isfinite(result):
+        raise ValueError(f"{what} is {short(value)}, not a finite number")
+    return result
+
+
+def flag(value: object, what: str) -> bool:
+    """A yes/no field (`difficult`, `iscrowd`): absent/null is no; true/false, 0/1 and the strings
+    '0'/'1'/'true'/'false' as they say ("0" is not true); anything else is an error, not a guess."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str) and value.strip().lower() in _FLAG_STRINGS:
+        return _FLAG_STRINGS[value.strip().lower()]
+    raise ValueError(f"{what} is {short(value)}; expected 0 or 1")
+
+
+def image_size(width: object, height: object, what: str) -> tuple[int, int] | None:
+    """A delivery's image size: None when both are absent, else positive whole numbers up to
+    voc.MAX_SIDE (ValueError otherwise)."""
+    if width is None and height is None:
+        return None
+    w, h = number(width, f"{what} width"), number(height, f"{what} height")
+    if not (1 <= w <= voc.MAX_SIDE and 1 <= h <= voc.MAX_SIDE) or w != int(w) or h != int(h):
+        raise ValueError(f"{what} size {w:g}x{h:g} is not a whole number of pixels in 1..{voc.MAX_SIDE}")
+    return int(w), int(h)
+
+
+def checked_box(x1: float, y1: float, x2: float, y2: float, size: tuple[int, int] | None, what: str
+                ) -> tuple[float, ...]:
+    """A box in pixel edges inside its image (voc.inside_image: clipped by at most 1 px, else an
+    error). Without a known size only the bound every image has, voc.MAX_SIDE, is checked."""
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+        raise ValueError(f"{what} is empty, negative or not finite")
+    try:
+        return voc.inside_image(x1, y1, x2, y2, *(size or (voc.MAX_SIDE, voc.MAX_SIDE)))
+    except ValueError as exc:
+        if size is None:
+            raise ValueError(f"{what} lies beyond {voc.MAX_SIDE} px, outside any image") from None
+        raise ValueError(f"{what} {exc}") from None
+
+
+def _object(ann: dict, class_of_category: dict, size: tuple[int, int] | None, what: str) -> dict:
+    category = ann.get("category_id")
+    if not _is_id(category) or category not in class_of_category:
+        raise ValueError(f"{what}: category_id {short(category)} is not among the categories of configured classes")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise ValueError(f"{what}: bbox is {short(bbox)}; it must be a list of 4 numbers [x, y, width, height]")
+    x, y, w, h = (number(v, f"{what}: bbox[{i}]") for i, v in enumerate(bbox))
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{what}: bbox {[x, y, w, h]} is empty or negative")
+    x1, y1, x2, y2 = checked_box(x, y, x + w, y + h, size, f"{what}: bbox {[x, y, w, h]}")
+    difficult = flag(ann.get("difficult"), f"{what}: difficult") or flag(ann.get("iscrowd"), f"{what}: iscrowd")
+    return {"class_id": class_of_category[category], "x1": x1, "y1": y1, "x2": x2, "y2": y2,
             "difficult": difficult}
 
 
-def coco_to_labels(coco: dict, class_names: list[str], image_ids: Mapping[str, str] | None = None
-                   ) -> tuple[pa.Table, list[tuple[str, str]]]:
+def _is_id(value: object) -> bool:
+    """COCO ids are integers; strings are accepted too (some converters write them). Floats, booleans,
+    lists are not ids (1.0 would silently equal 1)."""
+    return isinstance(value, str) or isinstance(value, int) and not isinstance(value, bool)
+
+
+def _class_of_category(coco: dict, class_names: list[str]) -> dict:
+    """COCO category id -> class_id, by name. A category id listed twice refuses the file: which class
+    its boxes have can't be known (the last one used to win: a car stored as a person)."""
+    class_ids = {name: i for i, name in enumerate(class_names)}
+    names: dict = {}
+    for category in coco["categories"]:
+        if not isinstance(category, dict) or not _is_id(category.get("id")):
+            continue  # unusable; boxes pointing at it are errors for their images
+        category_id, name = category["id"], category.get("name")
+        if category_id in names:
+            raise ValueError(f"category id {short(category_id)} is listed twice ({short(names[category_id])} and "
+                             f"{short(name)}); its boxes can't be given a class. Fix 'categories'")
+        names[category_id] = name
+    return {category_id: class_ids[name] for category_id, name in names.items()
+            if isinstance(name, str) and name in class_ids}
+
+
+def coco_to_labels(coco: dict, class_names: list[str], image_ids: Mapping[str, str] | None = None,
+                   sizes: Mapping[str, tuple[int, int]] | None = None) -> tuple[pa.Table, list[tuple[str, str]]]:
     """A COCO dataset dict -> (`image_id`/`objects` table, [(image_id, error)]).
 
     `image_id` is the image's `file_name`, or with `image_ids` (file_name -> image_id) the id it maps
     to; images whose file_name is not in `image_ids` are left out (not part of this round) and are not
     errors. An image listed without annotations is a labelled empty image. Categories are matched to
-    `class_names` by name. An image with a bad annotation (unknown category, bad box) or an unsafe
-    file name is an error for that image; annotations that point at no image are reported under
-    `<annotation N>`.
+    `class_names` by name. Boxes must lie inside their image, whose size is `sizes[image_id]` (read
+    from the image's header) when given, else the delivery's width/height.
+
+    Errors for one image: a bad annotation (unknown category, bbox not 4 finite numbers, box outside
+    the image, a difficult/iscrowd that is not 0/1), an unsafe file name, an id shared with another
+    image, more than MAX_OBJECTS boxes. Annotations that point at no image are reported under
+    `<annotation N>`. Raises ValueError, refusing the file, when it is not a COCO dataset (no
+    `images`, `annotations` or `categories` list) or a category id is listed twice.
     """
-    class_ids = {name: i for i, name in enumerate(class_names)}
-    class_of_category = {c["id"]: class_ids[c["name"]] for c in coco.get("categories", []) if c.get("name") in class_ids}
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key) if isinstance(coco, dict) else None, list):
+            raise ValueError(f"not a COCO dataset: no '{key}' list (an export without boxes still has "
+                             f"'annotations': [])")
+    class_of_category = _class_of_category(coco, class_names)
+    sizes = sizes or {}
     errors: list[tuple[str, str]] = []
-    file_names: dict = {}
-    ignored: set = set()
-    for image in coco.get("images", []):
-        if image_ids is not None:
-            name = image.get("file_name")
-            if isinstance(name, str) and name in image_ids:
-                file_names[image.get("id")] = image_ids[name]
-            else:
-                ignored.add(image.get("id"))
+    failed: set[str] = set()
+    owners: dict = {}  # COCO image id -> [our image ids]
+    others: set = set()  # COCO ids of images not ours (other rounds): their annotations are skipped
+    size_of: dict[str, tuple[int, int] | None] = {}
+    for n, image in enumerate(coco["images"]):
+        if not isinstance(image, dict):
+            errors.append((f"<image #{n}>", f"COCO image #{n} is {short(image)}, not an object"))
             continue
+        name, coco_id = image.get("file_name"), image.get("id")
         try:
-            file_names[image["id"]] = paths.safe_relpath(image.get("file_name"))
-        except (KeyError, paths.UnsafeIdError) as exc:
-            errors.append((str(image.get("file_name", image.get("id"))), f"COCO image: {exc}"))
-    objects: dict = {image_key: [] for image_key in file_names}
-    failed: set = set()
-    for ann in coco.get("annotations", []):
-        image_key = ann.get("image_id")
-        if image_key in ignored:
+            ours = paths.safe_relpath(name) if image_ids is None else (
+                image_ids.get(name) if isinstance(name, str) else None)
+        except paths.UnsafeIdError as exc:
+            errors.append((short(name) if not isinstance(name, str) else name, f"COCO image: {exc}"))
             continue
-        if image_key not in file_names:
-            message = f"COCO annotation {ann.get('id')} points at image id {image_key!r}, which is not in 'images'"
-            errors.append((f"<annotation {ann.get('id')}>", message))
+        if ours is None:
+            if _is_id(coco_id):
+                others.add(coco_id)
             continue
-        what = f"COCO annotation {ann.get('id')} of image '{file_names[image_key]}'"
+        what = f"COCO image '{name}'"
         try:
-            objects[image_key].append(_object(ann, class_of_category, what))
+            if not _is_id(coco_id):
+                raise ValueError(f"{what}: id is {short(coco_id)}, not an integer")
+            if ours in size_of:
+                raise ValueError(f"{what} is listed twice in 'images'")
+            size_of[ours] = sizes.get(ours) or image_size(image.get("width"), image.get("height"), what)
         except ValueError as exc:
-            if image_key not in failed:
-                errors.append((file_names[image_key], str(exc)))
-            failed.add(image_key)
-    kept = [key for key in file_names if key not in failed]
+            errors.append((ours, str(exc)))
+            failed.add(ours)
+            size_of.setdefault(ours, None)
+            continue
+        owners.setdefault(coco_id, []).append(ours)
+    for coco_id, ours in owners.items():
+        if len(ours) > 1 or coco_id in others:
+            # Annotations point at images by id: with one id for two images, whose boxes are whose is unknown.
+            for image_id in ours:
+                errors.append((image_id, f"COCO image '{image_id}': duplicate image id {short(coco_id)} (shared by "
+                                         f"{len(ours) + (coco_id in others)} images in 'images'); its boxes can't "
+                                         "be told apart"))
+                failed.add(image_id)
+    objects: dict[str, list[dict]] = {image_id: [] for ours in owners.values() for image_id in ours}
+    for n, ann in enumerate(coco["annotations"]):
+        ann_id = short(ann.get("id")) if isinstance(ann, dict) else f"#{n}"
+        image_key = ann.get("image_id") if isinstance(ann, dict) else None
+        if not _is_id(image_key):
+            errors.append((f"<annotation {ann_id}>", f"COCO annotation {ann_id} has image_id {short(image_key)}, "
+                                                     "not an image id"))
+            continue
+        if image_key not in owners:
+            if image_key not in others:
+                errors.append((f"<annotation {ann_id}>", f"COCO annotation {ann_id} points at image id "
+                                                         f"{short(image_key)}, which is not in 'images'"))
+            continue
+        image_id = owners[image_key][0]
+        if image_id in failed:
+            continue
+        what = f"COCO annotation {ann_id} of image '{image_id}'"
+        try:
+            objects[image_id].append(_object(ann, class_of_category, size_of[image_id], what))
+            if len(objects[image_id]) > MAX_OBJECTS:
+                raise ValueError(f"COCO image '{image_id}' has more than {MAX_OBJECTS} boxes, the limit per image")
+        except ValueError as exc:
+            errors.append((image_id, str(exc)))
+            failed.add(image_id)
+    kept = [image_id for image_id in objects if image_id not in failed]
     table = pa.table(
-        {"image_id": pa.array([file_names[k] for k in kept], pa.string()),
+        {"image_id": pa.array(kept, pa.string()),
          "objects": pa.array([objects[k] for k in kept], pa.list_(schemas.OBJECT))},
         schema=LABEL_FIELDS,
     )

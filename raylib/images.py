@@ -9,6 +9,7 @@ are written in.
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import warnings
 
@@ -17,13 +18,43 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
-# We enforce our own limit before decoding; PIL's would only warn below 2x its default.
-Image.MAX_IMAGE_PIXELS = None
+from raylib import storage
+
+# We enforce our own limit (`max_pixels`) from the header before decoding; Pillow's own bomb check stays
+# on as a second line, set above any sensible `score.max_pixels` (it warns above this, fails at twice it).
+PIL_MAX_PIXELS = 1 << 30
+Image.MAX_IMAGE_PIXELS = PIL_MAX_PIXELS
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # an image file this big is not a photo of a scene: refused unread
+HEAD_BYTES = 1024 * 1024  # enough for any header (a JPEG's EXIF/ICC segments come before its size)
+# ICO: Pillow decodes the largest frame inside Image.open, before any size check can run, and the
+# frame's own header (a PNG or DIB inside the icon) is what gets decoded, not the directory's size.
+# Icons are at most 256x256 by the format (a DIB frame's height counts its mask too: up to 512).
+_ICO_MAGIC = b"\0\0\1\0"
+_ICO_MAX_SIDE = 512
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _WARNING_FILTERS = threading.Lock()
 
 
 class ImageError(ValueError):
     """An image that can't be used; recorded as an error row, never fatal for the run."""
+
+
+def read_image_bytes(uri: str, name: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of the image at `uri`, reading at most `max_bytes` + 1: a bigger file raises
+    ImageError without being loaded whole (a multi-GB file in a pool is not a photo)."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError(f"image '{name}' is larger than {max_bytes / 2**20:.0f} MiB; not read (skipped)")
+    return data
+
+
+def header_size_of(uri: str, name: str) -> tuple[int, int]:
+    """(width, height) of the image at `uri` from its first HEAD_BYTES only (one ranged read on S3)."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        return header_size(stream.read(HEAD_BYTES), name)
 
 
 def header_size(data: bytes, name: str) -> tuple[int, int]:
@@ -32,16 +63,38 @@ def header_size(data: bytes, name: str) -> tuple[int, int]:
     return width, height
 
 
+def _check_icon_frames(data: bytes, name: str) -> None:
+    """Refuse an ICO whose frames (read from each frame's own PNG/DIB header, as Pillow will decode
+    them) are larger than an icon can be, before Image.open decodes one."""
+    try:
+        (count,) = struct.unpack_from("<H", data, 4)
+        for index in range(count):
+            offset = struct.unpack_from("<I", data, 6 + 16 * index + 12)[0]
+            if data[offset:offset + 8] == _PNG_MAGIC:
+                width, height = struct.unpack_from(">II", data, offset + 16)  # IHDR
+            else:
+                width, height = (abs(v) for v in struct.unpack_from("<ii", data, offset + 4))  # BITMAPINFOHEADER
+            if width > _ICO_MAX_SIDE or height > _ICO_MAX_SIDE:
+                raise ImageError(f"image '{name}': ICO frame {index} is {width}x{height}, larger than an icon "
+                                 f"can be ({_ICO_MAX_SIDE} px a side); refused before decoding")
+    except struct.error as exc:
+        raise ImageError(f"image '{name}' has a corrupt header (ICO directory: {exc})") from exc
+
+
 def _header(data: bytes, name: str) -> tuple[int, int, str | None, str]:
     """(width, height, format, mode) from the header only."""
     if not data:
         raise ImageError(f"image '{name}' is empty (0 bytes)")
+    if data[:4] == _ICO_MAGIC:
+        _check_icon_frames(data, name)
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size[0], image.size[1], image.format, image.mode
     except UnidentifiedImageError as exc:
         raise ImageError(f"image '{name}' is not a readable image file") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's second line (PIL_MAX_PIXELS); not an OSError
+        raise ImageError(f"image '{name}' is over Pillow's pixel limit ({exc}); skipped") from exc
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
         raise ImageError(f"image '{name}' has a corrupt header ({exc})") from exc
 
 
@@ -61,7 +114,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = 40_000_000) -> np.nda
                 array = _to_rgb8(image)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Warning) as exc:
+    except (OSError, ValueError, SyntaxError, Warning, Image.DecompressionBombError) as exc:
         reason = "truncated" if "truncated" in str(exc) else str(exc)
         raise ImageError(f"image '{name}' could not be decoded ({reason})") from exc
     return np.ascontiguousarray(array[:, :, ::-1])

@@ -36,6 +36,9 @@ from raylib import paths, schemas, storage
 MAX_XML_BYTES = 10 * 1024 * 1024  # a VOC file is a few KB; anything this big is not an annotation
 MAX_OBJECTS = 10_000
 EDGE_TOLERANCE = 1.0  # pixels a box may reach outside the image (VOC is 1-based)
+# An image side no camera or scan reaches; bounds every stored coordinate, far inside float32's range
+# (a width of 1e39 would be stored as inf).
+MAX_SIDE = 1_000_000
 READ_THREADS = 16  # concurrent reads in read_voc_labels (S3 latency, not CPU, is the bound)
 
 LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field("objects")])
@@ -148,15 +151,38 @@ def _size(root: StdET.Element, label: str) -> tuple[int, int, int]:
     width, height = (_number(size, tag, label, "<size>") for tag in ("width", "height"))
     if width < 1 or height < 1 or width != int(width) or height != int(height):
         raise VocError(f"VOC XML '{label}': image size {width:g}x{height:g} is not a positive integer size")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise VocError(f"VOC XML '{label}': image size {width:g}x{height:g} is larger than {MAX_SIDE} px a side")
     depth = 3
     if _text(size, "depth") is not None:
         depth = int(_number(size, "depth", label, "<size>"))
     return int(width), int(height), depth
 
 
-def _flag(element: StdET.Element, tag: str) -> bool:
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _flag(element: StdET.Element, tag: str, label: str, where: str) -> bool:
+    """A yes/no field: absent is no; anything but 0/1/true/false/yes/no is an error, not a guess."""
     text = _text(element, tag)
-    return text is not None and text.lower() in ("1", "true", "yes")
+    if text is None or text.lower() in _FALSE:
+        return False
+    if text.lower() in _TRUE:
+        return True
+    raise VocError(f"VOC XML '{label}': {where} <{tag}> is {text[:20]!r}; expected 0 or 1")
+
+
+def inside_image(x1: float, y1: float, x2: float, y2: float, width: float, height: float) -> tuple[float, ...]:
+    """A box (pixel edges, x1 < x2, y1 < y2) clipped to the `width` x `height` image. A box reaching at
+    most EDGE_TOLERANCE past an edge is clipped (tools disagree about 0- or 1-based pixels); one further
+    out, or left with no area, raises ValueError saying which."""
+    tol = EDGE_TOLERANCE
+    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
+        raise ValueError(f"lies outside the {width:g}x{height:g} image")
+    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"lies on the edge of the {width:g}x{height:g} image")
+    return x1, y1, x2, y2
 
 
 def _object(element: StdET.Element, index: int, width: int, height: int, label: str) -> VocObject:
@@ -173,20 +199,21 @@ def _object(element: StdET.Element, index: int, width: int, height: int, label: 
     x1, y1, x2, y2 = from_voc_box(xmin, ymin, xmax, ymax)
     if x2 <= x1 or y2 <= y1:
         raise VocError(f"VOC XML '{label}': {where} box {written} is empty or inverted")
-    tol = EDGE_TOLERANCE
-    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
-        raise VocError(f"VOC XML '{label}': {where} box {written} lies outside the {width}x{height} image")
-    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
-    if x2 <= x1 or y2 <= y1:
-        raise VocError(f"VOC XML '{label}': {where} box {written} lies on the edge of the {width}x{height} image")
+    try:
+        x1, y1, x2, y2 = inside_image(x1, y1, x2, y2, width, height)
+    except ValueError as exc:
+        raise VocError(f"VOC XML '{label}': {where} box {written} {exc}") from None
     confidence = None
     if _text(element, "confidence") is not None:
         percent = _number(element, "confidence", label, where)
         if not 0.0 <= percent <= 100.0:
             raise VocError(f"VOC XML '{label}': {where} <confidence> {percent:g} is not a percentage in [0, 100]")
         confidence = percent / 100.0
-    return VocObject(name, x1, y1, x2, y2, difficult=_flag(element, "difficult"), confidence=confidence,
-                     truncated=_flag(element, "truncated"), pose=_text(element, "pose") or "Unspecified")
+    return VocObject(name, x1, y1, x2, y2, difficult=_flag(element, "difficult", label, where),
+                     confidence=confidence,
+                     # <truncated> only travels back out in VOC files (labels don't use it): lenient.
+                     truncated=(_text(element, "truncated") or "").lower() in _TRUE,
+                     pose=_text(element, "pose") or "Unspecified")
 
 
 def _annotation(root: StdET.Element, label: str) -> VocAnnotation:

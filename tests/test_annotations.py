@@ -89,7 +89,7 @@ def test_reviewed_empty_but_delivered_with_boxes_is_an_error(tmp_path):
     assert delivery.labels.to_pylist() == [{"image_id": "2007_000018", "objects": []}]
     assert [e[0] for e in delivery.errors] == ["2007_000017"] and "reviewed_empty.txt" in delivery.errors[0][1]
     assert delivery.missing == ["cam1/x.png", "cam2/y.jpg", "gone"]
-    assert annotations.reviewed_empty(str(tmp_path), SELECTED) == ({"2007_000017", "2007_000018"}, ["unknown.jpg"])
+    assert annotations.reviewed_empty(str(tmp_path), SELECTED) == ({"2007_000017", "2007_000018"}, ["unknown.jpg"], [])
 
 
 # --------------------------------------------------------------------------------------------- COCO
@@ -146,16 +146,16 @@ def ls_task(task_id, data, *annotations_) -> dict:
 
 def test_labelstudio_delivery(tmp_path):
     tasks = [
-        ls_task(1, {"image": "s3://b/voc/2007_000017.jpg", "image_id": "2007_000017"},
+        ls_task(1, {"image": "/data/local-files/?d=voc/JPEGImages/2007_000017.jpg", "image_id": "2007_000017"},
                 {"id": 10, "result": [ls_region("dog", 5, 10, 50, 20)], "was_cancelled": False,
                  "updated_at": "2026-01-01T10:00:00Z"},
                 {"id": 11, "result": [ls_region("cat", 10, 10, 10, 10)], "was_cancelled": False,
                  "updated_at": "2026-01-02T10:00:00Z"}),  # the later annotation counts
         ls_task(2, {"image": "/data/local-files/?d=pool/cam1/x.png"},  # no image_id: matched by URL
                 {"id": 12, "result": [], "was_cancelled": False}),  # reviewed: nothing there
-        ls_task(3, {"image": "s3://b/cam2/y.jpg", "image_id": "cam2/y.jpg"},
+        ls_task(3, {"image": "/data/local-files/?d=pool/cam2/y.jpg", "image_id": "cam2/y.jpg"},
                 {"id": 13, "result": [], "was_cancelled": True}),  # skipped: not labelled yet
-        ls_task(4, {"image": "s3://b/2007_000018.jpg", "image_id": "2007_000018"},
+        ls_task(4, {"image": "/data/local-files/?d=voc/JPEGImages/2007_000018.jpg", "image_id": "2007_000018"},
                 {"id": 14, "result": [ls_region("dog", 1, 1, 5, 5, rotation=30)]}),
         ls_task(5, {"image": "s3://b/older.jpg", "image_id": "older"}, {"id": 15, "result": []}),
     ]
