@@ -124,7 +124,7 @@ def _check_pixels(width: int, height: int, name: str, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageError(
             f"image '{name}' is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
-            f"{max_pixels / 1e6:.0f} MP (score.max_pixels); skipped"
+            f"{max_pixels / 1e6:.0f} MP (data.max_pixels); skipped"
         )
 
 
