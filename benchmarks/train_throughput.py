@@ -9,13 +9,13 @@ Measured, in images/s, in one process and one run:
   loaders         Mosaic + MixUp at `--input` (the package's MosaicDetection/TrainTransform in both), on the
                   same generated VOC folder, with the same number of loader processes:
                   package = its `VOCDetection` (cv2.imread) in `MosaicDetection`, in a plain torch DataLoader;
-                  ours    = `train.make_loader` over `LabelledImages` (our decoder), persistent workers.
+                  ours    = `train_data.make_loader` over `LabelledImages` (our decoder), persistent workers.
                   Start-up (iter() to the first batch) and steady state (the batches after it) apart; the
                   ratio is ours / package per loader process (1.0 = as fast);
   yolox_step      the package's training step as yolox/core/trainer.py `train_one_iter` does it:
                   model(inputs, targets) (the package's loss), backward, SGD step (`YoloxConfig.get_optimizer`
                   groups), EMA update, lr from `YoloxConfig.get_lr_scheduler`; AMP on CUDA;
-  our_step        raylib.train.train_step on the same batches: the same work, our code;
+  our_step        raylib.train_engine.train_step on the same batches: the same work, our code;
   our_step_data   our_step fed by our loader (`--loader-workers` processes, built once, warmed up by one
                   epoch whose time is printed as start-up): the per-step work of train_loop_per_worker;
   trainer         (`--trainer-epochs` > 0) end to end through Ray Train's TorchTrainer with 1 worker
@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raylib import schemas, storage, synthetic, train, voc
+from raylib import schemas, storage, synthetic, train, train_data, train_engine, voc
 from raylib.config import Config, ModelConfig, SyntheticConfig, TrainConfig
 from raylib.model import build_model
 
@@ -73,7 +73,7 @@ def make_images(root: str, n: int, seed: int = 0) -> tuple[str, str]:
     return labels, manifest
 
 
-def make_voc(root: str, n: int) -> list[train.Sample]:
+def make_voc(root: str, n: int) -> list[train_data.Sample]:
     """n generated VOC-sized images (375-500 px sides, 1-4 objects) as a VOC2007 folder under `root`
     (the layout the package's VOCDetection reads); returns the same images as our samples."""
     voc_root = os.path.join(root, "VOC2007")
@@ -84,7 +84,7 @@ def make_voc(root: str, n: int) -> list[train.Sample]:
     for image_id in storage.read_text(os.path.join(voc_root, "ImageSets", "Main", "trainval.txt")).split():
         ann = voc.read_voc(os.path.join(voc_root, "Annotations", f"{image_id}.xml"))
         targets = np.array([[o.x1, o.y1, o.x2, o.y2, class_ids[o.name]] for o in ann.objects], np.float32)
-        samples.append(train.Sample(image_id, os.path.join(voc_root, "JPEGImages", f"{image_id}.jpg"),
+        samples.append(train_data.Sample(image_id, os.path.join(voc_root, "JPEGImages", f"{image_id}.jpg"),
                                     targets.reshape(-1, 5), ann.height, ann.width))
     return samples
 
@@ -100,7 +100,7 @@ def package_loader(root: str, cfg: Config, batch: int, workers: int) -> torch.ut
                           target_transform=AnnotationTransform({name: i for i, name in enumerate(CLASSES)}))
     dataset = MosaicDetection(
         images, img_size=(size, size), mosaic=True,
-        preproc=TrainTransform(max_labels=train.MAX_LABELS, flip_prob=tc.flip_prob, hsv_prob=tc.hsv_prob),
+        preproc=TrainTransform(max_labels=train_data.MAX_LABELS, flip_prob=tc.flip_prob, hsv_prob=tc.hsv_prob),
         degrees=tc.degrees, translate=tc.translate, mosaic_scale=tuple(tc.mosaic_scale),
         mixup_scale=tuple(tc.mixup_scale), shear=tc.shear, enable_mixup=True, mosaic_prob=tc.mosaic_prob,
         mixup_prob=tc.mixup_prob)
@@ -132,9 +132,9 @@ def compare_loaders(root: str, cfg: Config, args: argparse.Namespace) -> None:
     samples = make_voc(root, max(args.loader_images, args.batch * (batches + 1)))  # one epoch holds a round
     loaders = {
         "package": package_loader(root, cfg, args.batch, workers),
-        "ours": train.make_loader(train.make_train_dataset(samples, cfg, resized_dir=os.path.join(root, "resized")),
+        "ours": train_data.make_loader(train_data.make_train_dataset(samples, cfg, resized_dir=os.path.join(root, "resized")),
                                   args.batch, batches + 1, seed=0, num_workers=workers),
-        "ours_decoding": train.make_loader(train.make_train_dataset(samples, cfg), args.batch, batches + 1, seed=0,
+        "ours_decoding": train_data.make_loader(train_data.make_train_dataset(samples, cfg), args.batch, batches + 1, seed=0,
                                            num_workers=workers),
     }
     print(f"loaders: Mosaic + MixUp (prob {cfg.train.mosaic_prob}, {cfg.train.mixup_prob}) at input "
@@ -239,34 +239,34 @@ def main() -> None:
         compare_loaders(os.path.join(root, "voc"), cfg, args)
 
         labels, manifest = make_images(root, n_images)
-        samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(os.path.join(root, "cache")))
+        samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(os.path.join(root, "cache")))
         yolox_rate = compare_steps(samples, cfg, args, device) if args.steps > 0 else None
         if args.trainer_epochs > 0:
             run_trainer(cfg, labels, manifest, root, device, len(samples), yolox_rate)
 
 
-def compare_steps(samples: list[train.Sample], cfg: Config, args: argparse.Namespace, device: torch.device) -> float:
+def compare_steps(samples: list[train_data.Sample], cfg: Config, args: argparse.Namespace, device: torch.device) -> float:
     """Prints yolox_step, our_step and our_step_data; returns yolox_step's images/s."""
-    dataset = train.make_train_dataset(samples, cfg)
+    dataset = train_data.make_train_dataset(samples, cfg)
     n_steps = args.steps + 1
-    fixed = list(train.make_loader(dataset, args.batch, n_steps, seed=0))  # same batches for both steps
+    fixed = list(train_data.make_loader(dataset, args.batch, n_steps, seed=0))  # same batches for both steps
     print(f"steps: {len(samples)} generated 320x240 images, median of {args.rounds} rounds x {args.steps} steps")
 
     ours_model = build_model(args.size, len(CLASSES)).to(device)
     yolox_model = build_model(args.size, len(CLASSES)).to(device)
     yolox_model.load_state_dict(ours_model.state_dict())
-    state = train.make_state(ours_model, cfg, args.batch, n_steps, device)
+    state = train_engine.make_state(ours_model, cfg, args.batch, n_steps, device)
     state.step = 1  # past the first step's special-cased lr, as in the middle of training
     def ours(images: torch.Tensor, targets: torch.Tensor) -> None:
-        train.train_step(state, images, targets)
+        train_engine.train_step(state, images, targets)
 
     yolox = yolox_step_fn(yolox_model, device, args.batch, n_steps)
     for step in (yolox, ours):  # warm-up (allocator, cudnn autotune, first-call overheads)
         step(*fixed[0])
 
     # Our data path as train_loop_per_worker builds it: resized images kept next to the copied ones.
-    cached = train.make_train_dataset(samples, cfg, resized_dir=os.path.join(os.path.dirname(samples[0].path), "resized"))
-    loader = train.make_loader(cached, args.batch, args.steps, seed=1, num_workers=args.loader_workers,
+    cached = train_data.make_train_dataset(samples, cfg, resized_dir=os.path.join(os.path.dirname(samples[0].path), "resized"))
+    loader = train_data.make_loader(cached, args.batch, args.steps, seed=1, num_workers=args.loader_workers,
                                pin_memory=device.type == "cuda")
     start_up = time_epoch(ours, loader, 0, device)  # worker processes start here, and persist
     times: dict[str, list[float]] = {"yolox_step": [], "our_step": [], "our_step_data": []}

@@ -26,8 +26,6 @@ from yolox.models.yolo_head import YoloxHead
 class IouAwareYOLOXHead(YoloxHead):
     """YoloxHead whose objectness target is the assigned prediction's IoU with its ground truth."""
 
-    last_obj_targets: torch.Tensor | None = None  # targets of the last loss computation (tests, debugging)
-
     def get_assignments(self, batch_idx, *args, **kwargs):
         result = super().get_assignments(batch_idx, *args, **kwargs)
         _classes, fg_mask, pred_ious, _gt_inds, _num_fg = result
@@ -53,7 +51,6 @@ class IouAwareYOLOXHead(YoloxHead):
                 for b, fg_mask, ious in head._assigned:
                     index = torch.nonzero(fg_mask, as_tuple=False).squeeze(1).to(obj.device) + b * anchors
                     obj[index, 0] = ious.to(obj.device, obj.dtype).clamp(0.0, 1.0)
-                head.last_obj_targets = obj.detach()
                 return bce(logits, obj)
 
         self._assigned = []

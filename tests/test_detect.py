@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raylib import detect, score, storage, train
+from raylib import detect, score, storage, train_data
 from raylib.model import build_model
 from tests.helpers import labels_table, write_manifest
 
@@ -54,9 +54,9 @@ def test_train_evaluation_and_scoring_decode_the_same_pixels(tmp_path, kind):
     labels = str(tmp_path / "labels.parquet")
     storage.write_table(labels_table([(kind, "train", [])]), labels)
 
-    samples, _ = train.load_split(labels, manifest, "train", cache=train.ImageCache(str(tmp_path / "cache")),
+    samples, _ = train_data.load_split(labels, manifest, "train", cache=train_data.ImageCache(str(tmp_path / "cache")),
                                   max_pixels=10_000)
-    training, _, _, _ = train.LabelledImages(samples, SIDE, max_pixels=10_000).pull_item(0)
+    training, _, _, _ = train_data.LabelledImages(samples, SIDE, max_pixels=10_000).pull_item(0)
     evaluation = detect.read_image(uri, kind, max_pixels=10_000)
     loaded = score.load_images({"image_id": np.array([kind]), "uri": np.array([uri])}, SIDE, 10_000)
     assert loaded["error"][0] == ""

@@ -15,7 +15,7 @@ import pytest
 import ray.train
 import torch
 
-from raylib import storage, train
+from raylib import storage, train, train_data, train_engine
 from raylib.config import Config, ModelConfig, TrainConfig
 from raylib.model import build_model, load_model
 from tests.helpers import CLASSES, make_dataset, tiny_config
@@ -25,8 +25,8 @@ from tests.helpers import CLASSES, make_dataset, tiny_config
 
 def test_load_split_shards_by_rank_and_caches_under_hashed_names(tmp_path):
     labels, manifest = make_dataset(tmp_path / "data")
-    cache = train.ImageCache(str(tmp_path / "cache"))
-    shards = [train.load_split(labels, manifest, "train", rank, 2, cache)[0] for rank in range(2)]
+    cache = train_data.ImageCache(str(tmp_path / "cache"))
+    shards = [train_data.load_split(labels, manifest, "train", rank, 2, cache)[0] for rank in range(2)]
     ids = [[s.image_id for s in shard] for shard in shards]
     assert not set(ids[0]) & set(ids[1]) and len(ids[0]) + len(ids[1]) == 8
     for sample in shards[0] + shards[1]:
@@ -41,7 +41,7 @@ def test_load_split_skips_undecodable_images(tmp_path):
     labels, manifest = make_dataset(tmp_path / "data", n_train=3, n_val=0)
     with open(str(tmp_path / "data" / "img_001.jpg"), "wb") as handle:
         handle.write(b"broken")
-    samples, split_labels = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
+    samples, split_labels = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")))
     assert [s.image_id for s in samples] == ["set/000", "set/002"] and split_labels.num_rows == 3
 
 
@@ -49,8 +49,8 @@ def test_over_limit_labelled_image_is_left_out_of_training_with_a_log_line(tmp_p
     labels, manifest = make_dataset(tmp_path / "data", n_train=3, n_val=0)
     big = np.full((64, 200, 3), 110, np.uint8)  # 12,800 pixels; the others are 64 x 80 = 5,120
     cv2.imwrite(str(tmp_path / "data" / "img_002.jpg"), big)
-    with caplog.at_level(logging.WARNING, logger="raylib.train"):
-        samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")),
+    with caplog.at_level(logging.WARNING, logger="raylib.train_data"):
+        samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")),
                                       max_pixels=10_000)
     assert [s.image_id for s in samples] == ["set/000", "set/001"]
     [record] = [r for r in caplog.records if "set/002" in r.getMessage()]
@@ -59,27 +59,27 @@ def test_over_limit_labelled_image_is_left_out_of_training_with_a_log_line(tmp_p
 
 def test_train_dataset_uses_yolox_augmentations_and_closes_them(tmp_path):
     labels, manifest = make_dataset(tmp_path / "data")
-    samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
+    samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")))
     cfg = tiny_config()
-    dataset = train.make_train_dataset(samples, cfg)
+    dataset = train_data.make_train_dataset(samples, cfg)
     model = build_model("nano", len(CLASSES))
-    loader = train.make_loader(dataset, batch_size=4, steps=2, seed=0)
+    loader = train_data.make_loader(dataset, batch_size=4, steps=2, seed=0)
     batches = list(loader)
     assert len(batches) == 2
     images, targets = batches[0]
-    assert images.shape == (4, 3, 64, 64) and targets.shape == (4, train.MAX_LABELS, 5)
+    assert images.shape == (4, 3, 64, 64) and targets.shape == (4, train_data.MAX_LABELS, 5)
     assert targets[..., 3:].max() <= 64 * 1.0001  # cx, cy, w, h in input pixels
     # The package's TrainTransform gives float32 images of whole 0-255 values: the loader's uint8 is exact.
     image, _, _, _ = dataset[0]
     assert image.dtype == np.float32 and np.array_equal(image, image.astype(np.uint8))
 
-    train.set_no_aug(loader, model, True)
+    train_engine.set_no_aug(loader, model, True)
     assert model.head.use_l1
     assert_own_boxes_only(list(loader), samples, indices_of(loader, epoch=0))
 
 
 def indices_of(loader, epoch: int) -> list[int]:
-    sampler = train.EpochSampler(loader.batch_sampler.sampler.n, loader.batch_sampler.sampler.num_samples,
+    sampler = train_data.EpochSampler(loader.batch_sampler.sampler.n, loader.batch_sampler.sampler.num_samples,
                                  loader.batch_sampler.sampler.seed)
     sampler.set_epoch(epoch)
     return list(sampler)
@@ -96,7 +96,7 @@ def run_epochs(loader, model, epochs: range, no_aug_from: int) -> dict[int, list
     """The training loop's per-epoch calls, without the model step: batches of each epoch."""
     batches = {}
     for epoch in epochs:
-        train.set_no_aug(loader, model, epoch >= no_aug_from)
+        train_engine.set_no_aug(loader, model, epoch >= no_aug_from)
         loader.batch_sampler.set_epoch(epoch)
         batches[epoch] = list(loader)
     return batches
@@ -104,14 +104,14 @@ def run_epochs(loader, model, epochs: range, no_aug_from: int) -> dict[int, list
 
 def test_loader_batches_depend_on_epoch_only_and_mosaic_closes_in_persistent_workers(tmp_path):
     labels, manifest = make_dataset(tmp_path / "data")
-    samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
-    dataset = train.make_train_dataset(samples, tiny_config())
+    samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")))
+    dataset = train_data.make_train_dataset(samples, tiny_config())
     model = build_model("nano", len(CLASSES))
-    inline = run_epochs(train.make_loader(dataset, 4, 2, seed=7), model, range(3), no_aug_from=2)
-    workers_loader = train.make_loader(dataset, 4, 2, seed=7, num_workers=2)
+    inline = run_epochs(train_data.make_loader(dataset, 4, 2, seed=7), model, range(3), no_aug_from=2)
+    workers_loader = train_data.make_loader(dataset, 4, 2, seed=7, num_workers=2)
     in_workers = run_epochs(workers_loader, model, range(3), no_aug_from=2)
     # Resume at epoch 1: a fresh loader (new processes, new RNG state) that never ran epoch 0.
-    resumed = run_epochs(train.make_loader(dataset, 4, 2, seed=7, num_workers=2), model, range(1, 3), no_aug_from=2)
+    resumed = run_epochs(train_data.make_loader(dataset, 4, 2, seed=7, num_workers=2), model, range(1, 3), no_aug_from=2)
     assert workers_loader._iterator is not None  # the same worker processes served all three epochs
     for epoch in range(3):
         for ours, theirs in zip(inline[epoch], in_workers[epoch]):
@@ -128,9 +128,9 @@ def test_loader_batches_depend_on_epoch_only_and_mosaic_closes_in_persistent_wor
 
 def test_resized_images_are_cached_once_and_load_as_decoded(tmp_path):
     labels, manifest = make_dataset(tmp_path / "data")
-    samples, _ = train.load_split(labels, manifest, "train", 0, 1, train.ImageCache(str(tmp_path / "c")))
-    decoding = train.LabelledImages(samples, 64)
-    cached = train.LabelledImages(samples, 64, resized_dir=str(tmp_path / "resized"))
+    samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")))
+    decoding = train_data.LabelledImages(samples, 64)
+    cached = train_data.LabelledImages(samples, 64, resized_dir=str(tmp_path / "resized"))
     for index in range(len(samples)):
         first, again = cached.pull_item(index), cached.pull_item(index)  # decoded + written, then loaded
         assert np.array_equal(first[0], decoding.pull_item(index)[0]) and np.array_equal(again[0], first[0])
@@ -140,14 +140,14 @@ def test_resized_images_are_cached_once_and_load_as_decoded(tmp_path):
 
 def test_epoch_sampler_gives_every_rank_the_same_number_of_steps():
     for n in (1, 3, 5):
-        indices = list(train.EpochSampler(n, 8, seed=1))
+        indices = list(train_data.EpochSampler(n, 8, seed=1))
         assert len(indices) == 8 and all(type(i) is int and 0 <= i < n for i in indices)
 
 
 def test_optimizer_has_yolox_parameter_groups():
     model = build_model("nano", 2)
     tc = TrainConfig(warmup_epochs=0)
-    optimizer = train.make_optimizer(model, tc, global_batch=8)
+    optimizer = train_engine.make_optimizer(model, tc, global_batch=8)
     no_decay, decay, biases = optimizer.param_groups
     assert optimizer.defaults["nesterov"] and no_decay["weight_decay"] == 0 and decay["weight_decay"] == tc.weight_decay
     bn_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
@@ -167,15 +167,15 @@ def overfit_one_batch(device: torch.device, steps: int) -> tuple[list[float], in
     # lr 0.01 (batch 4): high enough that one batch is visibly fitted in a dozen steps.
     cfg = Config(model=ModelConfig(size="nano", input_size=96),
                  train=TrainConfig(batch_size=4, warmup_epochs=0, basic_lr_per_img=0.0025, ema=False))
-    state = train.make_state(net, cfg, global_batch=4, steps_per_epoch=steps, device=device)
-    state.amp, state.scaler = True, train.make_scaler(device, enabled=True)  # make_state enables AMP on CUDA only
+    state = train_engine.make_state(net, cfg, global_batch=4, steps_per_epoch=steps, device=device)
+    state.amp, state.scaler = True, train_engine.make_scaler(device, enabled=True)  # make_state enables AMP on CUDA only
     images = torch.rand(4, 3, 96, 96) * 255
-    targets = torch.zeros(4, train.MAX_LABELS, 5)
+    targets = torch.zeros(4, train_data.MAX_LABELS, 5)
     targets[:, 0] = torch.tensor([0.0, 48.0, 48.0, 30.0, 20.0])  # class, cx, cy, w, h (input pixels)
     losses, skipped = [], 0
     for _ in range(steps):
         scale = state.scaler.get_scale()
-        losses.append(float(train.train_step(state, images, targets)))
+        losses.append(float(train_engine.train_step(state, images, targets)))
         skipped += state.scaler.get_scale() < scale  # the scaler halves its scale exactly when it skips a step
     return losses, skipped
 
@@ -243,8 +243,8 @@ def test_ray_train_on_s3_checkpoints_at_evaluations_resumes_and_survives_a_worke
 
 def test_progress_line_names_epoch_loss_lr_speed_and_eta():
     # 3 of 60 epochs done at 25 s each: 57 x 25 s = 23m45s left
-    progress = train.epoch_progress(3, 60, loss=7.41234, lr=0.02, images_per_s=41.26, seconds_per_epoch=25.0)
+    progress = train_engine.epoch_progress(3, 60, loss=7.41234, lr=0.02, images_per_s=41.26, seconds_per_epoch=25.0)
     assert progress["eta_s"] == 57 * 25.0
-    assert train.progress_line(progress) == "[train] epoch 3/60  loss 7.412  lr 2.00e-02  41.3 img/s  ETA 23m45s"
-    progress = train.epoch_progress(10, 300, loss=2.0, lr=1e-3, images_per_s=250.0, seconds_per_epoch=60.0)
-    assert train.progress_line(progress).endswith("ETA 4h50m")
+    assert train_engine.progress_line(progress) == "[train] epoch 3/60  loss 7.412  lr 2.00e-02  41.3 img/s  ETA 23m45s"
+    progress = train_engine.epoch_progress(10, 300, loss=2.0, lr=1e-3, images_per_s=250.0, seconds_per_epoch=60.0)
+    assert train_engine.progress_line(progress).endswith("ETA 4h50m")
