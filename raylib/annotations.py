@@ -49,8 +49,13 @@ LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field
 
 
 def delivery_marker(labels_in: str, round_idx: int) -> str:
-    """The file annotators create when round `round_idx`'s delivery is final (any content)."""
-    return storage.join(labels_in, "_complete", f"round={round_idx:02d}")
+    """The file annotators create when round `round_idx`'s delivery is final (any content);
+    `_complete/seed` for the seed set (round_idx -1: labelled before round 0 trains)."""
+    return storage.join(labels_in, "_complete", "seed" if round_idx < 0 else f"round={round_idx:02d}")
+
+
+def round_name(round_idx: int) -> str:
+    return "seed set" if round_idx < 0 else f"round {round_idx}"
 
 
 @dataclass
@@ -132,7 +137,8 @@ def _read_capped(uri: str, max_bytes: int, what: str) -> bytes:
     return data
 
 
-def _read_json(uri: str) -> object:
+def read_json(uri: str) -> object:
+    """A JSON annotation file, refused above MAX_JSON_BYTES or when nested too deeply (ValueError)."""
     data = _read_capped(uri, MAX_JSON_BYTES, "an annotation export")
     try:
         return json.loads(data)
@@ -161,19 +167,21 @@ def _header_sizes(selected: Mapping[str, str | None]) -> dict[str, tuple[int, in
 
 
 def _import_json_files(labels_in: str, selected: Mapping[str, str | None], what: str,
-                       parse: Callable[[object, dict], tuple[pa.Table, list[tuple[str, str]]]]) -> Delivery:
-    """Every *.json under `labels_in` through `parse(document, header sizes)`; a file that can't be
+                       parse: Callable[[object, Mapping], tuple[pa.Table, list[tuple[str, str]]]],
+                       sizes: Mapping[str, tuple[int, int]] | None) -> Delivery:
+    """Every *.json under `labels_in` through `parse(document, image sizes)`; a file that can't be
     parsed is an error naming it (the others are still read); the same image delivered twice with
-    different labels is an error for that image."""
+    different labels is an error for that image. `sizes` None: read from the images' headers."""
     rows: dict[str, list[dict]] = {}
     errors: list[tuple[str, str]] = []
     failed: set[str] = set()
     source: dict[str, str] = {}
     files = storage.list_files(labels_in, ".json")
-    sizes = _header_sizes(selected) if files else {}
+    if sizes is None:
+        sizes = _header_sizes(selected) if files else {}
     for uri in files:
         try:
-            table, file_errors = parse(_read_json(uri), sizes)
+            table, file_errors = parse(read_json(uri), sizes)
         except FILE_ERRORS as exc:
             errors.append((f"<{uri}>", f"{what} file '{uri}' could not be read: {exc}"))
             continue
@@ -192,28 +200,32 @@ def _import_json_files(labels_in: str, selected: Mapping[str, str | None], what:
     return _finish(labels_in, selected, rows, errors, missing)
 
 
-def import_coco(labels_in: str, selected: Mapping[str, str | None], class_names: list[str]) -> Delivery:
-    """Every *.json under `labels_in` as a COCO dataset; an image listed without annotations is empty."""
+def import_coco(labels_in: str, selected: Mapping[str, str | None], class_names: list[str],
+                sizes: Mapping[str, tuple[int, int]] | None = None) -> Delivery:
+    """Every *.json under `labels_in` as a COCO dataset; an image listed without annotations is empty.
+    `sizes`: image_id -> (width, height) when known (default: read from each selected image's header)."""
     names = name_index(selected)
 
-    def parse(document: object, sizes: dict) -> tuple[pa.Table, list[tuple[str, str]]]:
+    def parse(document: object, sizes: Mapping) -> tuple[pa.Table, list[tuple[str, str]]]:
         return coco.coco_to_labels(document, class_names, image_ids=names, sizes=sizes)
 
-    return _import_json_files(labels_in, selected, "COCO", parse)
+    return _import_json_files(labels_in, selected, "COCO", parse, sizes)
 
 
 def import_labelstudio(labels_in: str, selected: Mapping[str, str | None], class_names: list[str],
-                       document_root: str | None = None) -> Delivery:
+                       document_root: str | None = None, sizes: Mapping[str, tuple[int, int]] | None = None
+                       ) -> Delivery:
     """Every *.json under `labels_in` as a Label Studio JSON export; an annotation with no regions is
     an empty image, a task without a (non-skipped) annotation is missing. `document_root`: Label
-    Studio's LOCAL_FILES_DOCUMENT_ROOT (`loop.labelstudio_document_root`), for local-files URLs."""
+    Studio's LOCAL_FILES_DOCUMENT_ROOT (`loop.labelstudio_document_root`), for local-files URLs;
+    `sizes` as for `import_coco`."""
 
-    def parse(document: object, sizes: dict) -> tuple[pa.Table, list[tuple[str, str]]]:
+    def parse(document: object, sizes: Mapping) -> tuple[pa.Table, list[tuple[str, str]]]:
         if not isinstance(document, list):
             raise ValueError("not a Label Studio JSON export (a list of tasks)")
         return labelstudio.tasks_to_labels(document, class_names, selected, sizes, document_root)
 
-    return _import_json_files(labels_in, selected, "Label Studio", parse)
+    return _import_json_files(labels_in, selected, "Label Studio", parse, sizes)
 
 
 IMPORTERS: dict[str, Callable[[str, Mapping[str, str | None], list[str]], Delivery]] = {
@@ -314,12 +326,12 @@ def check_delivery(delivery: Delivery, labels_in: str, round_idx: int, n_selecte
     counts = (f"{n_labelled} of {n_selected} selected images labelled, {n_missing} missing, "
               f"{n_invalid} delivered but invalid")
     if everything:
-        message = f"round {round_idx}: delivery complete: {counts}"
+        message = f"{round_name(round_idx)}: delivery complete: {counts}"
     elif marked:
-        message = f"round {round_idx}: delivery marked complete ('{marker}'): {counts}; the rest stays in the pool"
+        message = f"{round_name(round_idx)}: delivery marked complete ('{marker}'): {counts}; the rest stays in the pool"
     elif accept_partial:
-        message = f"round {round_idx}: partial delivery accepted: {counts}; the rest stays in the pool"
+        message = f"{round_name(round_idx)}: partial delivery accepted: {counts}; the rest stays in the pool"
     else:
-        message = (f"round {round_idx}: waiting for labels: {counts}. Deliver the rest under '{labels_in}', "
+        message = (f"{round_name(round_idx)}: waiting for labels: {counts}. Deliver the rest under '{labels_in}', "
                    f"or create '{marker}' to commit what is there (the rest stays in the pool)")
     return DeliveryStatus(complete, marked, n_selected, n_labelled, n_invalid, n_missing, message)

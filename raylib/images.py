@@ -21,11 +21,13 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from raylib import storage
 
 # We enforce our own limit (`max_pixels`) from the header before decoding; Pillow's own bomb check stays
-# on as a second line, set above any sensible `score.max_pixels` (it warns above this, fails at twice it).
+# on as a second line, set above any sensible `data.max_pixels` (it warns above this, fails at twice it).
 PIL_MAX_PIXELS = 1 << 30
 Image.MAX_IMAGE_PIXELS = PIL_MAX_PIXELS
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # an image file this big is not a photo of a scene: refused unread
-HEAD_BYTES = 1024 * 1024  # enough for any header (a JPEG's EXIF/ICC segments come before its size)
+# Header reads: most headers are in the first 64 KiB; a JPEG's EXIF/ICC segments (before its size) may
+# push it further, so a failed parse reads on, up to 1 MiB.
+HEAD_BYTES = (64 * 1024, 1024 * 1024)
 # ICO: Pillow decodes the largest frame inside Image.open, before any size check can run, and the
 # frame's own header (a PNG or DIB inside the icon) is what gets decoded, not the directory's size.
 # Icons are at most 256x256 by the format (a DIB frame's height counts its mask too: up to 512).
@@ -51,10 +53,16 @@ def read_image_bytes(uri: str, name: str, max_bytes: int = MAX_IMAGE_BYTES) -> b
 
 
 def header_size_of(uri: str, name: str) -> tuple[int, int]:
-    """(width, height) of the image at `uri` from its first HEAD_BYTES only (one ranged read on S3)."""
+    """(width, height) of the image at `uri` from its first bytes only (HEAD_BYTES)."""
     fs, path = storage.resolve(uri)
     with fs.open_input_stream(path) as stream:
-        return header_size(stream.read(HEAD_BYTES), name)
+        data = stream.read(HEAD_BYTES[0])
+        try:
+            return header_size(data, name)
+        except ImageError:
+            if len(data) < HEAD_BYTES[0]:
+                raise  # the whole file was read
+        return header_size(data + stream.read(HEAD_BYTES[1] - len(data)), name)
 
 
 def header_size(data: bytes, name: str) -> tuple[int, int]:

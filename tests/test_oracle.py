@@ -8,6 +8,7 @@ import json
 
 import pyarrow as pa
 import pytest
+from PIL import Image
 
 from raylib import labels, schemas, storage
 from raylib.config import LoopConfig
@@ -42,8 +43,8 @@ def deliver(fmt: str, labels_in, image_ids: list[str]) -> None:
         categories = [{"id": k + 1, "name": name} for k, name in enumerate(CLASSES)]
         storage.write_text(str(labels_in / "instances_default.json"),
                            json.dumps({"images": images, "annotations": anns, "categories": categories}))
-    else:  # Label Studio: percent of the original size
-        tasks = [{"id": i + 1, "data": {"image": f"s3://bucket/pool/{image_id}.jpg", "image_id": image_id},
+    else:  # Label Studio: percent of the original size; images served as local files (document root /)
+        tasks = [{"id": i + 1, "data": {"image": local_files_url(labels_in, image_id), "image_id": image_id},
                   "annotations": [{"id": 100 + i, "was_cancelled": False, "result": [
                       {"type": "rectanglelabels", "from_name": "label", "to_name": "image",
                        "original_width": WIDTH, "original_height": HEIGHT,
@@ -53,6 +54,15 @@ def deliver(fmt: str, labels_in, image_ids: list[str]) -> None:
                       for name, x1, y1, x2, y2 in TRUTH[image_id]]}]}
                  for i, image_id in enumerate(image_ids)]
         storage.write_text(str(labels_in / "project-1-at-2026.json"), json.dumps(tasks))
+
+
+def pool_image(labels_in, image_id: str):
+    """Where the round0 fixture's pool keeps `image_id` (next to the delivery folder)."""
+    return labels_in.parent / "pool" / f"{image_id}.jpg"
+
+
+def local_files_url(labels_in, image_id: str) -> str:
+    return "/data/local-files/?d=" + str(pool_image(labels_in, image_id)).lstrip("/")
 
 
 @pytest.fixture()
@@ -65,7 +75,12 @@ def round0(tmp_path):
     ds = Dataset(voc_root=str(voc_root), pool_manifest="", test_manifest="", class_names=CLASSES)
     rp = RoundPaths(str(tmp_path / "run"), 0)
     ids = ["a", "b", "c", "d"]
-    storage.write_table(schemas.check(pa.table({"image_id": ids, "uri": [f"s3://bucket/pool/{i}.jpg" for i in ids]}),
+    # Real images: the importers check boxes against each image's header.
+    uris = [pool_image(tmp_path / "delivered", i) for i in ids]
+    uris[0].parent.mkdir()
+    for uri in uris:
+        Image.new("RGB", (WIDTH, HEIGHT)).save(uri)
+    storage.write_table(schemas.check(pa.table({"image_id": ids, "uri": [str(u) for u in uris]}),
                                       schemas.POOL, "pool"), rp.unlabelled)
     selection = pa.table({"round": pa.array([0] * 3, pa.int16()), "image_id": ["a", "b", "c"],
                           "class_id": pa.array([0, 1, 0], pa.int16()), "score": pa.array([0.3] * 3, pa.float32()),
@@ -107,3 +122,46 @@ def test_delivery_in_each_format_waits_for_the_missing_image_then_labels_as_the_
     ours = new_labels(rp)
     assert ours == {"a": truth["a"], "c": []}  # b stays in the pool: not in the labelled set
     assert "b" not in labels.labelled_ids(rp.labels)
+
+
+def hostile(fmt: str, labels_in) -> None:
+    """Next to a good delivery of a: b with a hostile entry, a task of another bucket for a's base name,
+    a 100,000-deep JSON file, and c reviewed empty in a cp1252 reviewed_empty.txt with a bad line."""
+    if fmt == "coco":
+        document = {"images": [{"id": 7, "file_name": "b.jpg", "width": WIDTH, "height": HEIGHT}],
+                    "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [-5000, 0, 1e39, 10]}],
+                    "categories": [{"id": 1, "name": "cat"}]}
+    else:
+        region = {"type": "rectanglelabels", "original_width": WIDTH, "original_height": HEIGHT,
+                  "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rotation": [1], "rectanglelabels": ["cat"]}}
+        document = [{"id": 7, "data": {"image": local_files_url(labels_in, "b"), "image_id": "b"},
+                     "annotations": [{"result": [region]}]},
+                    {"id": 8, "data": {"image": "s3://someone-else/pool/a.jpg"},
+                     "annotations": [{"result": [{**region, "value": {**region["value"], "rotation": 0}}]}]}]
+    storage.write_text(str(labels_in / "hostile.json"), json.dumps(document))
+    storage.write_text(str(labels_in / "deep.json"), "[" * 100_000 + "]" * 100_000)
+    storage.write_bytes(str(labels_in / "reviewed_empty.txt"), "c\ncaf\u00e9.jpg\n".encode("cp1252"))
+
+
+@pytest.mark.parametrize("fmt", ["coco", "labelstudio"])
+def test_hostile_entries_cost_their_images_only(round0, tmp_path, fmt):
+    ds, rp, labels_uri = round0
+    simulated_rp = RoundPaths(str(tmp_path / "simulated"), 0)
+    for name in ("unlabelled", "selection"):
+        storage.write_bytes(getattr(simulated_rp, name), storage.read_bytes(getattr(rp, name)))
+    labels.oracle(simulated_rp, ds, LoopConfig(oracle="simulate"), 0, labels_uri)
+    truth = new_labels(simulated_rp)
+
+    labels_in = tmp_path / "delivered"
+    deliver(fmt, labels_in, ["a"])
+    hostile(fmt, labels_in)
+    storage.write_text(str(labels_in / "_complete" / "round=00"), "")
+    loop = LoopConfig(oracle="external", labels_in=str(labels_in), labels_format=fmt)
+    labels.oracle(rp, ds, loop, 0, labels_uri)
+    assert new_labels(rp) == {"a": truth["a"], "c": []}  # the good ones, committed with their labels
+    assert "b" not in labels.labelled_ids(rp.labels)  # the bad one stays in the pool, with its reason
+    errors = json.loads(storage.read_text(rp.oracle_errors))
+    assert ("outside the 100x80 image" if fmt == "coco" else "rotation is a list, not a number") in errors["b"]
+    assert "hostile.json" in errors["b"]
+    assert "nested too deeply" in errors[f"<{labels_in / 'deep.json'}>"]
+    assert "line(s) 2 of" in errors[f"<{labels_in / 'reviewed_empty.txt'}>"]
