@@ -273,6 +273,18 @@ def ico_bomb(frame: bytes) -> bytes:
     return b"\0\0\1\0" + struct.pack("<H", 1) + entry + frame
 
 
+def webp_canvas_bomb(side: int = 16_383) -> bytes:
+    """An animated WebP whose VP8X header says side x side (WebP's largest), frames 64x64: Pillow
+    creates its animation decoder (the canvas) inside Image.open."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, "WEBP", save_all=True, duration=10,
+                                    append_images=[Image.new("RGB", (64, 64), (255, 0, 0))])
+    data = bytearray(buffer.getvalue())
+    assert data[12:16] == b"VP8X"
+    data[24:27] = data[27:30] = (side - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
 # Runs in a fresh interpreter: ru_maxrss is the process's peak, so the decode's own peak is measured.
 _MEASURE = """
 import resource, sys
@@ -290,18 +302,18 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 """
 
 
-@pytest.mark.parametrize("kind", ["png", "ico"])
+@pytest.mark.parametrize("kind", ["png", "ico", "webp"])
 def test_bombs_are_refused_from_the_header_with_peak_memory_measured(tmp_path, kind):
-    data = png_idat_bomb() if kind == "png" else ico_bomb(png_idat_bomb())
+    data = {"png": png_idat_bomb, "ico": lambda: ico_bomb(png_idat_bomb()), "webp": webp_canvas_bomb}[kind]()
     assert len(data) < 100_000
     path = tmp_path / f"bomb.{kind}"
     path.write_bytes(data)
     out = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, check=True,
                          timeout=120).stdout.splitlines()
     *messages, peak_mb = out
-    if kind == "png":
-        assert "20000x20000 (400 MP), over the limit of 40 MP" in messages[0]
-        assert "over the limit" in messages[2]
+    if kind in ("png", "webp"):
+        assert "(400 MP), over the limit of 40 MP" in messages[0] or "(268 MP), over the limit" in messages[0]
+        assert messages[1] == "decoded" and "over the limit" in messages[2]  # header_size: the size, no pixels
     else:
         assert all("ICO frame 0 is 20000x20000" in m and "refused before decoding" in m for m in messages)
     assert int(peak_mb) < 50  # decoding it would take 400 MB
