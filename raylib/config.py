@@ -66,33 +66,58 @@ class SyntheticConfig:
         _require(len(self.classes) > 0, "data.synthetic.classes must not be empty")
 
 
+DATA_KINDS = ("synthetic", "voc", "images", "coco")
+
+
 @dataclass
 class DataConfig:
     """Where the pool and the fixed performance test set come from.
 
     kind=synthetic generates a VOC-layout dataset under `root` (default: `<run_root>/../data`).
     kind=voc reads a VOCdevkit-style root: JPEGImages/, Annotations/, ImageSets/Main/<set>.txt.
+    kind=images: the pool is every image under `root` (a folder or s3:// prefix, walked recursively),
+    without labels; the test set is `test` (a COCO JSON file or a VOC root) with its images under
+    `test_images`. kind=coco: the pool is the images of the COCO file `pool_labels` under `root`, and
+    its annotations are the simulated oracle's ground truth.
     """
 
     kind: str = "synthetic"
     root: Optional[str] = None
     pool_sets: list[str] = field(default_factory=lambda: ["trainval"])
     test_sets: list[str] = field(default_factory=lambda: ["test"])
-    classes: list[str] = field(default_factory=list)  # empty: taken from data.synthetic.classes
+    classes: list[str] = field(default_factory=list)  # empty: data.synthetic.classes, or the test set's categories
     # Larger images (width x height from the header) are never decoded: in scoring they become error
     # rows, in training and evaluation they are left out (decompression bombs).
     max_pixels: int = 40_000_000
+    # kind=images / coco: labelled sets from files (COCO JSON, or a VOC root with ImageSets/Main/<test_sets>).
+    test: Optional[str] = None  # the fixed performance test set (required)
+    test_images: Optional[str] = None  # its images' folder/prefix; default: the JSON's folder, a VOC root's JPEGImages/
+    labelled: Optional[str] = None  # labels the team already has: round 0's labelled set instead of a seed sample
+    labelled_images: Optional[str] = None  # default: data.root (the pool's ids then match)
+    pool_labels: Optional[str] = None  # ground truth covering the pool, for loop.oracle=simulate (kind=coco: the pool)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("synthetic", "voc"), f"data.kind must be synthetic or voc, got '{self.kind}'")
-        _require(self.kind == "synthetic" or bool(self.root), "data.root is required when data.kind=voc")
+        _require(self.kind in DATA_KINDS, f"data.kind must be one of {DATA_KINDS}, got '{self.kind}'")
+        _require(self.kind == "synthetic" or bool(self.root),
+                 f"data.root is required when data.kind={self.kind}: the pool's folder or s3:// prefix")
         _require(self.max_pixels > 0, f"data.max_pixels must be > 0, got {self.max_pixels}")
-        self.root = absolute(self.root)
+        if self.kind in ("images", "coco"):
+            _require(bool(self.test), f"data.test is required when data.kind={self.kind}: pass data.test=<COCO JSON "
+                                      "file or VOC root of the labelled test set>")
+        if self.kind == "coco":
+            _require(bool(self.pool_labels), "data.pool_labels is required when data.kind=coco: the pool's COCO "
+                                             "instances JSON (e.g. instances_train2017.json)")
+        self.root, self.test, self.test_images = absolute(self.root), absolute(self.test), absolute(self.test_images)
+        self.labelled, self.labelled_images = absolute(self.labelled), absolute(self.labelled_images)
+        self.pool_labels = absolute(self.pool_labels)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.classes) if self.classes else list(self.synthetic.classes)
+        """The configured class names; empty for a test set whose categories name them (dataset.py)."""
+        if self.classes:
+            return list(self.classes)
+        return list(self.synthetic.classes) if self.kind == "synthetic" else []
 
 
 @dataclass
@@ -278,6 +303,9 @@ class Config:
         # working directory a Ray worker happens to run in.
         self.run_root = absolute(self.run_root)
         _require(self.round_idx >= 0, "round_idx must be >= 0")
+        _require(self.loop.oracle == "external" or self.data.kind != "images" or bool(self.data.pool_labels),
+                 "loop.oracle=simulate needs the pool's ground truth: with data.kind=images set data.pool_labels="
+                 "<COCO JSON or VOC root covering the pool>, or let annotators label (loop.oracle=external)")
 
 
 def register() -> None:

@@ -1,7 +1,8 @@
 """The labelled set (schemas.LABELS): which images are labelled, in which split, since which round.
 
-    seed_labels        round 0: `seed_size` random pool images (seed 6.5 step 2) with their VOC labels
-    oracle             labels for a round's selection: the dataset's VOC (simulation) or annotators' XML
+    seed_labels        round 0: data.labelled, or `seed_size` random pool images (seed 6.5 step 2) with their
+                       ground truth; with annotators and no data.labelled, the seed round's oracle (loop.py)
+    oracle             labels for a round's selection: the dataset's ground truth (simulation) or annotators'
     perf_test_labels   ground truth of the fixed performance test set (split `perf_test`)
     standalone_labels  every pool image, for the train/evaluate jobs run outside the loop
     read_split         one split's labels with the URIs of its images (training, evaluation)
@@ -21,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib import annotations, paths, pool, schemas, storage, voc
+from raylib import annotations, paths, pool, schemas, storage
 from raylib.config import LoopConfig
+from raylib.dataset import Dataset, ground_truth
 from raylib.paths import RoundPaths
-from raylib.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ def sample_ids(manifest_uri: str, n: int, seed: int) -> list[str]:
     return sorted(image_id for _, image_id in heap)
 
 
-def _voc_labels(source: str, image_ids: list[str], class_names: list[str], warning: str) -> pa.Table:
-    """VOC labels of `image_ids`; each image without a usable file is logged with `warning` % (id, why)."""
-    table, errors = voc.read_voc_labels(source, image_ids, class_names)
+def _truth(ds: Dataset, image_ids: list[str], which: str, warning: str) -> pa.Table:
+    """Ground truth of `image_ids`; each image without usable labels is logged with `warning` % (id, why)."""
+    table, errors = ground_truth(ds, image_ids, which)
     for image_id, message in errors:
         log.warning(warning, image_id, message)
     return table
@@ -123,25 +124,39 @@ def _manifest_ids(manifest_uri: str) -> list[str]:
 
 
 def perf_test_labels(run_root: str, ds: Dataset) -> str:
-    """Ground truth of the fixed performance test set, from the VOC files of the test manifest; once."""
-    return _write_once(paths.perf_test_labels(run_root), lambda: as_labels(_voc_labels(
-        ds.voc_root, _manifest_ids(ds.test_manifest), ds.class_names, "performance test image %s left out: %s"),
-        "perf_test", 0))
+    """Ground truth of the fixed performance test set (split `perf_test`); once."""
+    return _write_once(paths.perf_test_labels(run_root), lambda: as_labels(_truth(
+        ds, _manifest_ids(ds.test_manifest), "test", "performance test image %s left out: %s"), "perf_test", 0))
+
+
+def seed_from_annotators(ds: Dataset, loop: LoopConfig) -> bool:
+    """Round 0's labels come from the annotators (the seed round's export and oracle, loop.py): the
+    external oracle and no labelled set given (data.labelled)."""
+    return loop.oracle == "external" and ds.labelled_truth is None
 
 
 def seed_labels(run_root: str, ds: Dataset, loop: LoopConfig, seed: int) -> str:
-    """Round 0's labelled set: `loop.seed_size` random pool images, split per `loop.split`; once."""
-    return _write_once(paths.seed_labels(run_root), lambda: assign_splits(_voc_labels(
-        ds.voc_root, sample_ids(ds.pool_manifest, loop.seed_size, seed), ds.class_names,
-        "seed image %s stays unlabelled: %s"), loop.split, seed, round_added=0))
+    """Round 0's labelled set, split per `loop.split`; once: the team's labelled set (data.labelled, the
+    images of it that are in the pool), else `loop.seed_size` random pool images with their ground truth."""
+    if ds.labelled_truth is not None:
+        def build() -> pa.Table:
+            table = storage.read_table(ds.labelled_truth)
+            in_pool = pa.array(sorted(set(_manifest_ids(ds.pool_manifest)) & set(table.column("image_id").to_pylist())),
+                               pa.string())
+            return table.filter(pc.is_in(table.column("image_id"), value_set=in_pool))
+    else:
+        def build() -> pa.Table:
+            return _truth(ds, sample_ids(ds.pool_manifest, loop.seed_size, seed), "pool",
+                          "seed image %s stays unlabelled: %s")
+    return _write_once(paths.seed_labels(run_root), lambda: assign_splits(build(), loop.split, seed, round_added=0))
 
 
 def standalone_labels(run_root: str, ds: Dataset, fractions: tuple[float, float, float], seed: int) -> str:
-    """Every pool image with its VOC labels, split as the seed set is: for running the train and
+    """Every pool image with its ground truth, split as the seed set is: for running the train and
     evaluate jobs alone on the embedded defaults; once."""
-    return _write_once(paths.standalone_labels(run_root), lambda: assign_splits(_voc_labels(
-        ds.voc_root, sorted(_manifest_ids(ds.pool_manifest)), ds.class_names,
-        "pool image %s left out of the standalone labels: %s"), fractions, seed, round_added=0))
+    return _write_once(paths.standalone_labels(run_root), lambda: assign_splits(_truth(
+        ds, sorted(_manifest_ids(ds.pool_manifest)), "pool", "pool image %s left out of the standalone labels: %s"),
+        fractions, seed, round_added=0))
 
 
 def labels_for_round(run_root: str, round_idx: int, ds: Dataset, fractions: tuple[float, float, float],
@@ -151,8 +166,9 @@ def labels_for_round(run_root: str, round_idx: int, ds: Dataset, fractions: tupl
     return uri if storage.exists(uri) else standalone_labels(run_root, ds, fractions, seed)
 
 
-def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str) -> dict:
-    """Labels for the selected images added to `labels_uri`, written to `rp.labels`.
+def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str | None) -> dict:
+    """Labels for the selected images added to `labels_uri` (None: the seed round, nothing labelled
+    before), written to `rp.labels`.
 
     The labels come from the dataset's ground truth (`simulate`, the seed's experiment) or from the
     annotators' delivery in `loop.labels_in`, in `loop.labels_format` (`external`; raylib/annotations.py).
@@ -165,11 +181,12 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
     cluster while people annotate)."""
     selected = sorted(set(storage.read_table(rp.selection, columns=["image_id"]).column("image_id").to_pylist()))
     if loop.oracle == "simulate":
-        table, errors = voc.read_voc_labels(ds.voc_root, selected, ds.class_names)
+        table, errors = ground_truth(ds, selected, "pool")
         storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
     else:
         uris = pool.image_uris(pool.round_pool(rp, ds.pool_manifest), selected)
-        delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names)
+        delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names,
+                                               loop.labelstudio_document_root)
         errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}
         storage.write_text(rp.oracle_errors, json.dumps(errors, indent=1))
         status = annotations.check_delivery(delivery, loop.labels_in, rp.round_idx, len(selected),
@@ -179,7 +196,7 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
                                 f"per image: '{rp.oracle_errors}'). Run the same command again when they are in.")
         print(status.message, flush=True)
         table = delivery.labels
-    previous = storage.read_table(labels_uri, schema=schemas.LABELS)
+    previous = storage.read_table(labels_uri, schema=schemas.LABELS) if labels_uri else schemas.empty(schemas.LABELS)
     new = assign_splits(table, loop.split, seed, round_added=rp.round_idx + 1)
     new = new.filter(pc.invert(pc.is_in(new.column("image_id"), previous.column("image_id"))))
     storage.write_table(pa.concat_tables([previous, new]), rp.labels)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from raylib import labels, paths, report, stages, storage
 from raylib.config import Config
-from raylib.dataset import ensure_dataset
+from raylib.dataset import Dataset, ensure_dataset
 from raylib.paths import RoundPaths
 from raylib.run_config import check_run_config
 from raylib.stage import run_stage
@@ -39,10 +39,13 @@ def run_loop(cfg: Config) -> LoopResult:
     ds = ensure_dataset(cfg)
     report.write_run_info(cfg.run_root, cfg, ds.class_names)
     labels.perf_test_labels(cfg.run_root, ds)
-    labels.seed_labels(cfg.run_root, ds, cfg.loop, cfg.seed)
     result = LoopResult(run_root=cfg.run_root, rounds_done=0)
+    if labels.seed_from_annotators(ds, cfg.loop):  # the seed set goes to the annotators as a round's selection
+        result.stopped_because = _labelled(cfg, ds, RoundPaths(cfg.run_root, paths.SEED_ROUND))
+    else:
+        labels.seed_labels(cfg.run_root, ds, cfg.loop, cfg.seed)
 
-    for round_idx in range(cfg.loop.rounds):
+    for round_idx in range(cfg.loop.rounds if not result.stopped_because else 0):
         rp = RoundPaths(cfg.run_root, round_idx)
 
         def stage(name: str) -> dict:
@@ -63,21 +66,28 @@ def run_loop(cfg: Config) -> LoopResult:
         if stage("unlabelled")["n_images"] == 0:
             result.stopped_because = "the pool is empty"
             break
-        for name in ("score", "select", "export"):
-            stage(name)
-        try:
-            stage("oracle")
-        except labels.LabelsPending as pending:
-            result.stopped_because = str(pending)
+        stage("score")
+        result.stopped_because = _labelled(cfg, ds, rp)
+        if result.stopped_because:
             break
     else:
-        result.stopped_because = f"{cfg.loop.rounds} rounds done"
+        result.stopped_because = result.stopped_because or f"{cfg.loop.rounds} rounds done"
 
     result.report = report.write_report(cfg.run_root)
     runs_root = paths.runs_root(cfg.run_root)
     report.compare_runs(runs_root, paths.comparison_dir(runs_root))
     print(f"Loop stopped: {result.stopped_because}. Report: {result.report}", flush=True)
     return result
+
+
+def _labelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
+    """Select, export and label (oracle) round `rp`'s images; '' when labelled, else why the loop waits."""
+    try:
+        for name in ("select", "export", "oracle"):
+            run_stage(rp, name, lambda: stages.BY_NAME[name](cfg, ds, rp))
+    except labels.LabelsPending as pending:
+        return str(pending)
+    return ""
 
 
 def _stop_reason(cfg: Config, result: LoopResult, round_idx: int) -> str:

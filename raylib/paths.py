@@ -2,7 +2,11 @@
 
     <run_root>/config.yaml                                       the resolved config it was started with
     <run_root>/run.json, pool.parquet, test_pool.parquet         what the run is; the manifests
-    <run_root>/labels_seed.parquet, labels_perf_test.parquet    labelled sets made once
+    <run_root>/labels_perf_test.parquet                         the test set's labels, made once
+    <run_root>/truth_{test,pool,labelled}.parquet, images_*.parquet
+                                                                labelled sets imported from files (data.test, ...)
+    <run_root>/seed/...                                         the seed set: labels.parquet (round 0's labelled
+                                                                set); with annotators, its selection and export
     <run_root>/report/                                          report.md and its figures
     <run_root>/round=NN/...                                     a round's outputs (RoundPaths)
     <runs_root>/comparison/                                     the comparison of the runs beside it
@@ -20,13 +24,18 @@ RUN_INFO_FILE = "run.json"
 RUN_CONFIG_FILE = "config.yaml"  # the resolved config the run was started with (raylib/run_config.py)
 
 
+SEED_ROUND = -1  # the seed set's "round": labelled before round 0 trains (by annotators, or simulated)
+
+
 @dataclass(frozen=True)
 class RoundPaths:
     run_root: str
-    round_idx: int
+    round_idx: int  # SEED_ROUND for the seed set, whose files are those of a round's selection and labels
 
     @property
     def root(self) -> str:
+        if self.round_idx == SEED_ROUND:
+            return storage.join(self.run_root, "seed")
         return storage.join(self.run_root, f"round={self.round_idx:02d}")
 
     def _in(self, *parts: str) -> str:
@@ -106,17 +115,35 @@ class RoundPaths:
         return self._in("_done", stage)
 
 
+def part_file(folder: str, index: int) -> str:
+    """Part `index` of a folder of Parquet parts: scoring writes detections/ and image_status/ part by
+    part, and part i of both holds the same images (export relies on it)."""
+    return storage.join(folder, f"part-{index:05d}.parquet")
+
+
 def pool_manifest(run_root: str) -> str:
     return storage.join(run_root, "pool.parquet")
 
 
 def seed_labels(run_root: str) -> str:
-    return storage.join(run_root, "labels_seed.parquet")
+    """Round 0's labelled set: the seed round's labels."""
+    return RoundPaths(run_root, SEED_ROUND).labels
 
 
 def round_labels(run_root: str, round_idx: int) -> str:
     """The labelled set round `round_idx` trains on: the seed labels, then the previous oracle's."""
-    return seed_labels(run_root) if round_idx == 0 else RoundPaths(run_root, round_idx - 1).labels
+    return RoundPaths(run_root, round_idx - 1).labels
+
+
+def imported_truth(run_root: str, which: str) -> str:
+    """Ground truth imported once from a label file of the config: `test` (data.test), `pool`
+    (data.pool_labels), `labelled` (data.labelled); columns image_id, objects."""
+    return storage.join(run_root, f"truth_{which}.parquet")
+
+
+def imported_images(run_root: str, which: str) -> str:
+    """The manifest (image_id, uri) of the images of an imported label file (`imported_truth`)."""
+    return storage.join(run_root, f"images_{which}.parquet")
 
 
 def perf_test_labels(run_root: str) -> str:

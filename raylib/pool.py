@@ -3,14 +3,16 @@
 Listing is the first wall at scale (ray-project/ray#40686), so the pool is indexed once into Parquet
 and every stage reads image bytes from the manifest's URIs. Indexing streams: local folders are
 walked with `os.scandir` one directory at a time, S3 prefixes with boto3's `list_objects_v2`
-paginator, and rows go to a ParquetWriter in batches, so millions of keys never sit in memory.
+(sub-prefixes in parallel threads), and rows go to a ParquetWriter in batches, so millions of keys never sit in memory.
 A manifest is written to a temporary sibling and moved into place, so readers never see half of one.
 """
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 WRITE_BATCH_ROWS = 65_536
+# S3 listing: the first levels of sub-prefixes are listed with a delimiter, then this many threads
+# list the sub-prefixes whole at once (benchmarks/s3_listing.py).
+LIST_THREADS = 16
+FAN_OUT_LEVELS = 2
 
 
 class PoolError(ValueError):
@@ -142,28 +148,73 @@ def _listing(root: str, rel_dir: str) -> list[str]:
     return sorted(entries)
 
 
-def _walk_s3(root_uri: str) -> Iterator[str]:
-    """Keys under an s3:// prefix relative to it, in S3's (lexicographic) order, page by page."""
+def _s3_level(client, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
+    """One level of an S3 "folder": (keys directly under `prefix`, its sub-prefixes), all pages."""
+    keys, prefixes = [], []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+        prefixes += [item["Prefix"] for item in page.get("CommonPrefixes", [])]
+    return keys, prefixes
+
+
+def _s3_all(client, bucket: str, prefix: str) -> list[str]:
+    """Every key under `prefix`, in S3's order (one paginator, no delimiter)."""
+    return [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for item in page.get("Contents", [])]
+
+
+def _walk_s3(root_uri: str, threads: int = LIST_THREADS, fan_out_levels: int = FAN_OUT_LEVELS) -> Iterator[str]:
+    """Keys under an s3:// prefix relative to it, in S3's (lexicographic) order.
+
+    One paginator returns 1,000 keys a request, one request after another: millions of keys take
+    thousands of round trips in a row. So the first `fan_out_levels` levels of "folders" are listed with
+    a delimiter, and the sub-prefixes found are listed whole by `threads` threads at once, at most
+    2 x `threads` prefixes ahead of the one being written (memory: those prefixes' keys). Sorting the
+    keys and sub-prefixes of a level and expanding each prefix in place keeps S3's global order
+    ('a/b.jpg' < 'a/b/...' as '.' < '/')."""
     import boto3
 
     bucket, _, prefix = root_uri[len("s3://") :].partition("/")
     prefix = prefix.strip("/")
     prefix = f"{prefix}/" if prefix else ""
-    paginator = boto3.client("s3").get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            key = item["Key"]
-            if not key.endswith("/"):  # "folder" marker objects
-                yield key[len(prefix) :]
+    client = boto3.client("s3")
+    # Each entry: (key or prefix, is_prefix); prefixes of the last fan-out level are listed whole.
+    entries: list[tuple[str, bool]] = [(prefix, True)]
+    with ThreadPoolExecutor(max_workers=threads) as executor:
+        for _ in range(fan_out_levels):
+            folders = [name for name, is_prefix in entries if is_prefix]
+            if not folders:
+                break
+            levels = dict(zip(folders, executor.map(lambda p: _s3_level(client, bucket, p), folders)))
+            expanded: list[tuple[str, bool]] = []
+            for name, is_prefix in entries:
+                if is_prefix:
+                    keys, subs = levels[name]
+                    expanded += sorted([(k, False) for k in keys] + [(p, True) for p in subs])
+                else:
+                    expanded.append((name, False))
+            entries = expanded
+        pending: deque = deque()
+        for name, is_prefix in entries:
+            pending.append(executor.submit(_s3_all, client, bucket, name) if is_prefix else name)
+            while len(pending) > 2 * threads or (pending and isinstance(pending[0], str)):
+                yield from _keys_of(pending.popleft(), prefix)
+        while pending:
+            yield from _keys_of(pending.popleft(), prefix)
 
 
-def index_folder(root_uri: str, out_uri: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> int:
-    """Index every image under a local folder or s3:// prefix into a manifest; returns the count.
+def _keys_of(entry, prefix: str) -> Iterator[str]:
+    for key in [entry] if isinstance(entry, str) else entry.result():
+        if not key.endswith("/"):  # "folder" marker objects
+            yield key[len(prefix):]
+
+
+def iter_folder(root_uri: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Iterator[pa.RecordBatch]:
+    """POOL batches of every image under a local folder or s3:// prefix, streaming.
 
     image_id is the path relative to `root_uri` ('/'-separated, with its extension). Files with
     other extensions, hidden files and hidden directories are skipped; ids that `safe_relpath`
-    refuses are skipped with a warning.
-    """
+    refuses are skipped with a warning."""
     extensions = tuple(ext.lower() for ext in extensions)
     if storage.is_s3(root_uri):
         base = root_uri.rstrip("/")
@@ -173,19 +224,26 @@ def index_folder(root_uri: str, out_uri: str, extensions: tuple[str, ...] = IMAG
         if not os.path.isdir(base):
             raise PoolError(f"image folder '{root_uri}' does not exist or is not a directory")
         relpaths = _walk_local(base)
+    ids: list[str] = []
+    for rel in relpaths:
+        if not _is_image(rel, extensions):
+            continue
+        try:
+            paths.safe_relpath(rel)
+        except paths.UnsafeIdError as exc:
+            log.warning("skipping '%s' under %s: %s", rel[:200], root_uri, exc)
+            continue
+        ids.append(rel)
+        if len(ids) >= WRITE_BATCH_ROWS:
+            yield _pool_batch(ids, [storage.join(base, rel) for rel in ids])
+            ids = []
+    if ids:
+        yield _pool_batch(ids, [storage.join(base, rel) for rel in ids])
 
-    def rows() -> Iterator[tuple[str, str]]:
-        for rel in relpaths:
-            if not _is_image(rel, extensions):
-                continue
-            try:
-                paths.safe_relpath(rel)
-            except paths.UnsafeIdError as exc:
-                log.warning("skipping '%s' under %s: %s", rel[:200], root_uri, exc)
-                continue
-            yield rel, storage.join(base, rel)
 
-    return _write_rows(rows(), out_uri)
+def index_folder(root_uri: str, out_uri: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> int:
+    """Index every image under a local folder or s3:// prefix into a manifest (`iter_folder`); returns the count."""
+    return storage.write_batches(iter_folder(root_uri, extensions), out_uri, schemas.POOL)
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -38,7 +38,7 @@ import pyarrow.dataset as pads
 import ray
 import torch
 
-from raylib import images, runtime, schemas, storage, strategies
+from raylib import images, paths, runtime, schemas, storage, strategies
 from raylib.config import Config, StrategyConfig
 from raylib.model import BatchDetections, decode_batch, letterbox, letterbox_on_device, load_model, to_input
 from raylib.paths import RoundPaths
@@ -418,9 +418,8 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
 
     tasks = []
     for index, scored_uri in enumerate(storage.list_files(scored_dir, ".parquet")):
-        name = f"part-{index:05d}.parquet"
-        tasks.append(_split_scored_file.remote(scored_uri, storage.join(out.detections, name),
-                                               storage.join(out.image_status, name)))
+        tasks.append(_split_scored_file.remote(scored_uri, paths.part_file(out.detections, index),
+                                               paths.part_file(out.image_status, index)))
     n_images = n_ok = n_detections = 0
     for images_in_file, ok_in_file, detections_in_file in ray.get(tasks):
         n_images += images_in_file
@@ -431,8 +430,8 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
     if n_images != expected:  # never seen; a guard so that a lost image fails the stage, not the round
         raise RuntimeError(f"scoring {manifest_uri}: {n_images} status rows for {expected} pool images")
     if n_images == 0:  # an empty pool still gets (empty) tables, so readers find the directories
-        storage.write_table(schemas.empty(schemas.DETECTIONS), storage.join(out.detections, "part-00000.parquet"))
-        storage.write_table(schemas.empty(schemas.IMAGE_STATUS), storage.join(out.image_status, "part-00000.parquet"))
+        storage.write_table(schemas.empty(schemas.DETECTIONS), paths.part_file(out.detections, 0))
+        storage.write_table(schemas.empty(schemas.IMAGE_STATUS), paths.part_file(out.image_status, 0))
     summary = ScoreSummary(n_images=n_images, n_ok=n_ok, n_error=n_images - n_ok, n_detections=n_detections)
     log.info("scored %s: %s", manifest_uri, summary)
     return summary

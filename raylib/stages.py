@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow as pa
 
-from raylib import labels, pool, schemas, storage
+from raylib import labels, paths, pool, schemas, storage
 from raylib.calibration import calibrate_split
 from raylib.config import Config
 from raylib.dataset import Dataset
@@ -69,6 +69,8 @@ def score(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
 
 def select(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    if rp.round_idx == paths.SEED_ROUND:
+        return _select_seed(cfg, ds, rp)
     if not takes_all(cfg, rp.round_idx):
         return asdict(select_round(rp.detections, cfg.strategy, rp.round_idx, rp, len(ds.class_names)))
     # Without confidence filtering: every image scored, whatever its detections.
@@ -85,11 +87,35 @@ def export(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 def oracle(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """Labels for the selection (simulated or the annotators'), added to the round's labelled set. Raises
     labels.LabelsPending while the annotators' delivery is incomplete."""
-    return labels.oracle(rp, ds, cfg.loop, cfg.seed, round_labels(cfg, ds, rp))
+    previous = round_labels(cfg, ds, rp) if rp.round_idx != paths.SEED_ROUND else None
+    return labels.oracle(rp, ds, cfg.loop, cfg.seed, previous)
 
 
 BY_NAME = {"train": train, "evaluate": evaluate, "unlabelled": unlabelled, "score": score, "select": select,
            "export": export, "oracle": oracle}
+
+
+def _select_seed(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
+    """The seed round's selection, for annotators from round 0 (no model yet): `loop.seed_size` random pool
+    images (labels.sample_ids, as a simulated seed set), written as a round's selection with image_status
+    rows (sizes unknown: export reads the headers) and no detections, so that export and oracle treat it
+    as any round's."""
+    ids = labels.sample_ids(ds.pool_manifest, cfg.loop.seed_size, cfg.seed)
+    uris = pool.image_uris(ds.pool_manifest, ids)
+    n = len(ids)
+    image_ids = pa.array(ids, pa.string())
+    storage.write_table(pa.table([
+        pa.array(np.full(n, rp.round_idx, np.int16)), image_ids, pa.array(np.full(n, -1, np.int16)),
+        pa.array(np.zeros(n, np.float32)), pa.array(np.arange(n, dtype=np.int32))], schema=schemas.SELECTION),
+        rp.selection)
+    sizes = pa.nulls(n, pa.int32())
+    storage.write_table(pa.table([
+        pa.array(np.full(n, rp.round_idx, np.int16)), image_ids, pa.array(["ok"] * n, pa.string()),
+        pa.nulls(n, pa.string()), pa.array(np.zeros(n, np.int32)), sizes, sizes,
+        pa.array([uris[i] for i in ids], pa.string())], schema=schemas.IMAGE_STATUS),
+        paths.part_file(rp.image_status, 0))
+    storage.write_table(schemas.empty(schemas.DETECTIONS), paths.part_file(rp.detections, 0))
+    return {"n_images": n, "seed": True}
 
 
 def _write_selection_of_all(manifest_uri: str, round_idx: int, out_uri: str) -> int:

@@ -130,8 +130,8 @@ def _voc_dataset(tmp_path, pool_ids: list[str], test_ids: list[str]) -> Dataset:
         objects = [] if i % 4 == 0 else [voc.VocObject(("cat", "dog")[i % 2], 1, 2, 30, 40)]
         storage.write_bytes(str(root / "Annotations" / f"{image_id}.xml"),
                             voc.write_voc(voc.VocAnnotation(f"{image_id}.jpg", 64, 48, objects=objects)))
-    return Dataset(str(root), write_manifest(str(tmp_path / "pool.parquet"), pool_ids),
-                   write_manifest(str(tmp_path / "test.parquet"), test_ids + ["no_xml"]), ["cat", "dog"])
+    return Dataset(write_manifest(str(tmp_path / "pool.parquet"), pool_ids),
+                   write_manifest(str(tmp_path / "test.parquet"), test_ids + ["no_xml"]), ["cat", "dog"], voc_root=str(root))
 
 
 def test_labelled_sets_are_written_once_under_their_run_paths(tmp_path):
