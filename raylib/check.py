@@ -19,7 +19,14 @@ SAMPLE_LABELS = 5  # annotations parsed per image set
 
 def problems(cfg: Config) -> list[str]:
     """Everything found that would stop the run; empty when it can start."""
-    found = _data_problems(cfg) + _gpu_problems(cfg)
+    found = []
+    for check in (_data_problems, _weights_problems, _gpu_problems):
+        try:
+            found += check(cfg)
+        except Exception as error:  # noqa: BLE001 - unreachable storage, denied access, ...: one line, not a traceback
+            found.append(f"{check.__name__.strip('_').replace('_problems', '')}: could not be checked "
+                         f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
+                         "is the storage reachable (storage.endpoint_url, credentials)?")
     probe = storage.join(cfg.run_root, f"_check_{uuid.uuid4().hex}")
     try:
         storage.write_text(probe, "raylib check")
@@ -39,9 +46,21 @@ def problems(cfg: Config) -> list[str]:
     return found
 
 
+def _weights_problems(cfg: Config) -> list[str]:
+    if cfg.model.weights and not storage.exists(cfg.model.weights):
+        return [f"model.weights: no file at '{cfg.model.weights}'; pass the path or s3:// URI of a state dict "
+                "(or model.weights=null to train from scratch)"]
+    return []
+
+
 def _data_problems(cfg: Config) -> list[str]:
     if cfg.data.kind == "synthetic":
+        if cfg.loop.seed_size >= cfg.data.synthetic.num_pool:
+            return [f"loop.seed_size: {cfg.loop.seed_size} >= the pool's {cfg.data.synthetic.num_pool} images; "
+                    "nothing would be left to select: lower loop.seed_size"]
         return []  # generated on first use
+    if cfg.data.kind in ("images", "coco"):
+        return _file_data_problems(cfg)
     found = []
     class_ids = {name: i for i, name in enumerate(cfg.data.class_names)}
     if not class_ids:
@@ -61,6 +80,52 @@ def _data_problems(cfg: Config) -> list[str]:
                 except (voc.VocError, OSError) as error:
                     found.append(f"data.root: labels of '{image_id}' ({set_name}) do not parse: {str(error)[:200]}")
                     break
+            if key == "data.pool_sets" and ids and len(ids) <= cfg.loop.seed_size:
+                found.append(f"loop.seed_size: {cfg.loop.seed_size} >= the {len(ids)} images of pool set '{set_name}'; "
+                             "nothing would be left to select: lower loop.seed_size")
+    return found
+
+
+def _file_data_problems(cfg: Config) -> list[str]:
+    """data=images / coco: the pool has images (more than the seed set), the test set reads as COCO or
+    VOC, its first images exist, and data.classes are among its categories."""
+    from raylib import dataset
+
+    data, found = cfg.data, []
+    if data.kind == "images":
+        images = pool.first_images(data.root, cfg.loop.seed_size + 1)
+        if not images:
+            found.append(f"data.root: no image (jpg, jpeg, png, bmp, webp) under '{data.root}'; point data.root at "
+                         "the pool's images")
+        elif len(images) <= cfg.loop.seed_size and not data.labelled:
+            found.append(f"loop.seed_size: {cfg.loop.seed_size} >= the pool's {len(images)} images; nothing would be "
+                         "left to select: lower loop.seed_size")
+    for key, source in (("data.test", data.test), ("data.pool_labels", data.pool_labels),
+                        ("data.labelled", data.labelled)):
+        if not source:
+            continue
+        if not source.lower().endswith(".json"):
+            if not storage.exists(storage.join(source, "Annotations")):
+                found.append(f"{key}: '{source}' is neither a COCO JSON file nor a VOC root (no Annotations/)")
+            continue
+        try:
+            document = dataset.read_coco(source, key)
+        except dataset.DatasetError as error:
+            found.append(str(error))
+            continue
+        if key != "data.test":
+            continue
+        names = [c.get("name") for c in document["categories"] if isinstance(c, dict)]
+        absent = [name for name in data.classes if name not in names]
+        if absent:
+            found.append(f"data.classes: {absent[:5]} not among data.test's categories {names[:20]}: fix the names "
+                         "or leave data.classes empty to take the test set's")
+        folder = dataset.test_images(source, data.test_images)
+        files = [image.get("file_name") for image in document["images"][:SAMPLE_LABELS] if isinstance(image, dict)]
+        missing = [f for f in files if not isinstance(f, str) or not storage.exists(storage.join(folder, f))]
+        if missing:
+            found.append(f"data.test_images: test image(s) {missing[:3]} not found under '{folder}'; set "
+                         "data.test_images to the folder the COCO file names are relative to")
     return found
 
 
@@ -86,14 +151,17 @@ def _gpu_problems(cfg: Config) -> list[str]:
 
 def plan(cfg: Config) -> str:
     """What the run will do, in a few lines."""
-    classes = cfg.data.class_names
+    classes = cfg.data.class_names or ["(the test set's categories)"]
     per_round = f"up to {cfg.strategy.k} detections x {len(classes)} classes of images"
     if cfg.strategy.budget:
         per_round += f", at most {cfg.strategy.budget} images"
     last = "; the last selection takes every image left" if cfg.loop.last_round_takes_all else ""
     data = (f"synthetic pool of {cfg.data.synthetic.num_pool} images (+{cfg.data.synthetic.num_test} test), generated"
             if cfg.data.kind == "synthetic" else
-            f"VOC layout at {cfg.data.root}: pool {list(cfg.data.pool_sets)}, test {list(cfg.data.test_sets)}")
+            f"VOC layout at {cfg.data.root}: pool {list(cfg.data.pool_sets)}, test {list(cfg.data.test_sets)}"
+            if cfg.data.kind == "voc" else
+            f"pool: the images {'under' if cfg.data.kind == 'images' else 'of ' + str(cfg.data.pool_labels) + ' in'} "
+            f"{cfg.data.root}; test set: {cfg.data.test}")
     where = "a local Ray" if cfg.cluster.address == "local" else f"the Ray cluster at '{cfg.cluster.address}'"
     return "\n".join([
         f"data:     {data}; {len(classes)} classes",

@@ -139,7 +139,7 @@ def test_categories(data: DataConfig) -> list[str]:
     """Class names from the test set's COCO categories, in file order (data.classes unset)."""
     if not data.test or not data.test.lower().endswith(".json"):
         raise DatasetError(f"data.classes is required with a VOC test set ('{data.test}'): list the class names")
-    document = _read_coco(data.test, "data.test")
+    document = read_coco(data.test, "data.test")
     names = [category.get("name") for category in document["categories"] if isinstance(category, dict)]
     if not names or not all(isinstance(name, str) and name for name in names) or len(set(names)) != len(names):
         raise DatasetError(f"data.test '{data.test}': its categories don't name the classes (empty, unnamed or "
@@ -147,7 +147,7 @@ def test_categories(data: DataConfig) -> list[str]:
     return names
 
 
-def _read_coco(uri: str, key: str) -> dict:
+def read_coco(uri: str, key: str) -> dict:
     try:
         document = annotations.read_json(uri)
     except FileNotFoundError:
@@ -166,7 +166,7 @@ def _import(key: str, source: str, images: str, classes: list[str], voc_sets: li
     """A label file -> its images' manifest and its ground truth table. Images whose labels are unusable
     are left out of both, each named in one warning line."""
     if source.lower().endswith(".json"):
-        table, errors = coco.coco_to_labels(_read_coco(source, key), classes)
+        table, errors = coco.coco_to_labels(read_coco(source, key), classes)
     else:
         try:
             pool.index_voc(source, list(voc_sets), manifest_uri)

@@ -74,7 +74,9 @@ def _table(uri: str, sort_by: list[str]) -> pa.Table:
 
 
 def _state(uri: str) -> dict:
-    return torch.load(uri, map_location="cpu", weights_only=True)
+    """The tensors of a weights file: ours ({"model": state, ...}) or a plain state dict (the start weights)."""
+    payload = torch.load(uri, map_location="cpu", weights_only=True)
+    return payload.get("model", payload)
 
 
 def _assert_same_weights(a: str, b: str) -> None:

@@ -1,0 +1,159 @@
+"""A team's own data: unlabelled images under a folder or S3 prefix, a COCO test set, annotators from round 0.
+
+The images are the synthetic generator's (so the test knows their ground truth), laid out as a team's
+bucket is: nested by site and day, JPEGs and upper-case `.PNG`s, no labels beside them, and the test set's
+folder inside the pool's root (it must be left out of the pool). Round 0's seed set goes to the
+annotators; the test delivers exactly those images in COCO (made from its own ground truth, plus one
+image nobody asked for); the next run trains, evaluates on the COCO test set, scores the rest of the pool,
+selects, exports and waits for round 0's labels. `data=coco` runs the simulated loop on a COCO dataset.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import pytest
+from hydra import compose, initialize_config_dir
+
+from raylib import paths, storage, synthetic, voc
+from raylib.config import SyntheticConfig, to_config
+from raylib.export import COCO_FILE, SELECTED_URIS_FILE
+from raylib.loop import run_loop
+from raylib.paths import RoundPaths
+
+pytestmark = pytest.mark.slow
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+CLASSES = ["circle", "square", "triangle", "star"]
+SEED_SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """(VOC root of the generated images, their ground truth: image_id -> objects, pool ids, test ids)."""
+    root = str(tmp_path_factory.mktemp("generated") / "voc")
+    synthetic.generate(SyntheticConfig(num_pool=40, num_test=12, min_size=96, max_size=160, classes=CLASSES), root)
+    ids = {name: storage.read_text(storage.join(root, "ImageSets", "Main", f"{name}.txt")).split()
+           for name in ("trainval", "test")}
+    table, errors = voc.read_voc_labels(root, ids["trainval"] + ids["test"], CLASSES)
+    assert not errors
+    truth = dict(zip(table.column("image_id").to_pylist(), table.column("objects").to_pylist()))
+    return root, truth, ids["trainval"], ids["test"]
+
+
+def _coco(entries: list[tuple[str, str, list[dict]]]) -> dict:
+    """A COCO dataset of (file_name, jpeg path for the size, objects) entries: what CVAT exports."""
+    images, annotations = [], []
+    for n, (file_name, source, objects) in enumerate(entries, 1):
+        height, width = cv2.imread(source).shape[:2]
+        images.append({"id": n, "file_name": file_name, "width": width, "height": height})
+        for obj in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": n, "category_id": obj["class_id"] + 1,
+                                "bbox": [obj["x1"], obj["y1"], obj["x2"] - obj["x1"], obj["y2"] - obj["y1"]],
+                                "area": (obj["x2"] - obj["x1"]) * (obj["y2"] - obj["y1"]), "iscrowd": 0})
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]}
+
+
+def _team_layout(generated, out: str) -> dict[str, str]:
+    """The pool as a team's bucket (nested, mixed extensions) with the test set inside it; returns
+    pool image_id -> source image id."""
+    voc_root, truth, pool_ids, test_ids = generated
+    where = {}
+    for n, image_id in enumerate(pool_ids):
+        source = os.path.join(voc_root, "JPEGImages", f"{image_id}.jpg")
+        rel = f"site{n % 2}/day={n % 3:02d}/{image_id}" + (".PNG" if n % 4 == 0 else ".jpg")
+        image = cv2.imread(source)
+        storage.write_bytes(storage.join(out, rel), cv2.imencode(".png" if rel.endswith(".PNG") else ".jpg",
+                                                                 image)[1].tobytes())
+        where[rel] = image_id
+    for image_id in test_ids:
+        storage.write_bytes(storage.join(out, "test", f"{image_id}.jpg"),
+                            open(os.path.join(voc_root, "JPEGImages", f"{image_id}.jpg"), "rb").read())
+    test_coco = _coco([(f"{i}.jpg", os.path.join(voc_root, "JPEGImages", f"{i}.jpg"), truth[i]) for i in test_ids])
+    storage.write_text(storage.join(out, "test", "instances_test.json"), json.dumps(test_coco))
+    storage.write_text(storage.join(out, "notes.txt"), "not an image")
+    return where
+
+
+def _config(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return to_config(compose("config", overrides=["debug=fast", "cluster.num_cpus=2", *overrides]))
+
+
+def _deliver(generated, where: dict[str, str], selected_uris: list[str], root: str, labels_in: str, name: str,
+             extra: list[str] = ()) -> None:
+    """The annotators' COCO export for the images of `selected_uris` (and `extra` ids nobody asked for)."""
+    voc_root, truth, _, _ = generated
+    ids = [uri[len(root.rstrip("/")) + 1:] for uri in selected_uris] + list(extra)
+    entries = [(rel, os.path.join(voc_root, "JPEGImages", f"{where[rel]}.jpg"), truth[where[rel]]) for rel in ids]
+    storage.write_text(storage.join(labels_in, f"{name}.json"), json.dumps(_coco(entries)))
+
+
+def _own_pool_rounds(generated, root: str, labels_in: str, run_root: str, rounds: int):
+    where = _team_layout(generated, root)
+    cfg = _config("data=images", f"data.root={root}", f"data.test={root}/test/instances_test.json",
+                  "loop.oracle=external", f"loop.labels_in={labels_in}", "loop.labels_format=coco",
+                  f"loop.seed_size={SEED_SIZE}", f"loop.rounds={rounds}", f"run_root={run_root}")
+    first = run_loop(cfg)
+    assert first.rounds_done == 0 and first.stopped_because.startswith("seed set: waiting for labels: 0 of 16")
+    pool = storage.read_table(paths.pool_manifest(run_root))
+    assert sorted(pool.column("image_id").to_pylist()) == sorted(where)  # no test image, no notes.txt
+    seed = RoundPaths(run_root, paths.SEED_ROUND)
+    selected = storage.read_text(storage.join(seed.preannotations, SELECTED_URIS_FILE)).split()
+    assert len(selected) == SEED_SIZE and all(uri.startswith(root) for uri in selected)
+    coco = json.loads(storage.read_text(storage.join(seed.preannotations, COCO_FILE)))
+    assert len(coco["images"]) == SEED_SIZE and coco["annotations"] == []  # no model yet: nothing to correct
+    not_asked = next(rel for rel in where if storage.join(root, rel) not in selected)
+    _deliver(generated, where, selected, root, labels_in, "seed", extra=[not_asked])
+    second = run_loop(cfg)
+    return cfg, where, selected, not_asked, second
+
+
+def test_a_folder_of_unlabelled_images_with_a_coco_test_set_and_annotators_from_round_0(generated, tmp_path,
+                                                                                        ray_session):
+    root, labels_in, run_root = str(tmp_path / "bucket" / "raw"), str(tmp_path / "deliveries"), str(tmp_path / "run")
+    cfg, where, selected, not_asked, second = _own_pool_rounds(generated, root, labels_in, run_root, rounds=2)
+    seed_labels = storage.read_table(paths.seed_labels(run_root))
+    assert sorted(seed_labels.column("image_id").to_pylist()) == sorted(uri[len(root) + 1:] for uri in selected)
+    assert not_asked not in seed_labels.column("image_id").to_pylist()  # delivered, never asked for: ignored
+    assert second.rounds_done == 1 and second.stopped_because.startswith("round 0: waiting for labels")
+    rp = RoundPaths(run_root, 0)
+    metrics = json.loads(storage.read_text(rp.metrics))
+    assert metrics["n_images"] == 12 and metrics["n_failed"] == 0  # the COCO test set, every image read
+    assert set(metrics["ap50_per_class"]) == set(CLASSES)  # classes from the test set's categories
+    assert storage.read_table(rp.image_status).num_rows == len(where) - SEED_SIZE  # the rest of the pool
+    chosen = set(storage.read_table(rp.selection).column("image_id").to_pylist())
+    xml = [u for u in storage.list_files(rp.preannotations, ".xml") if not u.endswith("label_config.xml")]
+    assert chosen and len(xml) == len(chosen)
+
+
+@pytest.mark.s3
+def test_the_same_on_s3_pool_test_set_and_deliveries_in_a_bucket(generated, s3_bucket, tmp_path, ray_session):
+    root, labels_in = f"{s3_bucket}/raw", f"{s3_bucket}/deliveries"
+    _, _, _, _, second = _own_pool_rounds(generated, root, labels_in, f"{s3_bucket}/runs/own", rounds=1)
+    assert second.rounds_done == 1 and second.stopped_because == "1 rounds done"
+    metrics = json.loads(storage.read_text(RoundPaths(f"{s3_bucket}/runs/own", 0).metrics))
+    assert metrics["n_images"] == 12 and metrics["n_failed"] == 0
+
+
+def test_data_coco_runs_the_simulated_loop_on_a_coco_dataset(generated, tmp_path, ray_session):
+    voc_root, truth, pool_ids, test_ids = generated
+    images = os.path.join(voc_root, "JPEGImages")
+    for name, ids in (("train", pool_ids), ("val", test_ids)):
+        entries = [(f"{i}.jpg", os.path.join(images, f"{i}.jpg"), truth[i]) for i in ids]
+        storage.write_text(str(tmp_path / f"instances_{name}.json"), json.dumps(_coco(entries)))
+    run_root = str(tmp_path / "run")
+    result = run_loop(_config("data=coco", f"data.root={images}", f"data.pool_labels={tmp_path}/instances_train.json",
+                              f"data.test={tmp_path}/instances_val.json", f"data.test_images={images}",
+                              f"run_root={run_root}"))
+    assert result.rounds_done == 2, result.stopped_because
+    labels = storage.read_table(RoundPaths(run_root, 0).labels)
+    assert labels.num_rows == 16 + 8  # the seed set and round 0's selection (debug=fast: budget 8), simulated
+    for row in labels.to_pylist():  # the COCO file's boxes (x, y, w, h) back in our convention
+        expected = truth[row["image_id"][:-len(".jpg")]]
+        assert [o["class_id"] for o in row["objects"]] == [o["class_id"] for o in expected]
+        for got, want in zip(row["objects"], expected):
+            assert [got[k] for k in ("x1", "y1", "x2", "y2")] == pytest.approx([want[k] for k in ("x1", "y1", "x2", "y2")],
+                                                                                abs=1e-3)
