@@ -1,0 +1,121 @@
+"""`hydra/launcher=ray_jobs` (hydra_plugins/raylib_launcher) against a real `ray start --head`.
+
+A sweep of `jobs/status.py` (no Ray work, about two seconds a point) over three run roots: two that
+answer and one whose stored config is broken, so its job fails. Each point must be a Ray job of its own
+on the head, the two good ones running at the same time, the failed one listed in failed_points.txt,
+and the sweep must end (non-zero: a point failed) after the comparison job.
+"""
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from hydra_plugins.raylib_launcher.ray_jobs_launcher import _hydra_value, _last_error
+from raylib import paths
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The head's own env: Ray 2.60 heads default to token auth; this one is on 127.0.0.1 only, without. `python`
+# in the jobs' entrypoints is this venv's.
+ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@contextlib.contextmanager
+def _local_head(temp_dir: str):
+    """A head of our own (`ray start --head --block`, free ports, its own session and temp dir),
+    SIGKILLed with its process group after (as tests/test_loop_e2e.py does). Yields its dashboard address."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    gcs, dashboard, client, agent = _free_ports(4)
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block", f"--port={gcs}",
+         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while True:  # the dashboard answers once the head is up
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except AuthenticationError:
+                raise
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.time() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(1)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
+def test_a_failed_points_reason_is_the_last_error_line_of_its_log():
+    traceback = ("Traceback (most recent call last):\n  File \"x.py\", line 1\nyaml.parser.ParserError: while parsing\n"
+                 "  in line 1\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n")
+    assert _last_error(traceback) == "yaml.parser.ParserError: while parsing"
+    assert _last_error("loading\nerror: round_idx must be >= 0\n") == "error: round_idx must be >= 0"
+    assert _last_error("killed\n") == "killed" and _last_error("") == ""
+
+
+def test_a_job_dir_with_a_comma_or_quote_stays_one_hydra_value():
+    assert _hydra_value("outputs/hydra/multirun_2026-12-03_10-00-00/0") == "outputs/hydra/multirun_2026-12-03_10-00-00/0"
+    assert _hydra_value("/tmp/a b,c'd") == "'/tmp/a b,c\\'d'"
+
+
+@pytest.mark.slow
+def test_each_point_is_its_own_ray_job_and_a_failed_point_is_listed(tmp_path):
+    from ray.job_submission import JobSubmissionClient
+
+    runs, sweep = tmp_path / "runs", tmp_path / "sweep"
+    (runs / "broken").mkdir(parents=True)
+    (runs / "broken" / paths.RUN_CONFIG_FILE).write_text("a: [unclosed\n")  # status fails reading it
+    ray_tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # unix socket paths are limited to ~100 bytes
+    try:
+        with _local_head(os.path.join(ray_tmp, "head")) as address:
+            sweep_run = subprocess.run(
+                [sys.executable, "jobs/status.py", "-m", "hydra/launcher=ray_jobs", f"hydra.launcher.address={address}",
+                 "hydra.launcher.poll_s=0.5", f"hydra.sweep.dir={sweep}", f"run_root={runs}/a,{runs}/b,{runs}/broken"],
+                cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+            jobs = JobSubmissionClient(address).list_jobs()
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = sweep_run.stdout + sweep_run.stderr
+    assert sweep_run.returncode != 0, out  # a point failed: the sweep says so, after running them all
+
+    points = {job.metadata["overrides"]: job for job in jobs if "hydra_job_num" in job.metadata}
+    a, b, broken = points[f"run_root={runs}/a"], points[f"run_root={runs}/b"], points[f"run_root={runs}/broken"]
+    assert len({job.submission_id for job in (a, b, broken)}) == 3, out
+    assert a.status == b.status == "SUCCEEDED" and broken.status == "FAILED", out
+    assert a.start_time < b.end_time and b.start_time < a.end_time, "the two points did not overlap"
+    assert "cluster.address=auto" in a.entrypoint and "hydra/launcher" not in a.entrypoint
+    for job in (a, b, broken):  # one status line per change, the last one terminal
+        assert f"{job.submission_id}: {job.status.value}" in out, out
+
+    failed = (sweep / "failed_points.txt").read_text().splitlines()
+    assert len(failed) == 1 and f"[run_root={runs}/broken]" in failed[0] and "ParserError" in failed[0], failed
+    assert "2 of 3 point(s) succeeded; 1 failed" in out, out
+    # Each point's job log beside the sweep; the comparison ran on the head after the points.
+    assert "no run here yet" in (sweep / a.metadata["hydra_job_num"] / "ray_job.log").read_text()
+    comparison = [job for job in jobs if job.metadata.get("comparison") == str(runs)]
+    assert len(comparison) == 1 and comparison[0].status == "SUCCEEDED", out
+    assert comparison[0].start_time >= max(job.end_time for job in points.values())
+    assert f"comparison SUCCEEDED: comparison: no finished runs under {runs}" in out, out
