@@ -61,7 +61,7 @@ def _data_problems(cfg: Config) -> list[str]:
         return []  # generated on first use
     if cfg.data.kind in ("images", "coco"):
         return _file_data_problems(cfg)
-    found = []
+    found, n_pool = [], 0
     class_ids = {name: i for i, name in enumerate(cfg.data.class_names)}
     if not class_ids:
         found.append("data.classes: empty; list the class names of the annotations (data=voc has VOC's 20)")
@@ -80,9 +80,11 @@ def _data_problems(cfg: Config) -> list[str]:
                 except (voc.VocError, OSError) as error:
                     found.append(f"data.root: labels of '{image_id}' ({set_name}) do not parse: {str(error)[:200]}")
                     break
-            if key == "data.pool_sets" and ids and len(ids) <= cfg.loop.seed_size:
-                found.append(f"loop.seed_size: {cfg.loop.seed_size} >= the {len(ids)} images of pool set '{set_name}'; "
-                             "nothing would be left to select: lower loop.seed_size")
+            if key == "data.pool_sets":
+                n_pool += len(ids)
+    if 0 < n_pool <= cfg.loop.seed_size:
+        found.append(f"loop.seed_size: {cfg.loop.seed_size} >= the pool's {n_pool} images (data.pool_sets); "
+                     "nothing would be left to select: lower loop.seed_size")
     return found
 
 

@@ -3,6 +3,7 @@ prints the plan; `data=voc` on a VOC-layout folder (written here by hand, as the
 runs with the seed's values."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,13 +45,16 @@ def test_voc_layout_runs_with_the_seeds_values(tmp_path):
     cfg = _make("data=voc", f"data.root={_voc_folder(tmp_path / 'VOC0712')}", f"run_root={tmp_path}/run")
     assert (cfg.model.size, cfg.model.input_size, cfg.strategy.k, cfg.strategy.min_score) == ("s", 640, 100, 0.2)
     assert (cfg.train.epochs, cfg.loop.seed_size, cfg.loop.rounds) == (300, 2000, 10)
+    assert check.problems(cfg) == ["loop.seed_size: 2000 >= the pool's 3 images (data.pool_sets); nothing would be "
+                                   "left to select: lower loop.seed_size"]
+    cfg = _make("data=voc", f"data.root={tmp_path / 'VOC0712'}", f"run_root={tmp_path}/run", "loop.seed_size=2")
     assert check.problems(cfg) == []
     ds = dataset.ensure_dataset(cfg)
     assert storage.read_table(ds.pool_manifest).column("image_id").to_pylist() == ["000005", "000007", "2008_000002"]
     assert storage.read_table(ds.test_manifest).num_rows == 2 and len(ds.class_names) == 20
     lines = check.plan(cfg).splitlines()
     assert "YOLOX-s at 640 px, from scratch" in lines[1] and "300 epochs, batch 32" in lines[2]
-    assert "10 rounds from a seed set of 2000 images" in lines[3] and "100 detections x 20 classes" in lines[3]
+    assert "10 rounds from a seed set of 2 images" in lines[3] and "100 detections x 20 classes" in lines[3]
     assert lines[-1].startswith(f"outputs:  {tmp_path}/run ")
 
 
@@ -61,13 +65,50 @@ def test_problems_are_one_line_each_naming_the_key(tmp_path):
         handle.write(XML.format(id="000007", name="dragon"))
     (tmp_path / "a_file").write_text("")
     cfg = _make("data=voc", f"data.root={root}", f"run_root={tmp_path}/a_file/run", "train.use_gpu=true",
-                "train.num_workers=64")
+                "train.num_workers=64", "loop.seed_size=2")
     found = check.problems(cfg)
     assert all("\n" not in line for line in found) and len(found) == 4, found
     assert found[0].startswith("data.root: labels of '000007' (trainval_2007) do not parse") and "dragon" in found[0]
     assert found[1].startswith("data.test_sets: image set ") and "test_2007.txt" in found[1]
     assert found[2].startswith("train.num_workers: 64 GPU workers asked for")
     assert found[3].startswith(f"run_root: cannot write to '{tmp_path}/a_file/run'")
+
+
+def _coco_test_set(folder, files: list[str], names: list[str]) -> str:
+    os.makedirs(folder, exist_ok=True)
+    for name in files[:1]:
+        cv2.imwrite(os.path.join(folder, name), np.full((48, 64, 3), 200, np.uint8))
+    uri = os.path.join(folder, "instances.json")
+    with open(uri, "w") as handle:
+        json.dump({"images": [{"id": n, "file_name": f, "width": 64, "height": 48} for n, f in enumerate(files, 1)],
+                   "annotations": [], "categories": [{"id": n, "name": c} for n, c in enumerate(names, 1)]}, handle)
+    return uri
+
+
+def test_own_pool_problems_are_named_before_anything_runs(tmp_path):
+    pool_root = tmp_path / "raw"
+    os.makedirs(pool_root / "site1")
+    test = _coco_test_set(str(tmp_path / "test"), ["a.jpg", "b.jpg"], ["cat", "dog"])
+    base = ["data=images", f"data.root={pool_root}", f"data.test={test}", "loop.oracle=external",
+            f"loop.labels_in={tmp_path}/deliveries", f"run_root={tmp_path}/run"]
+    found = check.problems(_make(*base, "data.classes=[cat,cow]", f"model.weights={tmp_path}/nowhere.pt"))
+    assert found == [
+        f"data.root: no image (jpg, jpeg, png, bmp, webp) under '{pool_root}'; point data.root at the pool's images",
+        "data.classes: ['cow'] not among data.test's categories ['cat', 'dog']: fix the names or leave "
+        "data.classes empty to take the test set's",
+        f"data.test_images: test image(s) ['b.jpg'] not found under '{tmp_path}/test'; set data.test_images to "
+        "the folder the COCO file names are relative to",
+        f"model.weights: no file at '{tmp_path}/nowhere.pt'; pass the path or s3:// URI of a state dict (or "
+        "model.weights=null to train from scratch)"]
+    for n in range(3):
+        cv2.imwrite(str(pool_root / "site1" / f"{n}.PNG"), np.full((8, 8, 3), 9, np.uint8))
+    assert check.problems(_make(*base, "loop.seed_size=3"))[0] == (
+        "loop.seed_size: 3 >= the pool's 3 images; nothing would be left to select: lower loop.seed_size")
+    (tmp_path / "test" / "instances.json").write_text("{not json")
+    assert check.problems(_make(*base, "loop.seed_size=2", "data.classes=[cat,dog]"))[0].startswith(
+        f"data.test: '{test}' could not be read as JSON")
+    with pytest.raises(Exception, match="^loop.oracle=simulate needs the pool's ground truth"):
+        _make(*base[:3], f"run_root={tmp_path}/run")
 
 
 def test_check_job_prints_one_line_errors_without_a_traceback(tmp_path):
@@ -118,7 +159,7 @@ def test_make_voc_merges_a_vocdevkit_download_into_what_data_voc_reads(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "trainval_2007 2 images, test_2007 1 images, trainval_2012 3 images" in done.stdout
     assert (out / "ImageSets" / "Main" / "trainval_2012.txt").read_text().split() == ["2008_000002", "2008_000003", "2008_000008"]
-    cfg = _make("data=voc", f"data.root={out}", f"run_root={tmp_path}/run")
+    cfg = _make("data=voc", f"data.root={out}", f"run_root={tmp_path}/run", "loop.seed_size=2")
     assert check.problems(cfg) == []
     ds = dataset.ensure_dataset(cfg)
     assert storage.read_table(ds.pool_manifest).num_rows == 5 and storage.read_table(ds.test_manifest).num_rows == 1
