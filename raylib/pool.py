@@ -14,7 +14,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.acero as acero
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -297,15 +299,60 @@ def round_pool(rp: paths.RoundPaths, pool_manifest: str) -> str:
     return rp.unlabelled if storage.exists(rp.unlabelled) else pool_manifest
 
 
-def write_remaining(manifest_uri: str, exclude_ids: set[str], out_uri: str) -> int:
-    """Copy the manifest to `out_uri` without the rows whose image_id is in `exclude_ids` (the
-    images labelled so far): the unlabelled pool of a round. Returns the rows written."""
-    value_set = pa.array(sorted(exclude_ids), pa.string())
+def _labelled_table(labelled: str | Iterable[str]) -> pa.Table:
+    """The ids to leave out as a one-column Arrow table: the image_id column of a labels file (a URI),
+    or the given ids."""
+    if isinstance(labelled, str):
+        return storage.read_table(labelled, columns=["image_id"])
+    return pa.table({"image_id": pa.array(sorted(set(labelled)), pa.string())})
+
+
+def _labelled_rows(manifest_uri: str, labelled: pa.Table) -> np.ndarray:
+    """Sorted positions (row numbers) of the manifest rows whose image_id is in `labelled`: one Acero
+    hash join (left semi) of the streamed id column against a hash table of `labelled` built once.
+    Memory: that hash table and one int64 per labelled pool row, never the pool's ids."""
+    schema = pa.schema([pa.field("image_id", pa.string()), pa.field("row", pa.int64())])
+
+    def numbered() -> Iterator[pa.RecordBatch]:
+        start = 0
+        for batch in storage.iter_parquet_batches(manifest_uri, columns=["image_id"]):
+            n = batch.num_rows
+            yield pa.RecordBatch.from_arrays([batch.column(0).cast(pa.string()),
+                                              pa.array(np.arange(start, start + n, dtype=np.int64))], schema=schema)
+            start += n
+
+    source = acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(
+        pa.RecordBatchReader.from_batches(schema, numbered())))
+    build = acero.Declaration("table_source", acero.TableSourceNodeOptions(labelled.select(["image_id"])))
+    join = acero.Declaration("hashjoin", acero.HashJoinNodeOptions("left semi", ["image_id"], ["image_id"],
+                                                                         left_output=["row"]),
+                             inputs=[source, build])
+    rows = [batch.column("row").to_numpy() for batch in join.to_reader(use_threads=True)]
+    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+
+
+def write_remaining(manifest_uri: str, labelled: str | Iterable[str], out_uri: str) -> int:
+    """Copy the manifest to `out_uri` without the rows whose image_id is labelled: the unlabelled pool of
+    a round, in the manifest's order. `labelled` is a labels file (its image_id column is read, never
+    turned into Python strings) or the ids themselves. Returns the rows written.
+
+    One anti-join: the labelled rows are found by `_labelled_rows` (a hash table built once; `pc.is_in`
+    per batch rebuilt it for every 65k rows: 7.3 s at 10^6 pool / 9x10^5 labelled), then the manifest
+    is streamed again and those rows dropped, so the output keeps the manifest's order and memory
+    stays one batch plus the labelled rows' positions."""
+    dropped = _labelled_rows(manifest_uri, _labelled_table(labelled))
 
     def kept() -> Iterator[pa.RecordBatch]:
+        start = 0
         for batch in iter_manifest(manifest_uri):
-            mask = pc.invert(pc.is_in(batch.column("image_id"), value_set=value_set))
-            yield batch.filter(mask)
+            n = batch.num_rows
+            lo, hi = np.searchsorted(dropped, [start, start + n])
+            if hi > lo:
+                mask = np.ones(n, dtype=bool)
+                mask[dropped[lo:hi] - start] = False
+                batch = batch.filter(pa.array(mask))
+            start += n
+            yield batch
 
     return storage.write_batches(kept(), out_uri, schemas.POOL)
 

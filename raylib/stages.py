@@ -58,9 +58,9 @@ def evaluate(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
 
 def unlabelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
-    """The pool less the images labelled so far: what this round scores."""
-    labelled = labels.labelled_ids(round_labels(cfg, ds, rp))
-    return {"n_images": pool.write_remaining(ds.pool_manifest, labelled, rp.unlabelled)}
+    """The pool less the images labelled so far: what this round scores (an anti-join against the
+    labels file's image_id column; no id becomes a Python string)."""
+    return {"n_images": pool.write_remaining(ds.pool_manifest, round_labels(cfg, ds, rp), rp.unlabelled)}
 
 
 def score(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:

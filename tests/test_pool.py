@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -224,6 +226,48 @@ def test_write_remaining_excludes_labelled_ids(tmp_path):
     assert pool.write_remaining(path, set(), str(tmp_path / "all.parquet")) == 10
     assert pool.write_remaining(path, set(ids), str(tmp_path / "none.parquet")) == 0
     assert read_manifest(str(tmp_path / "none.parquet")).num_rows == 0
+
+
+def _remaining_by_is_in(manifest: pa.Table, labelled: list[str]) -> pa.Table:
+    """What write_remaining wrote before the anti-join: the manifest filtered by `is_in`, in its order."""
+    return manifest.filter(pc.invert(pc.is_in(manifest.column("image_id"), pa.array(labelled, pa.string()))))
+
+
+def write_labels(path: str, ids: list[str]) -> str:
+    n = len(ids)
+    pq.write_table(pa.table([pa.array(ids, pa.string()), pa.array(["train"] * n, pa.string()),
+                             pa.array([0] * n, pa.int16()), pa.array([[]] * n, pa.list_(schemas.OBJECT))],
+                            schema=schemas.LABELS), path)
+    return path
+
+
+@pytest.mark.parametrize("labelled_fraction", [0.0, 0.3, 0.9, 1.0])
+def test_write_remaining_anti_join_matches_is_in_and_keeps_the_order(tmp_path, labelled_fraction):
+    """A manifest folder of three files (rows numbered across files and batches), ids in no sorted order,
+    the labels file as the input: the same rows, in the same order, as the per-batch `is_in` wrote;
+    nothing labelled and everything labelled included."""
+    rng = np.random.default_rng(3)
+    ids = [f"cam{n % 7}/img{n:05d}.jpg" for n in rng.permutation(3000)]
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for part, chunk in enumerate((ids[:1000], ids[1000:1001], ids[1001:])):
+        write_manifest(str(folder / f"part-{part}.parquet"), chunk)
+    labelled = list(rng.choice(ids, int(labelled_fraction * len(ids)), replace=False)) + ["not-in-pool"]
+    labels_uri = write_labels(str(tmp_path / "labels.parquet"), labelled)
+    out = str(tmp_path / "remaining.parquet")
+
+    expected = _remaining_by_is_in(pa.concat_tables(pq.read_table(folder / f"part-{p}.parquet") for p in range(3)),
+                                   labelled)
+    assert pool.write_remaining(str(folder), labels_uri, out) == expected.num_rows
+    assert read_manifest(out).equals(expected.cast(schemas.POOL))
+
+
+def test_write_remaining_with_no_labels_file_rows_copies_the_pool(tmp_path):
+    path = str(tmp_path / "m.parquet")
+    write_manifest(path, ["b", "a", "c"])
+    out = str(tmp_path / "r.parquet")
+    assert pool.write_remaining(path, write_labels(str(tmp_path / "l.parquet"), []), out) == 3
+    assert read_manifest(out).column("image_id").to_pylist() == ["b", "a", "c"]
 
 
 @pytest.mark.s3
