@@ -27,13 +27,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raylib import annotations, coco, paths, pool, schemas, storage, voc
-from raylib.config import Config, DataConfig
+from raylib.config import Config, ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
-    """A label file or image folder the dataset can't be made from; the message names it and the key."""
+class DatasetError(ConfigError):
+    """A label file or image folder the dataset can't be made from; the message names it and the key (a
+    job prints it as one line, as a bad config value)."""
 
 
 @dataclass(frozen=True)

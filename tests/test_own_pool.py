@@ -13,11 +13,13 @@ import json
 import os
 
 import cv2
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
 from raylib import paths, storage, synthetic, voc
-from raylib.config import SyntheticConfig, to_config
+from raylib.config import ConfigError, SyntheticConfig, to_config
+from raylib.dataset import ensure_dataset
 from raylib.export import COCO_FILE, SELECTED_URIS_FILE
 from raylib.loop import run_loop
 from raylib.paths import RoundPaths
@@ -138,6 +140,26 @@ def test_the_same_on_s3_pool_test_set_and_deliveries_in_a_bucket(generated, s3_b
     assert metrics["n_images"] == 12 and metrics["n_failed"] == 0
 
 
+def test_an_empty_pool_or_an_unreadable_test_set_is_one_line_naming_the_key(tmp_path):
+    os.makedirs(tmp_path / "raw" / "empty_site")
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}))
+    overrides = ["data=images", f"data.root={tmp_path}/raw", "loop.oracle=external", f"loop.labels_in={tmp_path}/in"]
+    with pytest.raises(ConfigError, match=r"^data.test: no usable labelled image in"):
+        ensure_dataset(_config(*overrides, f"data.test={test}", f"run_root={tmp_path}/a"))
+    test.write_text(json.dumps(_coco([("t.jpg", _image(tmp_path / "t.jpg"), [])])))
+    with pytest.raises(ConfigError, match=rf"^data.root: no image \(jpg, jpeg, png, bmp, webp\) under '{tmp_path}/raw'"):
+        ensure_dataset(_config(*overrides, f"data.test={test}", f"run_root={tmp_path}/b"))
+    test.write_text('{"images": [')
+    with pytest.raises(ConfigError, match=rf"^data.test: '{test}' could not be read as JSON"):
+        ensure_dataset(_config(*overrides, f"data.test={test}", f"run_root={tmp_path}/c"))
+
+
+def _image(path) -> str:
+    cv2.imwrite(str(path), np.full((32, 48, 3), 120, np.uint8))
+    return str(path)
+
+
 def test_data_coco_runs_the_simulated_loop_on_a_coco_dataset(generated, tmp_path, ray_session):
     voc_root, truth, pool_ids, test_ids = generated
     images = os.path.join(voc_root, "JPEGImages")
@@ -147,10 +169,13 @@ def test_data_coco_runs_the_simulated_loop_on_a_coco_dataset(generated, tmp_path
     run_root = str(tmp_path / "run")
     result = run_loop(_config("data=coco", f"data.root={images}", f"data.pool_labels={tmp_path}/instances_train.json",
                               f"data.test={tmp_path}/instances_val.json", f"data.test_images={images}",
-                              f"run_root={run_root}"))
+                              "loop.last_round_takes_all=false", f"run_root={run_root}"))
     assert result.rounds_done == 2, result.stopped_because
-    labels = storage.read_table(RoundPaths(run_root, 0).labels)
-    assert labels.num_rows == 16 + 8  # the seed set and round 0's selection (debug=fast: budget 8), simulated
+    rp = RoundPaths(run_root, 0)
+    labels = storage.read_table(rp.labels)
+    selected = set(storage.read_table(rp.selection).column("image_id").to_pylist())
+    assert selected and json.loads(storage.read_text(rp.oracle_errors)) == {}
+    assert labels.num_rows == 16 + len(selected)  # the seed set and round 0's selection, labelled from the COCO file
     for row in labels.to_pylist():  # the COCO file's boxes (x, y, w, h) back in our convention
         expected = truth[row["image_id"][:-len(".jpg")]]
         assert [o["class_id"] for o in row["objects"]] == [o["class_id"] for o in expected]
