@@ -77,6 +77,8 @@ LABELS = pa.schema(
         pa.field("objects", pa.list_(OBJECT), nullable=False),
     ]
 )
+# What label readers return (VOC, COCO, Label Studio, deliveries): a LABELS table before its split and round.
+LABEL_FIELDS = pa.schema([LABELS.field("image_id"), LABELS.field("objects")])
 
 # Per-class selection thresholds of one round (figure 6.5).
 THRESHOLDS = pa.schema(

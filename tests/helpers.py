@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from raylib import schemas, storage
+from raylib import coco, schemas, storage
 from raylib.config import Config, ModelConfig, TrainConfig
 
 CLASSES = ["red", "blue"]
@@ -64,3 +64,26 @@ def tiny_config(**train_overrides) -> Config:
     train_cfg = {"epochs": 1, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 1.0, "warmup_epochs": 0,
                  "no_aug_epochs": 0, "eval_interval": 1, "max_failures": 0, **train_overrides}
     return Config(model=ModelConfig(size="nano", input_size=64), train=TrainConfig(**train_cfg))
+
+
+def labels_to_coco(
+    labels: pa.Table, class_names: list[str], sizes: dict[str, tuple[int, int]] | None = None
+) -> dict:
+    """Labels (`image_id`, `objects`) -> a COCO dataset dict, as annotation tools export one (tests build
+    deliveries with it). `sizes` maps image_id -> (width, height);
+    images without a size are written without width/height."""
+    sizes = sizes or {}
+    images, annotations = [], []
+    rows = labels.select(["image_id", "objects"]).to_pylist()
+    for index, row in enumerate(rows):
+        image, size = {"id": index + 1, "file_name": row["image_id"]}, sizes.get(row["image_id"])
+        if size is not None:
+            image["width"], image["height"] = int(size[0]), int(size[1])
+        images.append(image)
+        for obj in row["objects"] or []:
+            bbox = coco._bbox(obj["x1"], obj["y1"], obj["x2"], obj["y2"])
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": index + 1, "category_id": int(obj["class_id"]) + 1,
+                 "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "difficult": int(bool(obj["difficult"]))}
+            )
+    return {"images": images, "annotations": annotations, "categories": coco.categories(class_names)}

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from raylib import schemas
-from raylib.coco import coco_to_labels, detections_to_coco, labels_to_coco
+from raylib.coco import coco_to_labels, detections_to_coco
+from tests.helpers import labels_to_coco
 
 CLASSES = ["cat", "dog", "bird"]
 OBJECTS = pa.list_(schemas.OBJECT)
