@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raylib import coco, labelstudio, schemas, storage, voc
 
@@ -45,7 +46,11 @@ MAX_TEXT_BYTES = 16 * 1024 * 1024  # reviewed_empty.txt: a million image ids
 # What reading one delivery file can raise on any content: explicit, so a bug elsewhere still shows.
 FILE_ERRORS = (ValueError, OSError, TypeError, AttributeError, KeyError, OverflowError, RecursionError)
 READ_THREADS = 16
-LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field("objects")])
+SELECTED_FIELDS = pa.schema([pa.field("image_id", pa.string()), pa.field("uri", pa.string())])
+# VOC deliveries: files parsed per chunk (one Ray task each), and how many delivered files make Ray
+# tasks worth their start-up (a few seconds of worker start against ~1 ms of parsing a file).
+VOC_CHUNK = 5_000
+VOC_TASK_MIN_FILES = 20_000
 
 
 def delivery_marker(labels_in: str, round_idx: int) -> str:
@@ -94,37 +99,119 @@ def _class_ids(class_names: list[str]) -> dict[str, int]:
     return {name: i for i, name in enumerate(class_names)}
 
 
-def import_voc(labels_in: str, selected: Mapping[str, str | None], class_names: list[str]) -> Delivery:
-    """`<labels_in>/Annotations/<image_id>.xml` (or `<item>.xml`, the file name without extension)."""
+def _selected_table(selected: Mapping[str, str | None] | pa.Table) -> pa.Table:
+    """The selection as an (image_id, uri) table sorted by image_id, each id once."""
+    if isinstance(selected, pa.Table):
+        table = selected.select(["image_id", "uri"]).cast(SELECTED_FIELDS)
+        table = table.take(pc.sort_indices(table, [("image_id", "ascending")]))
+        if table.num_rows > 1:  # drop repeated ids (kept: the first of each run)
+            ids = table.column("image_id").combine_chunks()
+            table = table.filter(pa.concat_arrays([pa.array([True]),
+                                                   pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))]))
+        return table
+    ids = sorted(selected)
+    return pa.table({"image_id": pa.array(ids, pa.string()), "uri": pa.array([selected[i] for i in ids], pa.string())},
+                    schema=SELECTED_FIELDS)
+
+
+def _as_mapping(selected: Mapping[str, str | None] | pa.Table) -> Mapping[str, str | None]:
+    if isinstance(selected, pa.Table):
+        return dict(zip(selected.column("image_id").to_pylist(), selected.column("uri").to_pylist()))
+    return selected
+
+
+def _voc_candidates(image_ids: list[str], uris: list[str | None]) -> tuple[list[str], list[str]]:
+    """The two names a selected image's VOC file may have: `<image_id>.xml`, and `<item>.xml` with the
+    item the file name without its extension (CVAT's)."""
+    by_id, by_item = [], []
+    for image_id, uri in zip(image_ids, uris):
+        name = coco.file_name(image_id, uri)
+        by_id.append(image_id + ".xml")
+        by_item.append((name[: name.rfind(".")] if "." in name.rsplit("/", 1)[-1] else name) + ".xml")
+    return by_id, by_item
+
+
+def parse_voc_chunk(image_ids: pa.Array, xml_uris: pa.Array, class_names: list[str]
+                    ) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Parse the VOC files `xml_uris` of `image_ids` into an (image_id, objects) table, built column by
+    column (no per-object dict is kept past its file), and (image_id, reason) for the unusable ones.
+    Run in a Ray task per chunk by `import_voc`, or in its process."""
+    class_ids = _class_ids(class_names)
+    uris = xml_uris.to_pylist()
+
+    def one(index: int) -> list[dict] | str:
+        try:
+            return voc.label_objects(uris[index], class_ids)
+        except voc.VocError as exc:
+            return str(exc)
+
+    kept, offsets, errors = [], [0], []
+    columns: dict[str, list] = {name: [] for name in schemas.OBJECT.names}
+    ids = image_ids.to_pylist()
+    threads = READ_THREADS if uris and storage.is_s3(uris[0]) else 1
+    with ThreadPoolExecutor(max_workers=threads) as executor:
+        for index, result in enumerate(executor.map(one, range(len(uris)))):
+            if isinstance(result, str):
+                errors.append((ids[index], result))
+                continue
+            kept.append(index)
+            for obj in result:
+                for name, values in columns.items():
+                    values.append(obj[name])
+            offsets.append(offsets[-1] + len(result))
+    objects = pa.StructArray.from_arrays([pa.array(columns[f.name], f.type) for f in schemas.OBJECT],
+                                         fields=list(schemas.OBJECT))
+    table = pa.table({"image_id": image_ids.take(pa.array(kept, pa.int64())).cast(pa.string()),
+                      "objects": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), objects,
+                                                          type=pa.list_(schemas.OBJECT))}, schema=schemas.LABEL_FIELDS)
+    return table, errors
+
+
+def import_voc(labels_in: str, selected: Mapping[str, str | None] | pa.Table, class_names: list[str]) -> Delivery:
+    """`<labels_in>/Annotations/<image_id>.xml` (or `<item>.xml`, the file name without extension).
+
+    `selected`: image_id -> uri, or an (image_id, uri) table (the oracle's: no Python dict of a large
+    selection). The delivery is listed once; only listed files are opened (no path is built from an
+    id). The files are parsed VOC_CHUNK at a time (`parse_voc_chunk`): in Ray tasks when Ray is running
+    and at least VOC_TASK_MIN_FILES are delivered (parsing is ~1 ms a file of GIL-bound Python), else
+    in this process; the chunks' Arrow tables are merged in selection order as they come back."""
     root = storage.join(labels_in, "Annotations")
     base = storage.resolve(root)[1].rstrip("/") + "/"
-    # Relative path -> URI of the files delivered: only listed files are opened (no path built from an id).
-    present = {uri[uri.index(base) + len(base):]: uri for uri in storage.list_files(root, ".xml") if base in uri}
-    class_ids = _class_ids(class_names)
+    prefix = ("s3://" if storage.is_s3(labels_in) else "") + base
+    # Relative paths of the files delivered, as one Arrow array (not a Python dict of a million names).
+    listed = pa.array([uri[uri.index(base) + len(base):] for uri in storage.list_files(root, ".xml") if base in uri],
+                      pa.string())
+    table = _selected_table(selected)
+    by_id, by_item = [], []
+    for start in range(0, table.num_rows, VOC_CHUNK):
+        chunk = table.slice(start, VOC_CHUNK)
+        names = _voc_candidates(chunk.column("image_id").to_pylist(), chunk.column("uri").to_pylist())
+        by_id.append(pa.array(names[0], pa.string()))
+        by_item.append(pa.array(names[1], pa.string()))
+    by_id = pa.chunked_array(by_id, pa.string())
+    by_item = pa.chunked_array(by_item, pa.string())
+    # One hash of the listing for all selected images (is_in over the whole chunked column).
+    found = pc.if_else(pc.is_in(by_id, value_set=listed), by_id,
+                       pc.if_else(pc.is_in(by_item, value_set=listed), by_item, pa.scalar(None, pa.string())))
+    delivered = pc.is_valid(found)
+    missing = table.column("image_id").filter(pc.invert(delivered)).to_pylist()
+    ids = table.column("image_id").filter(delivered).combine_chunks()
+    xml_uris = pc.binary_join_element_wise(prefix, found.filter(delivered), "").combine_chunks()
+    chunks = [(ids.slice(start, VOC_CHUNK), xml_uris.slice(start, VOC_CHUNK)) for start in range(0, len(ids), VOC_CHUNK)]
+    import ray  # here, not at the top: the dataset checks import this module without Ray
 
-    def one(image_id: str) -> tuple[str, list[dict] | None, str | None]:
-        name = coco.file_name(image_id, selected[image_id])
-        candidates = [image_id, name[: name.rfind(".")] if "." in name.rsplit("/", 1)[-1] else name]
-        for candidate in candidates:
-            uri = present.get(candidate + ".xml")
-            if uri is not None:
-                try:
-                    return image_id, voc.label_objects(uri, class_ids), None
-                except voc.VocError as exc:
-                    return image_id, None, str(exc)
-        return image_id, None, None
-
-    rows, errors, missing = {}, [], []
-    threads = READ_THREADS if storage.is_s3(labels_in) else 1
-    with ThreadPoolExecutor(max_workers=threads) as executor:
-        for image_id, objects, error in executor.map(one, sorted(selected)):
-            if error is not None:
-                errors.append((image_id, error))
-            elif objects is None:
-                missing.append(image_id)
-            else:
-                rows[image_id] = objects
-    return _finish(labels_in, selected, rows, errors, missing)
+    if ray.is_initialized() and len(ids) >= VOC_TASK_MIN_FILES:
+        parse = ray.remote(num_cpus=1)(parse_voc_chunk)
+        names_ref = ray.put(class_names)
+        results = (ray.get(ref) for ref in [parse.remote(chunk_ids, chunk_uris, names_ref) for chunk_ids, chunk_uris in chunks])
+    else:
+        results = (parse_voc_chunk(chunk_ids, chunk_uris, class_names) for chunk_ids, chunk_uris in chunks)
+    tables, errors = [], []
+    for chunk_table, chunk_errors in results:
+        tables.append(chunk_table)
+        errors += chunk_errors
+    labels = pa.concat_tables(tables) if tables else schemas.LABEL_FIELDS.empty_table()
+    return _finish(labels_in, selected, labels, errors, missing)
 
 
 def _read_capped(uri: str, max_bytes: int, what: str) -> bytes:
@@ -171,7 +258,11 @@ def _import_json_files(labels_in: str, selected: Mapping[str, str | None], what:
                        sizes: Mapping[str, tuple[int, int]] | None) -> Delivery:
     """Every *.json under `labels_in` through `parse(document, image sizes)`; a file that can't be
     parsed is an error naming it (the others are still read); the same image delivered twice with
-    different labels is an error for that image. `sizes` None: read from the images' headers."""
+    different labels is an error for that image. `sizes` None: read from the images' headers.
+
+    Each file is parsed whole, in this process: no streaming JSON parser is installed, and the files
+    are capped at MAX_JSON_BYTES (~8x that in memory). A delivery larger than that comes as several
+    files (per-part exports), each read in turn; only the labels table outlives a file."""
     rows: dict[str, list[dict]] = {}
     errors: list[tuple[str, str]] = []
     failed: set[str] = set()
@@ -197,7 +288,10 @@ def _import_json_files(labels_in: str, selected: Mapping[str, str | None], what:
             rows[image_id], source[image_id] = row["objects"], uri
     rows = {image_id: objects for image_id, objects in rows.items() if image_id not in failed}
     missing = [i for i in sorted(selected) if i not in rows and i not in failed]
-    return _finish(labels_in, selected, rows, errors, missing)
+    ids = [image_id for image_id in sorted(selected) if image_id in rows]
+    table = pa.table({"image_id": pa.array(ids, pa.string()),
+                      "objects": pa.array([rows[i] for i in ids], pa.list_(schemas.OBJECT))}, schema=schemas.LABEL_FIELDS)
+    return _finish(labels_in, selected, table, errors, missing)
 
 
 def import_coco(labels_in: str, selected: Mapping[str, str | None], class_names: list[str],
@@ -233,12 +327,16 @@ IMPORTERS: dict[str, Callable[[str, Mapping[str, str | None], list[str]], Delive
 }
 
 
-def import_delivery(labels_format: str, labels_in: str, selected: Mapping[str, str | None],
+def import_delivery(labels_format: str, labels_in: str, selected: Mapping[str, str | None] | pa.Table,
                     class_names: list[str], document_root: str | None = None) -> Delivery:
-    """The delivery in `labels_in` for the `selected` images (image_id -> uri) in `labels_format`;
+    """The delivery in `labels_in` for the `selected` images (image_id -> uri, or an (image_id, uri)
+    table) in `labels_format`;
     `document_root` is Label Studio's (local-files URLs)."""
     if labels_format not in IMPORTERS:
         raise ValueError(f"loop.labels_format '{labels_format}' is not one of {', '.join(FORMATS)}")
+    if labels_format == "voc":
+        return import_voc(labels_in, selected, class_names)
+    selected = _as_mapping(selected)  # the JSON formats match names through a dict (name_index)
     if labels_format == "labelstudio":
         return import_labelstudio(labels_in, selected, class_names, document_root)
     return IMPORTERS[labels_format](labels_in, selected, class_names)
@@ -247,7 +345,8 @@ def import_delivery(labels_format: str, labels_in: str, selected: Mapping[str, s
 # ----------------------------------------------------------------------------------- reviewed empty
 
 
-def reviewed_empty(labels_in: str, selected: Mapping[str, str | None]) -> tuple[set[str], list[str], list[str]]:
+def reviewed_empty(labels_in: str, selected: Mapping[str, str | None] | pa.Table
+                   ) -> tuple[set[str], list[str], list[str]]:
     """(selected image ids listed in `<labels_in>/reviewed_empty.txt`, lines naming no selected image,
     errors). Lines are image ids or file names in UTF-8; blank lines and `#` comments are skipped. A
     line that is not UTF-8 (a file saved as cp1252) is skipped and named in the errors, the others
@@ -259,7 +358,7 @@ def reviewed_empty(labels_in: str, selected: Mapping[str, str | None]) -> tuple[
         data = _read_capped(uri, MAX_TEXT_BYTES, "a list of image ids")
     except (ValueError, OSError) as exc:
         return set(), [], [f"{REVIEWED_EMPTY_FILE} could not be read: {exc}"]
-    names = name_index(selected)
+    names = name_index(_as_mapping(selected))
     found, unknown, bad = set(), [], []
     for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):
         try:
@@ -278,24 +377,33 @@ def reviewed_empty(labels_in: str, selected: Mapping[str, str | None]) -> tuple[
     return found, unknown, errors
 
 
-def _finish(labels_in: str, selected: Mapping[str, str | None], rows: dict[str, list[dict]],
+def _finish(labels_in: str, selected: Mapping[str, str | None] | pa.Table, labels: pa.Table,
             errors: list[tuple[str, str]], missing: list[str]) -> Delivery:
-    """Apply reviewed_empty.txt and build the Delivery (labels in selection order)."""
+    """Apply reviewed_empty.txt to the delivered `labels` (image_id, objects; in selection order) and
+    build the Delivery (labels in selection order)."""
     empty, _, problems = reviewed_empty(labels_in, selected)
     errors.extend((f"<{storage.join(labels_in, REVIEWED_EMPTY_FILE)}>", problem) for problem in problems)
+    if not empty:
+        return Delivery(labels, errors, missing)
     errored = {image_id for image_id, _ in errors}
-    for image_id in sorted(empty):
-        if rows.get(image_id):
-            errors.append((image_id, f"'{image_id}' is listed in {REVIEWED_EMPTY_FILE} but delivered with "
-                                     f"{len(rows[image_id])} box(es); remove one of the two"))
-            del rows[image_id]
-        elif image_id not in errored:
-            rows[image_id] = []
-    missing = [image_id for image_id in missing if image_id not in rows]
-    ids = [image_id for image_id in sorted(selected) if image_id in rows]
-    table = pa.table({"image_id": pa.array(ids, pa.string()),
-                      "objects": pa.array([rows[i] for i in ids], pa.list_(schemas.OBJECT))}, schema=LABEL_FIELDS)
-    return Delivery(table, errors, missing)
+    ids = labels.column("image_id")
+    listed = pc.is_in(ids, value_set=pa.array(sorted(empty), pa.string()))
+    n_boxes = pc.list_value_length(labels.column("objects"))
+    conflict = pc.and_(listed, pc.greater(n_boxes, 0))
+    for image_id, n in zip(ids.filter(conflict).to_pylist(), n_boxes.filter(conflict).to_pylist()):
+        errors.append((image_id, f"'{image_id}' is listed in {REVIEWED_EMPTY_FILE} but delivered with "
+                                 f"{n} box(es); remove one of the two"))
+    delivered = set(ids.filter(listed).to_pylist())
+    added = [image_id for image_id in sorted(empty) if image_id not in delivered and image_id not in errored]
+    labels = labels.filter(pc.invert(conflict))
+    if added:
+        labels = pa.concat_tables([labels, pa.table({
+            "image_id": pa.array(added, pa.string()),
+            "objects": pa.array([[]] * len(added), pa.list_(schemas.OBJECT))}, schema=schemas.LABEL_FIELDS)])
+        labels = labels.take(pc.sort_indices(labels, [("image_id", "ascending")]))
+        added_set = set(added)
+        missing = [image_id for image_id in missing if image_id not in added_set]
+    return Delivery(labels.combine_chunks(), errors, missing)
 
 
 # -------------------------------------------------------------------------------------- completeness

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from raylib import annotations, paths, pool, schemas, storage
 from raylib.config import LoopConfig
@@ -179,12 +180,12 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
     `LabelsPending` before anything is committed: the loop stops there and says how many images are
     missing, and running the same command again resumes at this stage (a Ray job should not hold a
     cluster while people annotate)."""
-    selected = sorted(set(storage.read_table(rp.selection, columns=["image_id"]).column("image_id").to_pylist()))
+    selected = selected_ids(rp.selection)
     if loop.oracle == "simulate":
-        table, errors = ground_truth(ds, selected, "pool")
+        table, errors = ground_truth(ds, selected.to_pylist(), "pool")
         storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
     else:
-        uris = pool.image_uris(pool.round_pool(rp, ds.pool_manifest), selected)
+        uris = _selected_uris(pool.round_pool(rp, ds.pool_manifest), selected)
         delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names,
                                                loop.labelstudio_document_root)
         errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}
@@ -203,10 +204,26 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
     return {"n_selected": len(selected), "n_labelled": new.num_rows, "n_missing": len(errors)}
 
 
+def selected_ids(selection_uri: str) -> pa.Array:
+    """The image ids of a selection, each once, sorted: an Arrow array (the take-all round selects the
+    whole pool; no Python string per id)."""
+    ids = pc.unique(storage.read_table(selection_uri, columns=["image_id"]).column("image_id"))
+    return ids.take(pc.sort_indices(ids)).cast(pa.string())
+
+
+def _selected_uris(manifest_uri: str, ids: pa.Array) -> pa.Table:
+    """(image_id, uri) of the manifest rows whose image_id is in `ids`, read with a filter (never the
+    whole manifest) into Arrow, for the importers."""
+    fs, path = storage.resolve(manifest_uri)
+    return pq.read_table(path, filesystem=fs, columns=["image_id", "uri"], filters=pc.field("image_id").isin(ids))
+
+
 # ------------------------------------------------------------------------------------- reading
 
 
 def labelled_ids(labels_uri: str) -> set[str]:
+    """The labelled image ids as a Python set: for small sets and tests. The stages use the labels file's
+    image_id column in Arrow (pool.write_remaining joins against it)."""
     return set(storage.read_table(labels_uri, columns=["image_id"]).column("image_id").to_pylist())
 
 

@@ -3,6 +3,7 @@ delivery-complete check. Deliveries are written by hand here as the tools write 
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pytest
@@ -90,6 +91,49 @@ def test_reviewed_empty_but_delivered_with_boxes_is_an_error(tmp_path):
     assert [e[0] for e in delivery.errors] == ["2007_000017"] and "reviewed_empty.txt" in delivery.errors[0][1]
     assert delivery.missing == ["cam1/x.png", "cam2/y.jpg", "gone"]
     assert annotations.reviewed_empty(str(tmp_path), SELECTED) == ({"2007_000017", "2007_000018"}, ["unknown.jpg"], [])
+
+
+def _voc_delivery_of_every_kind(tmp_path) -> dict[str, str]:
+    """A delivery with usable files (by id and by CVAT item), an unknown class, a malformed file, a
+    missing image and a reviewed-empty one, over a selection larger than a chunk; returns the selection."""
+    selected = {f"img{n:03d}": f"/voc/JPEGImages/img{n:03d}.jpg" for n in range(23)}
+    selected.update({"cam1/x.png": "/pool/cam1/x.png", "cam2/y.jpg": "/pool/cam2/y.jpg", "gone": "/voc/gone.jpg"})
+    ann = tmp_path / "Annotations"
+    for n in range(23):
+        write(ann / f"img{n:03d}.xml", voc_xml(f"img{n:03d}.jpg", voc_obj("cat", 1 + n, 2, 30, 40) +
+                                                 voc_obj("dog", 5, 5, 9.5 + n, 9, difficult=n % 2) * (n % 3)))
+    write(ann / "img007.xml", voc_xml("img007.jpg", voc_obj("zebra", 1, 1, 5, 5)))
+    write(ann / "img011.xml", b"<annotation><size>")
+    write(ann / "cam1" / "x.xml", voc_xml("cam1/x.png", voc_obj("cat", 5, 5, 9.5, 9)))
+    write(ann / "img013.xml", voc_xml("img013.jpg"))
+    write(tmp_path / "reviewed_empty.txt", "cam2/y.jpg\nimg013\n")
+    return selected
+
+
+def test_voc_chunks_in_ray_tasks_give_the_same_delivery_as_one_process(ray_session, tmp_path, monkeypatch):
+    """Chunks of 4 files, each parsed in a Ray task (the threshold lowered to force it), merged in
+    selection order: the same labels, errors and missing images as parsing them here; a selection
+    given as an (image_id, uri) table is the same selection."""
+    selected = _voc_delivery_of_every_kind(tmp_path)
+    in_process = import_voc(str(tmp_path), selected, CLASSES)
+    monkeypatch.setattr(annotations, "VOC_CHUNK", 4)
+    monkeypatch.setattr(annotations, "VOC_TASK_MIN_FILES", 1)
+    driver, parse = os.getpid(), annotations.parse_voc_chunk
+
+    def parse_elsewhere(*args):  # shipped to the tasks by value; raises if a chunk is parsed here
+        assert os.getpid() != driver, "a chunk was parsed in the driver"
+        return parse(*args)
+
+    monkeypatch.setattr(annotations, "parse_voc_chunk", parse_elsewhere)
+    table = pa.table({"image_id": list(selected)[::-1], "uri": list(selected.values())[::-1]})
+    in_tasks = import_voc(str(tmp_path), table, CLASSES)
+    monkeypatch.undo()
+
+    assert in_tasks.labels.equals(in_process.labels) and in_tasks.labels.num_rows == 23 - 2 + 2
+    assert in_tasks.errors == in_process.errors and [e[0] for e in in_tasks.errors] == ["img007", "img011"]
+    assert in_tasks.missing == in_process.missing == ["gone"]
+    assert in_process.labels.column("image_id").to_pylist()[:3] == ["cam1/x.png", "cam2/y.jpg", "img000"]
+    assert in_process.labels.to_pylist()[3]["objects"] == [box(0, 1, 1, 30, 40), box(1, 4, 4, 10.5, 9, True)]
 
 
 # --------------------------------------------------------------------------------------------- COCO
