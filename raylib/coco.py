@@ -12,15 +12,17 @@ already the relative path). On import, `file_name`s are mapped back to image ids
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as json_string
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from raylib import paths, schemas, voc
 
-LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field("objects")])
 
 
 def file_name(image_id: str, uri: str | None) -> str:
@@ -39,32 +41,6 @@ def categories(class_names: list[str]) -> list[dict]:
 
 def _bbox(x1: float, y1: float, x2: float, y2: float) -> list[float]:
     return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
-
-
-def _image(index: int, image_id: str, size: tuple[int, int] | None) -> dict:
-    image = {"id": index + 1, "file_name": image_id}
-    if size is not None:
-        image["width"], image["height"] = int(size[0]), int(size[1])
-    return image
-
-
-def labels_to_coco(
-    labels: pa.Table, class_names: list[str], sizes: dict[str, tuple[int, int]] | None = None
-) -> dict:
-    """Labels (`image_id`, `objects`) -> a COCO dataset dict. `sizes` maps image_id -> (width, height);
-    images without a size are written without width/height."""
-    sizes = sizes or {}
-    images, annotations = [], []
-    rows = labels.select(["image_id", "objects"]).to_pylist()
-    for index, row in enumerate(rows):
-        images.append(_image(index, row["image_id"], sizes.get(row["image_id"])))
-        for obj in row["objects"] or []:
-            bbox = _bbox(obj["x1"], obj["y1"], obj["x2"], obj["y2"])
-            annotations.append(
-                {"id": len(annotations) + 1, "image_id": index + 1, "category_id": int(obj["class_id"]) + 1,
-                 "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "difficult": int(bool(obj["difficult"]))}
-            )
-    return {"images": images, "annotations": annotations, "categories": categories(class_names)}
 
 
 # ------------------------------------------------------------------------------------------ import
@@ -266,7 +242,7 @@ def coco_to_labels(coco: dict, class_names: list[str], image_ids: Mapping[str, s
     table = pa.table(
         {"image_id": pa.array(kept, pa.string()),
          "objects": pa.array([objects[k] for k in kept], pa.list_(schemas.OBJECT))},
-        schema=LABEL_FIELDS,
+        schema=schemas.LABEL_FIELDS,
     )
     return table, errors
 
@@ -295,3 +271,32 @@ def detections_to_coco(images: list[dict], detections: pd.DataFrame, class_names
              "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "score": float(row.score)}
         )
     return {"images": coco_images, "annotations": annotations, "categories": categories(class_names)}
+
+
+# Pre-annotations in pieces: `detections_to_coco`'s document as JSON text, written part by part and joined
+# by a byte copy (raylib/export.py): the head, each part's images and annotations, the tail.
+IMAGES_TO_ANNOTATIONS, TAIL = b'], "annotations": [', b"]}"
+
+
+def preannotation_head(class_names: list[str], info: dict) -> bytes:
+    return (json.dumps({"info": info, "categories": categories(class_names)})[:-1] + ', "images": [').encode()
+
+
+def preannotation_images(first_id: int, file_names: list[str], widths: np.ndarray, heights: np.ndarray) -> bytes:
+    """Comma-separated COCO images numbered from `first_id`."""
+    return ",".join(f'{{"id": {first_id + n}, "file_name": {json_string(name)}, "width": {w}, "height": {h}}}'
+                    for n, (name, w, h) in enumerate(zip(file_names, widths.tolist(), heights.tolist()))).encode()
+
+
+def preannotation_annotations(first_id: int, image_ids: np.ndarray, class_id: np.ndarray, boxes: np.ndarray,
+                              score: np.ndarray) -> bytes:
+    """Comma-separated COCO annotations numbered from `first_id`: image_ids are the COCO image ids,
+    boxes (n, 4) float64 pixel-edge x1, y1, x2, y2, score float64 (floats as `json.dumps` writes them)."""
+    sides = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
+    area = (sides[:, 0] * sides[:, 1]).tolist()
+    return ",".join(
+        f'{{"id": {first_id + n}, "image_id": {image}, "category_id": {category + 1}, '
+        f'"bbox": [{x!r}, {y!r}, {w!r}, {h!r}], "area": {a!r}, "iscrowd": 0, "score": {s!r}}}'
+        for n, (image, category, (x, y), (w, h), a, s) in enumerate(zip(
+            image_ids.tolist(), class_id.tolist(), boxes[:, :2].tolist(), sides.tolist(), area, score.tolist()))
+    ).encode()

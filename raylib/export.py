@@ -1,91 +1,99 @@
 """Pre-annotations for the annotators, in the files their tools import (all in the round's
-`preannotations/` folder; names below):
+`preannotations/` folder; names in `raylib.paths`):
 
     <image_id>.xml                   Pascal VOC, as the devkit writes it, plus <confidence> (seed figure 6.3)
     preannotations_coco.json         COCO with real file names (`coco.file_name`) and sizes, `score` per box
     preannotations_labelstudio.json  Label Studio tasks with predictions, image URLs it can serve
     label_config.xml                 the Label Studio labelling config for our classes
     selected_uris.txt                the selected images' URIs, one a line (to build a CVAT task, or copy)
-    preannotations_cvat_voc.zip      CVAT's "PASCAL VOC 1.1" import layout: Annotations/<item>.xml,
-                                     ImageSets/Main/default.txt, labelmap.txt; <item> is the file name
-                                     without its extension, which CVAT matches to the task's frame names
+    preannotations_cvat_voc.zip      CVAT's "PASCAL VOC 1.1" import layout (`raylib.cvat`)
+
+Above SPLIT_FILES_ABOVE selected images (a take-all round of a large pool), the COCO file, the Label
+Studio tasks and the CVAT zip are written per scoring part instead, `<name>-part-NNNNN.<ext>`
+(`paths.export_part_name`): one file of a million images would be gigabytes, past what the tools
+import. COCO ids stay unique across the part files.
 
 Confidence is the detection's cls_conf x loc_conf whatever the selection strategy, so annotators see
 the model's certainty rather than, say, an entropy score. File names come from image ids validated
 by `paths.safe_relpath`: an id that would leave the output folder is skipped and reported.
+
+How it scales: the selection is split by scoring part once (a hash join on the driver); each part is
+one Ray task that sorts its detections once (image, then score) and builds every format's text from
+arrays, writes its XML files from a thread pool, and writes its pieces of the single-file formats as
+finished bytes. COCO ids run across parts, so a first, cheap pass counts each part's images and boxes.
+The driver joins the pieces with a byte copy, one piece in memory at a time.
 """
 from __future__ import annotations
 
 import datetime as dt
-import io
+import heapq
 import itertools
 import json
 import logging
-import tempfile
-import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from raylib import coco, images, labelstudio, storage
-from raylib.paths import UnsafeIdError, safe_relpath
-from raylib.voc import VocAnnotation, VocObject, write_voc
+from raylib import coco, cvat, images, labelstudio, storage, voc
+from raylib.paths import (COCO_FILE, CVAT_ZIP_FILE, EXPORT_MARKER, EXPORT_PARTS_DIR, LABEL_CONFIG_FILE,
+                          LABELSTUDIO_FILE, SELECTED_URIS_FILE, SKIPPED_FILE, UnsafeIdError, export_part_name,
+                          voc_preannotation)
 
 log = logging.getLogger(__name__)
 
-# File names in the export folder (candidates for paths.RoundPaths).
-COCO_FILE = "preannotations_coco.json"
-LABELSTUDIO_FILE = "preannotations_labelstudio.json"
-LABEL_CONFIG_FILE = "label_config.xml"
-SELECTED_URIS_FILE = "selected_uris.txt"
-CVAT_ZIP_FILE = "preannotations_cvat_voc.zip"
-SKIPPED_FILE = "skipped.json"
-
+MARKER = EXPORT_MARKER
 DETECTION_COLUMNS = ["image_id", "class_id", "cls_conf", "loc_conf", "x1", "y1", "x2", "y2"]
 STATUS_COLUMNS = ["image_id", "uri", "width", "height"]
 # Below this many selected images, starting a Ray task per part costs more than the work (seconds of
 # worker start-up against milliseconds per image): the parts run in this process.
 MIN_IMAGES_FOR_TASKS = 2_000
-PARTS_DIR = ".parts"  # each part's COCO/Label Studio/URI pieces and CVAT zip, merged then removed
+# Above this many selected images, COCO / Label Studio / CVAT files per part (module docstring): the
+# COCO file of 10^5 images is ~220 MB, near what annotation tools accept in one import.
+SPLIT_FILES_ABOVE = 100_000
+WRITE_THREADS = 16  # concurrent XML writes in a task: S3 PUT latency, not CPU, is the bound
 
 
 @dataclass(frozen=True)
-class ImageInfo:
-    uri: str
-    width: int  # 0: unknown
-    height: int
+class PartJob:
+    index: int  # the scoring part: image_status/part-i and detections/part-i hold the same images
+    status_uri: str
+    detections_uri: str
+    image_ids: pa.Array  # the part's selected images, sorted, unique
 
 
-def _selected_rows(uri: str, columns: list[str], selected: pa.Array) -> pa.Table:
-    """The rows of one Parquet file whose image_id is in `selected` (none if the file is absent)."""
-    if not storage.exists(uri):
-        return pa.table({c: pa.array([], pa.string()) for c in columns})
-    table = storage.read_table(uri, columns=columns)
-    return table.filter(pc.is_in(table.column("image_id"), value_set=selected))
+@dataclass(frozen=True)
+class ExportSettings:
+    class_names: list[str]
+    out_dir: str
+    analysis_time: str
+    round_idx: int
+    document_root: str | None  # Label Studio's LOCAL_FILES_DOCUMENT_ROOT (`labelstudio.image_url`)
+    per_part: bool  # COCO / Label Studio / CVAT files per part (above SPLIT_FILES_ABOVE)
+
+    def piece(self, index: int, kind: str) -> str:
+        """Part `index`'s piece of a single-file format, joined by the driver then removed."""
+        return storage.join(self.out_dir, EXPORT_PARTS_DIR, f"part-{index:05d}.{kind}")
 
 
-def image_info(status: pa.Table) -> dict[str, ImageInfo]:
-    """URI and size of each image of a part's image_status rows: the one place export learns sizes.
-    Scoring recorded them from the header; an image whose header could not be read (take-all selects
-    error rows too) is tried once more here, and written with size 0 if that fails."""
-    found: dict[str, ImageInfo] = {}
-    for row in status.to_pylist():
-        image_id, width, height = row["image_id"], int(row["width"] or 0), int(row["height"] or 0)
-        if not width or not height:
-            try:
-                width, height = images.header_size(storage.read_bytes(row["uri"]), image_id)
-            except (images.ImageError, OSError) as exc:
-                log.warning("pre-annotation of %s without image size: %s", image_id, exc)
-                width, height = 0, 0
-        found[image_id] = ImageInfo(row["uri"] or "", int(width), int(height))
-    return found
-
-
-MARKER = ".raylib-preannotations"  # written first: this folder is an export and may be cleared
+def image_sizes(status: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Width and height (int64, 0: unknown) of each image of image_status rows: the one place export
+    learns sizes. Scoring recorded them from the header; an image whose header could not be read
+    (take-all selects error rows too) is tried once more here, and written with size 0 if that fails."""
+    widths = status.column("width").fill_null(0).to_numpy().astype(np.int64)
+    heights = status.column("height").fill_null(0).to_numpy().astype(np.int64)
+    for n in np.flatnonzero((widths == 0) | (heights == 0)).tolist():
+        image_id, uri = status.column("image_id")[n].as_py(), status.column("uri")[n].as_py()
+        try:
+            widths[n], heights[n] = images.header_size(storage.read_bytes(uri), image_id)
+        except (images.ImageError, OSError, TypeError) as exc:
+            log.warning("pre-annotation of %s without image size: %s", image_id, exc)
+            widths[n], heights[n] = 0, 0
+    return widths, heights
 
 
 def _start_export(out_dir: str) -> None:
@@ -94,12 +102,12 @@ def _start_export(out_dir: str) -> None:
     Only a folder that carries our marker (or is empty) is cleared: a mistyped out_dir pointing at,
     say, a VOC Annotations folder is refused instead of emptied."""
     # A kill while the marker itself was being written leaves only its temporary sibling: ours too.
-    foreign = [f for f in storage.list_files(out_dir) if not f.rsplit("/", 1)[-1].startswith(MARKER)]
-    if foreign and not storage.exists(storage.join(out_dir, MARKER)):
+    foreign = [f for f in storage.list_files(out_dir) if not f.rsplit("/", 1)[-1].startswith(EXPORT_MARKER)]
+    if foreign and not storage.exists(storage.join(out_dir, EXPORT_MARKER)):
         raise ValueError(f"pre-annotation folder '{out_dir}' holds {len(foreign)} file(s) that no export "
                          "wrote; refusing to clear it: choose an empty or new folder")
     storage.delete(out_dir)
-    storage.write_text(storage.join(out_dir, MARKER), "raylib pre-annotation export\n")
+    storage.write_text(storage.join(out_dir, EXPORT_MARKER), "raylib pre-annotation export\n")
 
 
 def _folder_name(uri: str) -> str:
@@ -107,187 +115,231 @@ def _folder_name(uri: str) -> str:
     return parts[-2] if len(parts) > 1 else ""
 
 
-def cvat_item(file_name: str) -> str:
-    """CVAT's item id for an image: its file name without the extension."""
-    base = file_name.rsplit("/", 1)[-1]
-    return file_name[: len(file_name) - len(base) + base.rfind(".")] if "." in base.lstrip(".") else file_name
-
-
-def _labelmap(class_names: list[str]) -> str:
-    return "# label:color_rgb:parts:actions\n" + "".join(f"{name}:::\n" for name in class_names)
-
-
-def cvat_voc_zip(xml_by_file_name: dict[str, bytes], class_names: list[str]) -> bytes:
-    """A zip in the layout CVAT's "PASCAL VOC 1.1" import reads (Datumaro's VOC format):
-    Annotations/<item>.xml, ImageSets/Main/default.txt (the items), labelmap.txt (`name:color:parts:actions`)."""
-    items = {cvat_item(name): data for name, data in xml_by_file_name.items()}
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for item, data in sorted(items.items()):
-            archive.writestr(f"Annotations/{item}.xml", data)
-        archive.writestr("ImageSets/Main/default.txt", "".join(f"{item}\n" for item in sorted(items)))
-        archive.writestr("labelmap.txt", _labelmap(class_names))
-    return buffer.getvalue()
-
-
 def export_preannotations(selection_uri: str, detections_uri: str, status_uri: str, class_names: list[str],
                           out_dir: str, round_idx: int, labelstudio_document_root: str | None = None) -> int:
     """Write the pre-annotations of a round's selected images into `out_dir` (files in the module
     docstring); returns the number of XML files written.
 
-    The work is split by scoring's output parts (image_status/part-i + detections/part-i hold the same
-    images): one Ray task per part writes its images' XML and its piece of the single-file formats, and
-    the pieces are streamed into those files one at a time, so neither the selection's detections nor
-    its images are ever held in one process (the take-all round selects the whole pool). Without a
-    running Ray, or for fewer than MIN_IMAGES_FOR_TASKS images, the parts run in this process. Each
-    XML holds every kept detection of its image, most confident first. Ids refused by `safe_relpath`,
-    and images Label Studio could not be given a URL for, are listed with the reason in
-    `<out_dir>/skipped.json`. `labelstudio_document_root`: Label Studio's LOCAL_FILES_DOCUMENT_ROOT for
-    local images (`labelstudio.image_url`)."""
+    One Ray task per scoring part (image_status/part-i + detections/part-i hold the same images);
+    without a running Ray, or for fewer than MIN_IMAGES_FOR_TASKS images, the parts run in this
+    process. The driver holds the selection's ids as Arrow (for the split) and one piece at a time.
+    Each XML holds every kept detection of its image, most confident first. Ids refused by
+    `safe_relpath`, and images Label Studio could not be given a URL for, are listed with the reason
+    in `<out_dir>/skipped.json`. `labelstudio_document_root`: Label Studio's LOCAL_FILES_DOCUMENT_ROOT
+    for local images (`labelstudio.image_url`)."""
     _start_export(out_dir)
-    selected = pa.array(sorted(set(storage.read_table(selection_uri, columns=["image_id"])
-                                   .column("image_id").to_pylist())), pa.string())
-    analysis_time = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    parts_dir = storage.join(out_dir, PARTS_DIR)
-    status_files = storage.list_files(status_uri, ".parquet")
-    if ray.is_initialized() and len(selected) >= MIN_IMAGES_FOR_TASKS:
-        export = ray.remote(num_cpus=0.5)(export_part)
-        selected_ref = ray.put(selected)
-        pieces = ray.get([export.remote(uri, storage.join(detections_uri, uri.rsplit("/", 1)[-1]), selected_ref,
-                                        class_names, out_dir, storage.join(parts_dir, f"part-{i:05d}"),
-                                        analysis_time, round_idx, labelstudio_document_root)
-                          for i, uri in enumerate(status_files)])
-    else:
-        pieces = [export_part(uri, storage.join(detections_uri, uri.rsplit("/", 1)[-1]), selected, class_names,
-                              out_dir, storage.join(parts_dir, f"part-{i:05d}"), analysis_time, round_idx,
-                              labelstudio_document_root)
-                  for i, uri in enumerate(status_files)]
-    parts, pieces = pieces, [piece for piece in pieces if "piece" in piece]
-    info = {"description": f"raylib pre-annotations, round {round_idx}", "date_created": analysis_time}
-    storage.write_chunks(storage.join(out_dir, COCO_FILE), _coco_chunks(pieces, class_names, info))
-    storage.write_chunks(storage.join(out_dir, LABELSTUDIO_FILE), _json_list_chunks(pieces, "tasks"))
-    storage.write_chunks(storage.join(out_dir, SELECTED_URIS_FILE),
-                         ("".join(f"{uri}\n" for uri in _piece(p)["uris"]).encode() for p in pieces))
+    jobs, n_selected = split_by_part(selection_uri, status_uri, detections_uri)
+    n_found = sum(len(job.image_ids) for job in jobs)
+    settings = ExportSettings(class_names, out_dir, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              round_idx, labelstudio_document_root, per_part=n_found > SPLIT_FILES_ABOVE)
+    in_tasks = ray.is_initialized() and n_found >= MIN_IMAGES_FOR_TASKS
+    counts = _map(count_part, [(job,) for job in jobs], in_tasks)
+    image_offsets = [0, *itertools.accumulate(n_images for n_images, _ in counts)]
+    annotation_offsets = [0, *itertools.accumulate(n_annotations for _, n_annotations in counts)]
+    parts = _map(export_part, [(job, settings, image_offsets[n], annotation_offsets[n]) for n, job in enumerate(jobs)],
+                 in_tasks)
+    changed = [job.index for job, count, part in zip(jobs, counts, parts)
+               if count != (part["n_images"], part["n_annotations"])]
+    if changed:  # COCO ids would collide: scoring rewrote a part while we read it
+        raise RuntimeError(f"export of '{out_dir}': scoring parts {changed[:3]} changed during the export; "
+                           "rerun the export once scoring has finished")
+    indices = [job.index for job in jobs]
+    storage.write_chunks(storage.join(out_dir, SELECTED_URIS_FILE), _joined(settings, indices, "uris", b""))
+    if not settings.per_part:
+        info = {"description": f"raylib pre-annotations, round {round_idx}", "date_created": settings.analysis_time}
+        storage.write_chunks(storage.join(out_dir, COCO_FILE), itertools.chain(
+            [coco.preannotation_head(class_names, info)], _joined(settings, indices, "coco_images"),
+            [coco.IMAGES_TO_ANNOTATIONS], _joined(settings, indices, "coco_annotations"), [coco.TAIL]))
+        storage.write_chunks(storage.join(out_dir, LABELSTUDIO_FILE),
+                             itertools.chain([b"["], _joined(settings, indices, "labelstudio"), [b"]"]))
+        storage.write_chunks(storage.join(out_dir, CVAT_ZIP_FILE), _cvat_zip_chunks(settings, indices))
     storage.write_text(storage.join(out_dir, LABEL_CONFIG_FILE), labelstudio.label_config(class_names))
-    _write_cvat_zip(pieces, class_names, storage.join(out_dir, CVAT_ZIP_FILE))
-    storage.delete(parts_dir)
+    storage.delete(storage.join(out_dir, EXPORT_PARTS_DIR))
     skipped = {image_id: reason for part in parts for image_id, reason in part["skipped"].items()}
     if skipped:
         log.warning("round %d: %d selected image(s) not (fully) exported: %s", round_idx, len(skipped),
                     list(skipped)[:3])
         storage.write_text(storage.join(out_dir, SKIPPED_FILE), json.dumps(skipped, indent=1))
-    missing = len(selected) - sum(part["n_selected"] for part in parts)
-    if missing:  # never seen: every pool image has a status row
-        log.warning("round %d: %d selected image(s) have no image_status row; not exported", round_idx, missing)
+    if n_selected - n_found:  # never seen: every pool image has a status row
+        log.warning("round %d: %d selected image(s) have no image_status row; not exported", round_idx,
+                    n_selected - n_found)
+    if settings.per_part:
+        log.info("round %d: %d images: COCO, Label Studio and CVAT files per scoring part (%s)", round_idx,
+                 n_found, export_part_name(COCO_FILE, 0))
     return sum(part["written"] for part in parts)
 
 
-def export_part(status_uri: str, detections_uri: str, selected: pa.Array, class_names: list[str], out_dir: str,
-                piece_uri: str, analysis_time: str, round_idx: int, document_root: str | None) -> dict:
-    """The selected images of one scoring part: their XML files, and their piece of the COCO file, the
-    Label Studio tasks, the URI list (`<piece_uri>.json`) and the CVAT zip (`<piece_uri>.zip`)."""
-    status = _selected_rows(status_uri, STATUS_COLUMNS, selected)
-    if status.num_rows == 0:
-        return {"n_selected": 0, "n_images": 0, "n_annotations": 0, "written": 0, "skipped": {}}
-    detections = _selected_rows(detections_uri, DETECTION_COLUMNS, status.column("image_id")).to_pandas()
-    if not len(detections):
-        detections = pd.DataFrame(columns=DETECTION_COLUMNS)
-    detections["score"] = detections["cls_conf"] * detections["loc_conf"]
-    info = image_info(status)
-    by_image = dict(tuple(detections.groupby("image_id"))) if len(detections) else {}
-    skipped, exported, xml_by_file_name = {}, [], {}
-    for image_id in sorted(info):
+def _map(function: Callable, calls: list[tuple], in_tasks: bool) -> list:
+    """`function(*args)` for each args: one Ray task each, or in this process."""
+    if not in_tasks:
+        return [function(*args) for args in calls]
+    remote = ray.remote(num_cpus=0.5)(function)
+    return ray.get([remote.remote(*args) for args in calls])
+
+
+def split_by_part(selection_uri: str, status_uri: str, detections_uri: str) -> tuple[list[PartJob], int]:
+    """The selected images of each scoring part (parts without any left out), and the number of
+    distinct selected images. One hash join of the parts' image ids with the selection: the driver
+    reads ids only."""
+    selected = pc.unique(storage.read_table(selection_uri, columns=["image_id"]).column("image_id"))
+    status_files = storage.list_files(status_uri, ".parquet")
+    index = pa.concat_tables([_part_ids(uri, n) for n, uri in enumerate(status_files)]
+                             or [pa.table({"image_id": pa.array([], pa.string()), "part": pa.array([], pa.int32())})])
+    found = index.join(pa.table({"image_id": selected}), "image_id", join_type="left semi")
+    found = found.sort_by([("part", "ascending"), ("image_id", "ascending")])
+    part_of, ids = found.column("part").to_numpy(), found.column("image_id").combine_chunks()
+    bounds = np.searchsorted(part_of, np.arange(len(status_files) + 1))
+    jobs = [PartJob(n, uri, storage.join(detections_uri, uri.rsplit("/", 1)[-1]), ids.slice(lo, hi - lo))
+            for n, (uri, lo, hi) in enumerate(zip(status_files, bounds[:-1].tolist(), bounds[1:].tolist())) if hi > lo]
+    return jobs, len(selected)
+
+
+def _part_ids(uri: str, part: int) -> pa.Table:
+    ids = storage.read_table(uri, columns=["image_id"]).column("image_id")
+    return pa.table({"image_id": ids, "part": pa.array(np.full(len(ids), part, np.int32))})
+
+
+def _rows(uri: str, columns: list[str], image_ids: pa.Array) -> pa.Table:
+    """The rows of one Parquet file whose image_id is in `image_ids` (none if the file is absent)."""
+    if not storage.exists(uri):
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    table = storage.read_table(uri, columns=columns)
+    return table.filter(pc.is_in(table.column("image_id"), value_set=image_ids))
+
+
+def _safe(image_ids: list[str]) -> tuple[list[int], list[str], dict[str, str]]:
+    """The positions and XML paths of the ids `safe_relpath` accepts, and the refused ones with the reason."""
+    kept, relpaths, refused = [], [], {}
+    for n, image_id in enumerate(image_ids):
         try:
-            relpath = safe_relpath(image_id)
+            relpaths.append(voc_preannotation(image_id))
+            kept.append(n)
         except UnsafeIdError as exc:
-            skipped[image_id] = str(exc)
-            continue
-        image = info[image_id]
-        name = coco.file_name(relpath, image.uri)
-        rows = by_image.get(image_id, pd.DataFrame(columns=detections.columns))
-        objects = [
-            VocObject(name=class_names[int(r.class_id)], x1=float(r.x1), y1=float(r.y1), x2=float(r.x2),
-                      y2=float(r.y2), confidence=float(min(max(r.score, 0.0), 1.0)))
-            for r in rows.sort_values("score", ascending=False).itertuples(index=False)
-        ]
-        annotation = VocAnnotation(filename=name, width=image.width, height=image.height, objects=objects,
-                                   folder=_folder_name(image.uri))
-        data = write_voc(annotation, analysis_time)
-        storage.write_bytes(storage.join(out_dir, relpath + ".xml"), data)
-        xml_by_file_name[name] = data
-        exported.append({"image_id": image_id, "file_name": name, "width": image.width,
-                         "height": image.height, "uri": image.uri or relpath})
-    ids = {image["image_id"] for image in exported}
-    dets = detections[detections["image_id"].isin(ids)]
-    document = coco.detections_to_coco(exported, dets, class_names)
-    servable = []
-    for image in exported:
+            refused[image_id] = str(exc)
+    return kept, relpaths, refused
+
+
+def count_part(job: PartJob) -> tuple[int, int]:
+    """The images and boxes `export_part` will write for `job`: COCO ids run across parts."""
+    kept, _, _ = _safe(job.image_ids.to_pylist())
+    exported = job.image_ids.take(pa.array(kept, pa.int64()))
+    if not storage.exists(job.detections_uri):
+        return len(kept), 0
+    detection_ids = storage.read_table(job.detections_uri, columns=["image_id"]).column("image_id")
+    return len(kept), pc.sum(pc.is_in(detection_ids, value_set=exported)).as_py() or 0
+
+
+def export_part(job: PartJob, settings: ExportSettings, image_offset: int, annotation_offset: int) -> dict:
+    """The selected images of one scoring part: their XML files, and their piece of the COCO file, the
+    Label Studio tasks, the URI list and the CVAT zip (whole files per part when `settings.per_part`).
+    COCO images are numbered from image_offset + 1, annotations from annotation_offset + 1."""
+    status = _rows(job.status_uri, STATUS_COLUMNS, job.image_ids)
+    status = status.take(pc.sort_indices(status, [("image_id", "ascending")]))
+    kept, relpaths, skipped = _safe(status.column("image_id").to_pylist())
+    status = status.take(pa.array(kept, pa.int64()))
+    image_ids, status_uris = status.column("image_id").to_pylist(), status.column("uri").to_pylist()
+    uris = [uri or image_id for image_id, uri in zip(image_ids, status_uris)]  # the id: relative to the pool
+    widths, heights = image_sizes(status)
+    file_names = [coco.file_name(image_id, uri) for image_id, uri in zip(image_ids, status_uris)]
+    boxes = _Boxes.of(_rows(job.detections_uri, DETECTION_COLUMNS, status.column("image_id").combine_chunks()),
+                      status.column("image_id").combine_chunks(), len(settings.class_names))
+    order = boxes.order
+    bounds = np.searchsorted(boxes.image[order], np.arange(len(image_ids) + 1))
+    xml = voc.write_voc_preannotations(file_names, [_folder_name(uri or "") for uri in status_uris], widths, heights, bounds,
+                                       boxes.class_id[order], boxes.xyxy[order], boxes.score[order],
+                                       settings.class_names, settings.analysis_time)
+    coco_images = coco.preannotation_images(image_offset + 1, file_names, widths, heights)
+    coco_annotations = coco.preannotation_annotations(annotation_offset + 1, boxes.image + image_offset + 1,
+                                                      boxes.class_id, boxes.xyxy, boxes.score)
+    servable, urls = [], []
+    for n, (image_id, uri) in enumerate(zip(image_ids, uris)):
         try:
-            labelstudio.image_url(image["uri"], document_root)
-            servable.append(image)
+            urls.append(labelstudio.image_url(uri, settings.document_root))
+            servable.append(n)
         except ValueError as exc:
-            skipped[image["image_id"]] = f"not in the Label Studio tasks: {exc}"
-    tasks = labelstudio.detections_to_tasks(servable, dets, class_names, f"raylib round {round_idx}", document_root)
-    storage.write_text(f"{piece_uri}.json", json.dumps({"images": document["images"], "tasks": tasks,
-                                                          "annotations": document["annotations"],
-                                                          "uris": [image["uri"] for image in exported]}))
-    storage.write_bytes(f"{piece_uri}.zip", cvat_voc_zip(xml_by_file_name, class_names))
-    return {"n_selected": status.num_rows, "n_images": len(exported), "n_annotations": len(document["annotations"]),
-            "written": len(exported), "skipped": skipped, "piece": piece_uri}
+            skipped[image_id] = f"not in the Label Studio tasks: {exc}"
+    tasks = labelstudio.preannotation_tasks(servable, urls, image_ids, widths, heights, bounds, boxes.class_id[order],
+                                            boxes.xyxy[order], boxes.score[order], settings.class_names,
+                                            f"raylib round {settings.round_idx}")
+    members, items = cvat.annotation_members(dict(zip(file_names, xml)))
+    files = [(storage.join(settings.out_dir, relpath), data) for relpath, data in zip(relpaths, xml)]
+    files.append((settings.piece(job.index, "uris"), "".join(f"{uri}\n" for uri in uris).encode()))
+    if settings.per_part:
+        info = {"description": f"raylib pre-annotations, round {settings.round_idx}, part {job.index}",
+                "date_created": settings.analysis_time}
+        files += [(_part_file(settings, COCO_FILE, job.index),
+                   b"".join([coco.preannotation_head(settings.class_names, info), coco_images,
+                             coco.IMAGES_TO_ANNOTATIONS, coco_annotations, coco.TAIL])),
+                  (_part_file(settings, LABELSTUDIO_FILE, job.index), b"[" + tasks + b"]"),
+                  (_part_file(settings, CVAT_ZIP_FILE, job.index),
+                   cvat.voc_zip(dict(zip(file_names, xml)), settings.class_names, settings.analysis_time))]
+    else:
+        blob, entries = cvat.local_entries(members, settings.analysis_time)
+        files += [(settings.piece(job.index, "coco_images"), coco_images),
+                  (settings.piece(job.index, "coco_annotations"), coco_annotations),
+                  (settings.piece(job.index, "labelstudio"), tasks), (settings.piece(job.index, "cvat"), blob),
+                  (settings.piece(job.index, "cvat.json"), json.dumps({"entries": entries, "items": items}).encode())]
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        list(pool.map(lambda file: storage.write_bytes(*file), files))
+    return {"n_selected": len(job.image_ids), "n_images": len(image_ids), "n_annotations": len(boxes.image),
+            "written": len(image_ids), "skipped": skipped}
 
 
-def _piece(piece: dict) -> dict:
-    return json.loads(storage.read_text(f"{piece['piece']}.json"))
+def _part_file(settings: ExportSettings, name: str, index: int) -> str:
+    return storage.join(settings.out_dir, export_part_name(name, index))
 
 
-def _json_list_chunks(pieces: list[dict], key: str) -> Iterator[bytes]:
-    """A JSON list of every piece's `key` items, one piece in memory at a time."""
-    yield b"["
-    yield from _joined(_piece(piece)[key] for piece in pieces)
-    yield b"]"
+@dataclass(frozen=True)
+class _Boxes:
+    """A part's detections of its exported images, in file order (COCO's annotation order)."""
+    image: np.ndarray  # position of the box's image among the exported images (sorted by id)
+    class_id: np.ndarray  # int64
+    xyxy: np.ndarray  # (n, 4) float64, pixel-edge
+    score: np.ndarray  # float64 of cls_conf x loc_conf, multiplied in float32 as stored
+
+    @classmethod
+    def of(cls, detections: pa.Table, image_ids: pa.Array, n_classes: int) -> _Boxes:
+        image = pc.index_in(detections.column("image_id"), value_set=image_ids).to_numpy(zero_copy_only=False)
+        class_id = detections.column("class_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        bad = (class_id < 0) | (class_id >= n_classes)
+        if bad.any():
+            raise ValueError(f"detections have class_id {int(class_id[bad][0])} outside 0..{n_classes - 1}")
+        conf = [detections.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in ("cls_conf", "loc_conf")]
+        xyxy = np.stack([detections.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+                         for c in ("x1", "y1", "x2", "y2")], axis=1).reshape(-1, 4)
+        return cls(image.astype(np.int64), class_id, xyxy, (conf[0] * conf[1]).astype(np.float64))
+
+    @property
+    def order(self) -> np.ndarray:
+        """By image, then most confident first; ties in file order."""
+        return np.lexsort((-self.score, self.image))
 
 
-def _coco_chunks(pieces: list[dict], class_names: list[str], info: dict) -> Iterator[bytes]:
-    """One COCO document from the pieces: each piece numbered its images and annotations from 1, so
-    they are shifted past the pieces before it. Two passes (images, then annotations)."""
-    yield (json.dumps({"info": info, "categories": coco.categories(class_names)})[:-1] + ', "images": [').encode()
-    yield from _joined([{**image, "id": image["id"] + offset} for image in _piece(piece)["images"]]
-                       for piece, offset in zip(pieces, _offsets(pieces, "n_images")))
-    yield b'], "annotations": ['
-    yield from _joined([{**a, "id": a["id"] + annotation_offset, "image_id": a["image_id"] + image_offset}
-                        for a in _piece(piece)["annotations"]]
-                       for piece, image_offset, annotation_offset in zip(pieces, _offsets(pieces, "n_images"),
-                                                                         _offsets(pieces, "n_annotations")))
-    yield b"]}"
-
-
-def _offsets(pieces: list[dict], key: str) -> list[int]:
-    """How many items (`key`) the pieces before each piece hold."""
-    return [0, *itertools.accumulate(piece[key] for piece in pieces)][:len(pieces)]
-
-
-def _joined(lists: Iterator[list]) -> Iterator[bytes]:
-    """The items of several lists as the comma-separated body of one JSON list."""
+def _joined(settings: ExportSettings, indices: list[int], kind: str, separator: bytes = b",") -> Iterator[bytes]:
+    """The parts' pieces of one kind, joined by `separator` (empty pieces left out), one in memory at a time."""
     first = True
-    for items in lists:
-        if items:
-            yield (b"" if first else b",") + ",".join(json.dumps(item) for item in items).encode()
+    for index in indices:
+        data = storage.read_bytes(settings.piece(index, kind))
+        if data:
+            if not first:
+                yield separator
+            yield data
             first = False
 
 
-def _write_cvat_zip(pieces: list[dict], class_names: list[str], uri: str) -> None:
-    """The pieces' zips as one, in CVAT's "PASCAL VOC 1.1" layout (`cvat_voc_zip`), built in a local
-    temporary file and streamed to `uri`."""
-    with tempfile.TemporaryFile() as handle:
-        items: list[str] = []
-        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
-            for piece in pieces:
-                with zipfile.ZipFile(io.BytesIO(storage.read_bytes(f"{piece['piece']}.zip"))) as part:
-                    for name in part.namelist():
-                        if name.startswith("Annotations/"):
-                            archive.writestr(name, part.read(name))
-                            items.append(name[len("Annotations/"):-len(".xml")])
-            archive.writestr("ImageSets/Main/default.txt", "".join(f"{item}\n" for item in sorted(items)))
-            archive.writestr("labelmap.txt", _labelmap(class_names))
-        handle.seek(0)
-        storage.write_chunks(uri, iter(lambda: handle.read(1 << 20), b""))
+def _cvat_zip_chunks(settings: ExportSettings, indices: list[int]) -> Iterator[bytes]:
+    """The parts' CVAT entries as one zip: their bytes copied, then the item list, the labelmap and the
+    central directory (`raylib.cvat`)."""
+    offset, entries, item_lists = 0, [], []
+    for index in indices:
+        blob = storage.read_bytes(settings.piece(index, "cvat"))
+        meta = json.loads(storage.read_bytes(settings.piece(index, "cvat.json")))
+        entries += [[*entry[:5], entry[5] + offset] for entry in meta["entries"]]
+        item_lists.append(meta["items"])
+        yield blob
+        offset += len(blob)
+    blob, tail = cvat.local_entries(cvat.tail_members(heapq.merge(*item_lists), settings.class_names),
+                                    settings.analysis_time)
+    entries += [[*entry[:5], entry[5] + offset] for entry in tail]
+    yield blob
+    yield cvat.central_directory(entries, offset + len(blob), settings.analysis_time)

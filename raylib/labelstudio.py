@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping
+from json.encoder import encode_basestring_ascii as json_string
 from urllib.parse import parse_qs, quote
 from xml.sax.saxutils import quoteattr
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -31,7 +33,6 @@ from raylib.coco import MAX_OBJECTS, checked_box, flag, image_size, number, shor
 
 FROM_NAME, TO_NAME = "label", "image"
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
-LABEL_FIELDS = pa.schema([schemas.LABELS.field("image_id"), schemas.LABELS.field("objects")])
 
 
 def image_url(uri: str, document_root: str | None = None) -> str:
@@ -85,6 +86,42 @@ def detections_to_tasks(images: list[dict], detections: pd.DataFrame, class_name
                              "result": results}],
         })
     return tasks
+
+
+_REGION = ('{"id": "%d", "type": "rectanglelabels", "from_name": "' + FROM_NAME + '", "to_name": "' + TO_NAME
+           + '", "original_width": %d, "original_height": %d, "image_rotation": 0, "score": %r, "value": '
+           '{"x": %r, "y": %r, "width": %r, "height": %r, "rotation": 0, "rectanglelabels": [%s]}}')
+
+
+def preannotation_tasks(keep: list[int], urls: list[str], image_ids: list[str], widths: np.ndarray,
+                        heights: np.ndarray, bounds: np.ndarray, class_id: np.ndarray, boxes: np.ndarray,
+                        score: np.ndarray, class_names: list[str], model_version: str) -> bytes:
+    """`detections_to_tasks` for many images at once, as the comma-separated JSON text of its tasks:
+    a task for each image i in `keep` (its URL in `urls`, from `image_url`), whose boxes are rows
+    bounds[i]:bounds[i + 1] of class_id, boxes ((n, 4) float64 pixel-edge) and score (float64), most
+    confident first."""
+    per_box = np.repeat(np.arange(len(image_ids)), np.diff(bounds))
+    box_width, box_height = widths[per_box], heights[per_box]
+    with np.errstate(divide="ignore", invalid="ignore"):  # unknown sizes: no boxes, below
+        percent = np.stack([100.0 * boxes[:, 0] / box_width, 100.0 * boxes[:, 1] / box_height,
+                            100.0 * (boxes[:, 2] - boxes[:, 0]) / box_width,
+                            100.0 * (boxes[:, 3] - boxes[:, 1]) / box_height], axis=1).tolist()
+    rank = (np.arange(len(per_box)) - bounds[:-1][per_box]).tolist()
+    names = [json_string(name) for name in class_names]
+    scores, edges, version = score.tolist(), bounds.tolist(), json_string(model_version)
+    regions = [_REGION % (n, w, h, s, *value, names[c]) for n, w, h, s, value, c in zip(
+        rank, box_width.tolist(), box_height.tolist(), scores, percent, class_id.tolist())]
+    sizes = list(zip(widths.tolist(), heights.tolist()))
+    tasks = []
+    for i, url in zip(keep, urls):
+        width, height = sizes[i]
+        start, end = (edges[i], edges[i + 1]) if width > 0 and height > 0 else (0, 0)
+        # The task's score is its least confident box: Label Studio can sort the queue by it.
+        lowest = scores[end - 1] if end > start else 0.0
+        tasks.append(f'{{"data": {{"{TO_NAME}": {json_string(url)}, "image_id": {json_string(image_ids[i])}}}, '
+                     f'"predictions": [{{"model_version": {version}, "score": {lowest!r}, '
+                     f'"result": [{", ".join(regions[start:end])}]}}]}}')
+    return ",".join(tasks).encode()
 
 
 # ------------------------------------------------------------------------------------------ import
@@ -276,5 +313,5 @@ def tasks_to_labels(tasks: list, class_names: list[str], selected: Mapping[str, 
             continue
         rows[image_id] = objects
     table = pa.table({"image_id": pa.array(list(rows), pa.string()),
-                      "objects": pa.array(list(rows.values()), pa.list_(schemas.OBJECT))}, schema=LABEL_FIELDS)
+                      "objects": pa.array(list(rows.values()), pa.list_(schemas.OBJECT))}, schema=schemas.LABEL_FIELDS)
     return table, errors

@@ -24,6 +24,29 @@ RUN_INFO_FILE = "run.json"
 RUN_CONFIG_FILE = "config.yaml"  # the resolved config the run was started with (raylib/run_config.py)
 
 
+# The pre-annotation export's files, in RoundPaths.preannotations (raylib/export.py says what each holds).
+COCO_FILE = "preannotations_coco.json"
+LABELSTUDIO_FILE = "preannotations_labelstudio.json"
+LABEL_CONFIG_FILE = "label_config.xml"
+SELECTED_URIS_FILE = "selected_uris.txt"
+CVAT_ZIP_FILE = "preannotations_cvat_voc.zip"
+SKIPPED_FILE = "skipped.json"  # selected images not (fully) exported, with the reason each
+EXPORT_MARKER = ".raylib-preannotations"  # written first: this folder is an export and may be cleared
+EXPORT_PARTS_DIR = ".parts"  # the export's per-part fragments, merged then removed
+
+
+def export_part_name(file_name: str, part: int) -> str:
+    """The per-part file of a large export (`preannotations_coco.json`, part 3 ->
+    `preannotations_coco-part-00003.json`): above export.SPLIT_FILES_ABOVE images, one file per scoring part."""
+    stem, dot, ext = file_name.rpartition(".")
+    return f"{stem}-part-{part:05d}{dot}{ext}"
+
+
+def voc_preannotation(image_id: str) -> str:
+    """An image's VOC pre-annotation inside the export folder: `<image_id>.xml` (the id checked by `safe_relpath`)."""
+    return safe_relpath(image_id) + ".xml"
+
+
 SEED_ROUND = -1  # the seed set's "round": labelled before round 0 trains (by annotators, or simulated)
 
 

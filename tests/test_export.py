@@ -316,3 +316,31 @@ def test_ray_tasks_export_the_same_files_as_one_process(ray_session, tmp_path, m
     with zipfile.ZipFile(ray_out / EXPORT_FILES[4]) as a, zipfile.ZipFile(inline / EXPORT_FILES[4]) as b:
         assert sorted(a.namelist()) == sorted(b.namelist())
         assert a.read("ImageSets/Main/default.txt") == b.read("ImageSets/Main/default.txt") == b"a\nb\nempty\n"
+
+
+def test_a_large_export_writes_coco_label_studio_and_cvat_files_per_part(tmp_path, monkeypatch):
+    """Above SPLIT_FILES_ABOVE images, the single-file formats are written per scoring part: each a
+    whole file, COCO ids unique across them, and the URI list still one file."""
+    import zipfile
+
+    from raylib import export, paths
+
+    monkeypatch.setattr(export, "SPLIT_FILES_ABOVE", 2)
+    status = _write(tmp_path, ["a", "b", "empty"], DETECTIONS)
+    out = tmp_path / "pre"
+    assert _export(tmp_path, status, out) == 3
+    per_part = [paths.export_part_name(name, part) for part in (0, 1)
+                for name in (paths.COCO_FILE, paths.LABELSTUDIO_FILE, paths.CVAT_ZIP_FILE)]
+    assert sorted(os.listdir(out)) == sorted([MARKER, "a.xml", "b.xml", "empty.xml", paths.LABEL_CONFIG_FILE,
+                                              paths.SELECTED_URIS_FILE, *per_part])
+    assert per_part[0] == "preannotations_coco-part-00000.json"
+    documents = [_read_json(out / paths.export_part_name(paths.COCO_FILE, part)) for part in (0, 1)]
+    assert [[im["id"] for im in d["images"]] for d in documents] == [[1, 2], [3]]  # a, b | empty
+    assert [[a["id"] for a in d["annotations"]] for d in documents] == [[1, 2, 3], []]
+    tasks = [_read_json(out / paths.export_part_name(paths.LABELSTUDIO_FILE, part)) for part in (0, 1)]
+    assert [[t["data"]["image_id"] for t in part] for part in tasks] == [["a", "b"], ["empty"]]
+    with zipfile.ZipFile(out / paths.export_part_name(paths.CVAT_ZIP_FILE, 1)) as archive:
+        assert archive.testzip() is None
+        assert archive.read("ImageSets/Main/default.txt") == b"empty\n"
+        assert archive.read("Annotations/empty.xml") == (out / "empty.xml").read_bytes()
+    assert (out / paths.SELECTED_URIS_FILE).read_text() == "/data/a.jpg\n/data/b.jpg\n/data/empty.jpg\n"

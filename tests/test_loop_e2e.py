@@ -30,8 +30,7 @@ import pytest
 import yaml
 
 from raylib import paths, schemas, storage, voc
-from raylib.export import LABEL_CONFIG_FILE
-from raylib.paths import RoundPaths
+from raylib.paths import LABEL_CONFIG_FILE, RoundPaths
 from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
 pytestmark = pytest.mark.slow

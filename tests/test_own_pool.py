@@ -20,9 +20,8 @@ from hydra import compose, initialize_config_dir
 from raylib import paths, storage, synthetic, voc
 from raylib.config import ConfigError, SyntheticConfig, to_config
 from raylib.dataset import ensure_dataset
-from raylib.export import COCO_FILE, SELECTED_URIS_FILE
 from raylib.loop import run_loop
-from raylib.paths import RoundPaths
+from raylib.paths import COCO_FILE, SELECTED_URIS_FILE, RoundPaths
 
 pytestmark = pytest.mark.slow
 

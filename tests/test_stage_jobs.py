@@ -20,8 +20,7 @@ import pytest
 import torch
 
 from raylib import model, storage
-from raylib.export import COCO_FILE, LABELSTUDIO_FILE
-from raylib.paths import RoundPaths
+from raylib.paths import COCO_FILE, LABELSTUDIO_FILE, RoundPaths
 
 pytestmark = pytest.mark.slow
 
