@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 from raylib import paths, storage  # noqa: E402
 from raylib.config import Config  # noqa: E402
@@ -46,12 +48,34 @@ def write_run_info(run_root: str, cfg: Config, class_names: list[str]) -> None:
         "classes": class_names}))
 
 
+def row_count(uri: str) -> int:
+    """Rows of a Parquet file, or of every `.parquet` file under a folder, from the files' footers (the
+    pool manifest of a million images is not read for its length)."""
+    fs, path = storage.resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        files = [path]
+    else:
+        files = [storage.resolve(file_uri)[1] for file_uri in storage.list_files(uri, ".parquet")]
+    return sum(pq.read_metadata(file, filesystem=fs).num_rows for file in files)
+
+
+def run_roots(runs_root: str) -> list[str]:
+    """The runs beside each other under `runs_root`: its sub-folders that hold a `run.json`. One
+    listing of `runs_root` itself and one look per sub-folder, never a recursive listing (a run
+    holds a round's pre-annotations: a file per selected image)."""
+    fs, path = storage.resolve(runs_root)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    prefix = "s3://" if storage.is_s3(runs_root) else ""
+    folders = sorted(prefix + info.path for info in infos if info.type == pafs.FileType.Directory)
+    return [folder for folder in folders if storage.exists(paths.run_info(folder))]
+
+
 def load_history(run_root: str) -> RunHistory:
     run = json.loads(storage.read_text(paths.run_info(run_root)))
     history = RunHistory(classes=run["classes"], strategy=run["strategy"], seed=run["seed"])
     manifest = paths.pool_manifest(run_root)
     if storage.exists(manifest):
-        history.pool_size = storage.read_table(manifest, columns=["image_id"]).num_rows
+        history.pool_size = row_count(manifest)
     num_classes = len(history.classes)
     round_idx = 0
     while storage.exists(RoundPaths(run_root, round_idx).metrics):
@@ -222,12 +246,10 @@ def _calibration_section(run_root: str, n_rounds: int, out: str) -> list[str]:
 
 def compare_runs(runs_root: str, out_dir: str) -> str | None:
     """mAP50 vs labelled images per strategy (mean and min-max spread over seeds) for every run under
-    `runs_root` that has a `run.json`; writes `comparison.md` + `comparison.png`. None if no runs."""
-    name = paths.RUN_INFO_FILE
-    run_files = [uri for uri in storage.list_files(runs_root, "/" + name) if uri.count(name) == 1]
+    `runs_root` (`run_roots`: `runs_root/*/run.json`); writes `comparison.md` + `comparison.png`.
+    None if no runs."""
     by_strategy: dict[str, list[RunHistory]] = {}
-    for run_file in run_files:
-        run_root = run_file[: -len("/" + name)]
+    for run_root in run_roots(runs_root):
         history = load_history(run_root)
         if history.map50:
             by_strategy.setdefault(history.strategy, []).append(history)

@@ -110,3 +110,41 @@ def test_report_draws_calibration_of_rounds_that_have_it(tmp_path):
     assert "| 0.0-0.1 | - |" in section and ">= 0.05" in section
     with open(os.path.join(paths.report_dir(run_root), "calibration.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pool_size_comes_from_the_parquet_footers(tmp_path, monkeypatch):
+    """The pool row count is the footers' (a file, or a folder of parts), never a read of the id column."""
+    run_root = str(tmp_path / "runs" / "cls_iou_seed0")
+    _fake_run(run_root, "cls_iou", 0, [0.2])
+    monkeypatch.setattr(storage, "read_table", _refuse_pool_reads(storage.read_table))
+    assert report.load_history(run_root).pool_size == 10
+    folder = tmp_path / "parts"
+    for part, n in enumerate((3, 0, 4)):
+        table = pa.table({"image_id": [f"{part}-{i}" for i in range(n)], "uri": ["/x.jpg"] * n})
+        storage.write_table(schemas.check(table, schemas.POOL, "pool"), str(folder / f"part-{part}.parquet"))
+    assert report.row_count(str(folder)) == 7
+
+
+def _refuse_pool_reads(read_table):
+    def guarded(uri, *args, **kwargs):
+        assert not uri.endswith("pool.parquet"), f"the pool manifest was read: {uri}"
+        return read_table(uri, *args, **kwargs)
+    return guarded
+
+
+def test_comparison_reads_only_the_run_folders_beside_each_other(tmp_path, monkeypatch):
+    """`runs_root/*/run.json`: a run.json deeper down (a run's own sub-folder) is not a run, and the
+    runs root is never listed recursively (a round's export holds a file per image)."""
+    runs = tmp_path / "runs"
+    _fake_run(str(runs / "cls_iou_seed0"), "cls_iou", 0, [0.2, 0.4])
+    _fake_run(str(runs / "cls_iou_seed0" / "nested"), "random", 0, [0.9])
+    (runs / "not_a_run").mkdir()
+    (runs / "notes.txt").write_text("x")
+
+    def no_recursive_listing(*args, **kwargs):
+        raise AssertionError("the runs root was listed recursively")
+
+    monkeypatch.setattr(storage, "list_files", no_recursive_listing)
+    assert report.run_roots(str(runs)) == [str(runs / "cls_iou_seed0")]
+    text = storage.read_text(report.compare_runs(str(runs), str(runs / "comparison")))
+    assert "cls_iou" in text and "random" not in text
