@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from raylib import calibration, paths  # noqa: E402
-from raylib.config import ModelConfig  # noqa: E402
+from raylib.config import EvalConfig, ModelConfig  # noqa: E402
 from raylib.paths import RoundPaths  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def calibrate_run(run_root: str, round_idx: int, min_score: float, input_size: i
     rp = RoundPaths(run_root, round_idx)
     name = f"{variant}_{os.path.basename(run_root.rstrip('/'))}"
     summary = calibration.calibrate_split(
-        ModelConfig(size=run["model"], input_size=input_size), rp.weights, paths.perf_test_labels(run_root),
+        EvalConfig(), ModelConfig(size=run["model"], input_size=input_size), rp.weights, paths.perf_test_labels(run_root),
         paths.test_manifest(run_root),
         "perf_test", run["classes"], 40_000_000, min_score,
         os.path.join(out_dir, f"{name}_round{round_idx}.parquet"), os.path.join(out_dir, f"{name}_round{round_idx}.json"))

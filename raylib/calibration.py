@@ -1,7 +1,9 @@
 """Is YOLOX's objectness a predicted IoU? Calibration of `loc_conf` (and `cls_conf`) against true IoU.
 
-    summary = calibrate_split(model_cfg, weights_uri, labels_uri, manifest_uri, "val", class_names,
+    summary = calibrate_split(cfg.eval, model_cfg, weights_uri, labels_uri, manifest_uri, "val", class_names,
                               max_pixels, min_score, table_uri, summary_uri)
+
+Detections come from the evaluate stage's own path (`evaluate.detect_split`: its device, its batch size).
 
 On a labelled split, every detection the strategies would see (score = cls_conf x loc_conf >= min_score)
 is matched to ground truth greedily by decreasing score: it takes the unmatched ground-truth box of its
@@ -18,12 +20,11 @@ import math
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import torch
 
-from raylib import detect, labels, storage
-from raylib.config import ModelConfig
+from raylib import labels, storage
+from raylib.config import EvalConfig, ModelConfig
+from raylib.evaluate import detect_split
 from raylib.metrics import labels_to_ground_truth
-from raylib.model import load_model
 
 BIN_EDGES = np.linspace(0.0, 1.0, 11)  # loc_conf bins of the reliability table
 CALIBRATION_SCHEMA = pa.schema([
@@ -121,36 +122,13 @@ def calibration_summary(detections: pd.DataFrame, ground_truth: pd.DataFrame) ->
     return summary, reliability_table(loc, true_iou, cls)
 
 
-def detect_confidences(model: torch.nn.Module, items: list[tuple[str, str]], input_size: int,
-                       max_pixels: int | None, batch_size: int = 16) -> tuple[pd.DataFrame, list[str]]:
-    """Detections with `cls_conf` and `loc_conf` apart (decoded as in evaluation); and failed image ids."""
-    frames, failed = [], []
-    for start in range(0, len(items), batch_size):
-        batch, images = [], []
-        for image_id, uri in items[start:start + batch_size]:
-            try:
-                images.append(detect.read_image(uri, image_id, max_pixels))
-                batch.append(image_id)
-            except Exception:  # noqa: BLE001  (counted, as evaluate_split counts them)
-                failed.append(image_id)
-        for image_id, dets in zip(batch, detect.predict(model, images, input_size)):
-            frames.append(pd.DataFrame({
-                "image_id": [image_id] * len(dets.class_id), "class_id": dets.class_id.astype(np.int64),
-                "cls_conf": dets.cls_conf.astype(np.float64), "loc_conf": dets.loc_conf.astype(np.float64),
-                "x1": dets.boxes[:, 0], "y1": dets.boxes[:, 1], "x2": dets.boxes[:, 2], "y2": dets.boxes[:, 3]}))
-    frames = [f for f in frames if len(f)]
-    columns = ["image_id", "class_id", "cls_conf", "loc_conf", "x1", "y1", "x2", "y2"]
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), failed
-
-
-def calibrate_split(model_cfg: ModelConfig, weights_uri: str, labels_uri: str, manifest_uri: str, split: str,
-                    class_names: list[str], max_pixels: int, min_score: float, table_uri: str,
+def calibrate_split(ec: EvalConfig, model_cfg: ModelConfig, weights_uri: str, labels_uri: str, manifest_uri: str,
+                    split: str, class_names: list[str], max_pixels: int, min_score: float, table_uri: str,
                     summary_uri: str) -> dict:
     """Calibration of `weights_uri` on the labelled `split`; writes the reliability table (Parquet) and the
     summary (JSON); returns the summary. Detections kept: cls_conf x loc_conf >= min_score."""
     split_labels, items, _missing = labels.read_split(labels_uri, manifest_uri, split)
-    model = load_model(model_cfg.size, len(class_names), weights_uri).eval()
-    detections, failed = detect_confidences(model, items, model_cfg.input_size, max_pixels)
+    detections, failed = detect_split(ec, model_cfg, weights_uri, items, len(class_names), max_pixels)
     detections = detections[detections["cls_conf"] * detections["loc_conf"] >= min_score]
     ground_truth = labels_to_ground_truth(split_labels)
     ground_truth = ground_truth[~ground_truth["image_id"].isin(failed)]

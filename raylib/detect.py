@@ -22,6 +22,9 @@ from raylib.model import ImageDetections, decode, letterbox, to_input
 
 log = logging.getLogger(__name__)
 
+# What detect_images returns: the metric's columns, and the two confidences apart (calibration reads them).
+FRAME_COLUMNS = [*DETECTION_COLUMNS, "cls_conf", "loc_conf"]
+
 # YOLOX's own VOC evaluation settings (exps/example/yolox_voc: test_conf 0.01, nmsthre 0.65).
 EVAL_CANDIDATE_CONF = 0.01
 EVAL_NMS_THRESHOLD = 0.65
@@ -77,7 +80,7 @@ def detect_images(model: torch.nn.Module, items: Iterable[tuple[str, str]], inpu
                   read_threads: int = 4) -> tuple[pd.DataFrame, list[str]]:
     """Detections of every (image_id, uri) in `items`, fetching the next batch while one is computed.
 
-    Returns (detections frame with DETECTION_COLUMNS, ids of images that failed to read or decode)."""
+    Returns (detections frame with FRAME_COLUMNS, ids of images that failed to read or decode)."""
     was_training = model.training
     model.eval()
     frames: list[pd.DataFrame] = []
@@ -100,9 +103,9 @@ def detect_images(model: torch.nn.Module, items: Iterable[tuple[str, str]], inpu
 
 
 def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Detection frames as one (an empty one with DETECTION_COLUMNS when there are none)."""
+    """Detection frames as one (an empty one with FRAME_COLUMNS when there are none)."""
     frames = [frame for frame in frames if len(frame)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DETECTION_COLUMNS)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRAME_COLUMNS)
 
 
 def _frame(image_id: str, dets: ImageDetections) -> pd.DataFrame:
@@ -111,4 +114,5 @@ def _frame(image_id: str, dets: ImageDetections) -> pd.DataFrame:
         "class_id": dets.class_id.astype(np.int64),
         "score": (dets.cls_conf * dets.loc_conf).astype(np.float64),
         "x1": dets.boxes[:, 0], "y1": dets.boxes[:, 1], "x2": dets.boxes[:, 2], "y2": dets.boxes[:, 3],
+        "cls_conf": dets.cls_conf.astype(np.float64), "loc_conf": dets.loc_conf.astype(np.float64),
     })

@@ -40,13 +40,7 @@ def evaluate_split(ec: EvalConfig, model_cfg: ModelConfig, weights_uri: str, lab
     if missing:
         log.warning("%d %s image(s) are not in manifest %s, e.g. %s; counted as failed",
                     len(missing), split, manifest_uri, missing[:3])
-    args = (model_cfg, weights_uri, items, len(class_names), ec.batch_size, max_pixels)
-    if _use_gpu(ec):
-        import ray
-
-        detections, unreadable = ray.get(ray.remote(num_gpus=1, num_cpus=1)(_detect).remote(*args))
-    else:
-        detections, unreadable = _detect(*args)
+    detections, unreadable = detect_split(ec, model_cfg, weights_uri, items, len(class_names), max_pixels)
     failed = missing + unreadable
     if failed:
         split_labels = split_labels.filter(
@@ -65,6 +59,20 @@ def evaluate_split(ec: EvalConfig, model_cfg: ModelConfig, weights_uri: str, lab
     }
     storage.write_text(out_uri, json.dumps(metrics, indent=2))
     return metrics
+
+
+def detect_split(ec: EvalConfig, model_cfg: ModelConfig, weights_uri: str, items: list[tuple[str, str]],
+                 num_classes: int, max_pixels: int) -> tuple[pd.DataFrame, list[str]]:
+    """Detections of `weights_uri` on the (image_id, uri) `items` of a labelled split (detect.FRAME_COLUMNS) and
+    the ids that could not be read: the one path of the evaluate stage (AP50, calibration). With a GPU
+    (`ec.use_gpu`, or by default when the Ray cluster has one) the model runs in a Ray task holding one;
+    else here, in batches of `eval.batch_size`."""
+    args = (model_cfg, weights_uri, items, num_classes, ec.batch_size, max_pixels)
+    if _use_gpu(ec):
+        import ray
+
+        return ray.get(ray.remote(num_gpus=1, num_cpus=1)(_detect).remote(*args))
+    return _detect(*args)
 
 
 def _use_gpu(ec: EvalConfig) -> bool:

@@ -51,7 +51,7 @@ def evaluate(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
     perf = on("perf_test", perf_test, ds.test_manifest, rp.metrics)
     test = on("test", labels_uri, ds.pool_manifest, rp.metrics_test)
-    calib = calibrate_split(cfg.model, rp.weights, labels_uri, ds.pool_manifest, "val", ds.class_names,
+    calib = calibrate_split(cfg.eval, cfg.model, rp.weights, labels_uri, ds.pool_manifest, "val", ds.class_names,
                             cfg.data.max_pixels, cfg.strategy.min_score, rp.calibration, rp.calibration_summary)
     return {"map50": perf["map50"], "test_map50": test["map50"], "splits": labels.split_counts(labels_uri),
             "val_spearman_loc_conf_true_iou": calib["spearman_loc_conf_true_iou"]}

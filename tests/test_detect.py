@@ -81,5 +81,5 @@ def test_detect_images_counts_an_over_limit_image_as_failed(tmp_path):
     detections, failed = detect.detect_images(model, [("small", small), ("big", big)], 64, max_pixels=1_500,
                                               batch_size=1, device=torch.device("cpu"))
     assert failed == ["big"] and list(detections.columns) == ["image_id", "class_id", "score", "x1", "y1", "x2",
-                                                              "y2"]
+                                                              "y2", "cls_conf", "loc_conf"]
     assert model.training  # put back as it was
