@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from raylib import paths, storage, synthetic, voc
+from raylib import labels, paths, storage, synthetic, voc
 from raylib.config import ConfigError, SyntheticConfig, to_config
 from raylib.dataset import ensure_dataset
 from raylib.loop import run_loop
@@ -181,3 +181,24 @@ def test_data_coco_runs_the_simulated_loop_on_a_coco_dataset(generated, tmp_path
         for got, want in zip(row["objects"], expected):
             assert [got[k] for k in ("x1", "y1", "x2", "y2")] == pytest.approx([want[k] for k in ("x1", "y1", "x2", "y2")],
                                                                                 abs=1e-3)
+
+
+def test_labels_the_team_has_are_round_0s_labelled_set_and_a_voc_root_can_be_the_test_set(generated, tmp_path):
+    voc_root, truth, pool_ids, test_ids = generated
+    root = str(tmp_path / "raw")
+    where = _team_layout(generated, root)
+    have = sorted(where)[:10]  # the team labelled 10 of the pool's images already (a CVAT export)
+    entries = [(rel, os.path.join(voc_root, "JPEGImages", f"{where[rel]}.jpg"), truth[where[rel]]) for rel in have]
+    storage.write_text(str(tmp_path / "have.json"), json.dumps(_coco(entries)))
+    cfg = _config("data=images", f"data.root={root}", f"data.test={voc_root}", "data.test_sets=[test]",
+                  f"data.classes=[{','.join(CLASSES)}]", f"data.labelled={tmp_path}/have.json", "loop.oracle=external",
+                  f"loop.labels_in={tmp_path}/in", f"run_root={tmp_path}/run")
+    ds = ensure_dataset(cfg)
+    assert not labels.seed_from_annotators(ds, cfg.loop)  # the annotators start at round 0's selection
+    seed = storage.read_table(labels.seed_labels(cfg.run_root, ds, cfg.loop, cfg.seed))
+    assert sorted(seed.column("image_id").to_pylist()) == have
+    assert set(seed.column("split").to_pylist()) <= {"train", "val", "test"}
+    test = storage.read_table(labels.perf_test_labels(cfg.run_root, ds))
+    assert sorted(test.column("image_id").to_pylist()) == sorted(test_ids)  # the VOC root's test set
+    assert dict(zip(test.column("image_id").to_pylist(), test.column("objects").to_pylist())) == \
+        {i: truth[i] for i in test_ids}
