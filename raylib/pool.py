@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raylib import paths, schemas, storage
+from raylib.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ LIST_THREADS = 16
 FAN_OUT_LEVELS = 2
 
 
-class PoolError(ValueError):
-    """An image set or folder that can't be indexed; the message names the input and what to fix."""
+class PoolError(ConfigError):
+    """An image set or folder that can't be indexed; the message names the input and what to fix (a job
+    prints it as one line, as a bad config value)."""
 
 
 # ----------------------------------------------------------------------------------------- writing
