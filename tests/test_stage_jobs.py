@@ -104,8 +104,10 @@ def test_evaluate_job_writes_all_four_outputs_of_the_loop(loop_run):
 
 
 def test_score_job_scores_with_the_rounds_model_not_model_weights(loop_run):
-    # model.weights is set (the start weights): the job must still score with round 0's trained model.
-    loop, alone = _alone(loop_run, "score", 0, ["detections", "image_status"])
+    # model.weights is set (the start weights): the job must still score with round 0's trained model. With
+    # two actors of two torch threads each (the loop had one of one): the same rows, whoever scored them.
+    loop, alone = _alone(loop_run, "score", 0, ["detections", "image_status"], "score.num_actors=2",
+                         "score.torch_threads=2", "score.batch_size=3")
     keys = ["image_id", "class_id", "score"]
     assert storage.read_table(loop.detections).num_rows > 0
     assert _table(loop.detections, keys).equals(_table(alone.detections, keys))
