@@ -7,7 +7,8 @@ Fabricated, schema-true inputs: a pool manifest of 10N rows (ids in no sorted or
 take-all selection of N pool images and the annotators' delivery of those N images as VOC XML files
 (`voc.write_voc`, 3 objects of 20 classes each), a few of them unusable and a few missing.
 
-Measured, in wall seconds on this machine, in one process (the driver) with a local Ray of 2 CPUs:
+Measured, in wall seconds on this machine, in the driver with a local Ray of 2 CPUs (fabrication and
+the baseline run in a child process, so the driver's peak RSS is the new code's):
 - ingest: what the oracle does with an external VOC delivery: the selected ids, their URIs from the
   manifest, and `annotations.import_delivery` (Ray tasks of VOC_CHUNK files above VOC_TASK_MIN_FILES);
 - remaining: `pool.write_remaining` of the pool less the labelled set (the labels file's id column).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import multiprocessing
 import os
 import resource
 import shutil
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -132,41 +135,53 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def _baseline_run(work: str, n: int) -> dict:
+    """Fabricate the baseline's inputs and run BASELINE_COMMIT's phases, in a child process (its memory
+    is not the driver's); returns the times, the inputs and the baseline's delivery."""
+    inputs = fabricate(work, n)
+    ingest, remaining, delivery, n_rows = baseline_phases(
+        inputs, os.path.join(work, "remaining_old.parquet"), _load_baseline(work, "annotations"),
+        _load_baseline(work, "pool"))
+    return {"ingest": ingest, "remaining": remaining, "inputs": inputs, "n_rows": n_rows,
+            "delivery": (delivery.labels, delivery.errors, delivery.missing)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=100_000, help="selected (and delivered) images, N")
     parser.add_argument("--baseline-images", type=int, default=10_000, help="N of today's code path; 0: skip")
     parser.add_argument("--work", default=None, help="folder for the fabricated inputs (default: a temporary one)")
     args = parser.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="ingest_scale_")
+    # Fabrication and the baseline run in child processes: the driver's peak RSS is the new code's.
+    children = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    work = args.work or tempfile.mkdtemp(prefix="ingest_scale_")
     try:
         rate = {}
         if args.baseline_images:
-            base_dir = os.path.join(work, f"n{args.baseline_images}")
-            t = time.perf_counter()
-            inputs = fabricate(base_dir, args.baseline_images)
-            print(f"baseline inputs at {args.baseline_images}: {time.perf_counter() - t:.1f} s to fabricate", flush=True)
-            old_ingest, old_remaining, old_delivery, old_n = baseline_phases(
-                inputs, os.path.join(base_dir, "remaining_old.parquet"), _load_baseline(work, "annotations"),
-                _load_baseline(work, "pool"))
+            n = args.baseline_images
+            base_dir = os.path.join(work, f"n{n}")
+            old = children.submit(_baseline_run, base_dir, n).result()
+            inputs = old["inputs"]
             new_ingest, new_delivery = ingest_phase(inputs)
             new_remaining, new_n = remaining_phase(inputs, os.path.join(base_dir, "remaining_new.parquet"))
-            assert new_delivery.labels.equals(old_delivery.labels), "ingestion: labels differ from the baseline's"
-            assert new_delivery.errors == old_delivery.errors and new_delivery.missing == old_delivery.missing
-            assert new_n == old_n and pq.read_table(os.path.join(base_dir, "remaining_new.parquet")).equals(
+            old_labels, old_errors, old_missing = old["delivery"]
+            assert new_delivery.labels.equals(old_labels), "ingestion: labels differ from the baseline's"
+            assert new_delivery.errors == old_errors and new_delivery.missing == old_missing
+            assert new_n == old["n_rows"] and pq.read_table(os.path.join(base_dir, "remaining_new.parquet")).equals(
                 pq.read_table(os.path.join(base_dir, "remaining_old.parquet"))), "remaining pool differs"
-            n = args.baseline_images
-            print(f"baseline {BASELINE_COMMIT} at {n}: ingest {old_ingest:.2f} s, remaining {old_remaining:.2f} s; "
+            print(f"baseline {BASELINE_COMMIT} at {n}: ingest {old['ingest']:.2f} s, remaining {old['remaining']:.2f} s; "
                   f"new code at {n}: ingest {new_ingest:.2f} s, remaining {new_remaining:.2f} s (outputs identical)",
                   flush=True)
-            rate = {"ingest": old_ingest / n, "remaining": old_remaining / n}
+            rate = {"ingest": old["ingest"] / n, "remaining": old["remaining"] / n}
+            del new_delivery, old
             shutil.rmtree(base_dir, ignore_errors=True)
         run_dir = os.path.join(work, f"n{args.images}")
         t = time.perf_counter()
-        inputs = fabricate(run_dir, args.images)
+        inputs = children.submit(fabricate, run_dir, args.images).result()
+        children.shutdown()
         print(f"inputs at {args.images}: {time.perf_counter() - t:.1f} s to fabricate", flush=True)
         ingest, delivery = ingest_phase(inputs)
         remaining, n_remaining = remaining_phase(inputs, os.path.join(run_dir, "remaining.parquet"))

@@ -148,9 +148,10 @@ def parse_voc_chunk(image_ids: pa.Array, xml_uris: pa.Array, class_names: list[s
     kept, offsets, errors = [], [0], []
     columns: dict[str, list] = {name: [] for name in schemas.OBJECT.names}
     ids = image_ids.to_pylist()
-    threads = READ_THREADS if uris and storage.is_s3(uris[0]) else 1
-    with ThreadPoolExecutor(max_workers=threads) as executor:
-        for index, result in enumerate(executor.map(one, range(len(uris)))):
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as executor:
+        # Threads for S3's latency; local files are read in this thread (a pool's hand-off costs more).
+        results = executor.map(one, range(len(uris))) if uris and storage.is_s3(uris[0]) else map(one, range(len(uris)))
+        for index, result in enumerate(results):
             if isinstance(result, str):
                 errors.append((ids[index], result))
                 continue
