@@ -192,7 +192,8 @@ def split_by_part(selection_uri: str, status_uri: str, detections_uri: str) -> t
     found = found.sort_by([("part", "ascending"), ("image_id", "ascending")])
     part_of, ids = found.column("part").to_numpy(), found.column("image_id").combine_chunks()
     bounds = np.searchsorted(part_of, np.arange(len(status_files) + 1))
-    jobs = [PartJob(n, uri, storage.join(detections_uri, uri.rsplit("/", 1)[-1]), ids.slice(lo, hi - lo))
+    # `take`, not `slice`: a pickled slice carries its whole parent's buffers (every part's ids, per task).
+    jobs = [PartJob(n, uri, storage.join(detections_uri, uri.rsplit("/", 1)[-1]), ids.take(np.arange(lo, hi)))
             for n, (uri, lo, hi) in enumerate(zip(status_files, bounds[:-1].tolist(), bounds[1:].tolist())) if hi > lo]
     return jobs, len(selected)
 
