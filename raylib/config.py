@@ -21,6 +21,7 @@ MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random")
 ORACLES = ("simulate", "external")
 LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (raylib/annotations.py)
+LOGGERS = ("none", "tensorboard", "mlflow")  # experiment tracking (raylib/tracking.py)
 
 
 class ConfigError(ValueError):
@@ -280,6 +281,19 @@ class ClusterConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Experiment tracking (raylib/tracking.py): per-epoch training scalars and per-round metrics."""
+
+    kind: str = "none"  # none | tensorboard | mlflow (mlflow needs the mlflow package)
+    log_dir: Optional[str] = None  # tensorboard: event files; None: <run_root>/tensorboard
+    tracking_uri: Optional[str] = None  # mlflow: a tracking server; None: a local store under the run root
+
+    def __post_init__(self) -> None:
+        _require(self.kind in LOGGERS, f"logger.kind must be one of {LOGGERS}, got '{self.kind}'")
+        self.log_dir = absolute(self.log_dir)
+
+
+@dataclass
 class Config:
     run_root: str = "outputs/run"
     seed: int = 0
@@ -295,6 +309,7 @@ class Config:
     loop: LoopConfig = field(default_factory=LoopConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     round_idx: int = 0  # for single-stage jobs (score/select/export/train/evaluate)
 
     def __post_init__(self) -> None:

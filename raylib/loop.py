@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raylib import labels, paths, report, stages, storage
+from raylib import labels, paths, report, stages, storage, tracking
 from raylib.config import Config
 from raylib.dataset import Dataset, ensure_dataset
 from raylib.paths import RoundPaths
@@ -35,6 +35,7 @@ def run_loop(cfg: Config) -> LoopResult:
 
     A run root holds one run: its config is stored there first, and a rerun with other values is
     refused (raylib/run_config.py) rather than silently reusing the committed stages."""
+    tracking.require_logger(cfg.logger)
     check_run_config(cfg)
     ds = ensure_dataset(cfg)
     report.write_run_info(cfg.run_root, cfg, ds.class_names)
@@ -54,6 +55,7 @@ def run_loop(cfg: Config) -> LoopResult:
         n_labelled = storage.read_table(stages.round_labels(cfg, ds, rp), columns=["image_id"]).num_rows
         stage("train")
         metrics = stage("evaluate")
+        tracking.log_round(cfg, rp, ds.class_names, metrics)  # logger=tensorboard: the round's curves
         result.rounds_done = round_idx + 1
         result.map50.append(metrics["map50"])
         result.labelled.append(n_labelled)

@@ -35,7 +35,8 @@ def round_labels(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
 
 def train(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     result = train_model(cfg, round_labels(cfg, ds, rp), ds.pool_manifest, rp.checkpoint, ds.class_names,
-                         init_weights=init_weights(cfg, rp), max_pixels=cfg.data.max_pixels)
+                         init_weights=init_weights(cfg, rp), max_pixels=cfg.data.max_pixels,
+                         round_idx=rp.round_idx)
     return {"weights_uri": result.weights_uri, "best_val_map50": result.best_map50, "epochs": result.epochs}
 
 

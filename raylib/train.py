@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raylib import labels, paths, storage
+from raylib import labels, paths, storage, tracking
 from raylib.checkpoints import NO_VAL_SCORE, read_checkpoint_file
 from raylib.config import Config
 from raylib.train_worker import WorkerArgs, train_loop_per_worker
@@ -48,13 +48,14 @@ class TrainResult:
 
 def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, class_names: list[str],
                 init_weights: str | None = None, max_pixels: int | None = None,
-                on_step: Callable[[int, int, int], None] | None = None) -> TrainResult:
+                on_step: Callable[[int, int, int], None] | None = None, round_idx: int = 0) -> TrainResult:
     """Train on the `train` split of `labels_uri` (images from `manifest_uri`), select on `val`.
 
     Writes Ray Train's checkpoints under `<out_dir>/ray/train/` and the best EMA weights to
     `<out_dir>/model.pt`. Calling again with the same `out_dir` resumes from the latest checkpoint.
     `max_pixels`: larger images are left out (None: the decoder's default). `on_step(epoch, rank,
     world_size)` runs in each worker after every optimizer step (tests inject failures with it).
+    `round_idx`: the loop's round, for the tracking step of each epoch (`cfg.logger`, raylib/tracking.py).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -62,10 +63,11 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     if labels.split_counts(labels_uri).get("train", 0) == 0:
         raise ValueError(f"labels '{labels_uri}' have no rows with split == 'train': nothing to train on; "
                          "label some images (or check the split column) first")
+    tracking.require_logger(cfg.logger)
     tc = cfg.train
     args = WorkerArgs(cfg=cfg, labels_uri=labels_uri, manifest_uri=manifest_uri,
                       class_names=tuple(class_names), init_weights=init_weights, max_pixels=max_pixels,
-                      on_step=on_step)
+                      on_step=on_step, round_idx=round_idx)
     trainer = TorchTrainer(
         functools.partial(train_loop_per_worker, args),  # typed arguments, not Ray's train_loop_config dict
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),

@@ -2,7 +2,7 @@
 functions over a `TrainState` (the shape of torchvision's references/detection/engine.py).
 
     state = make_state(model, cfg, global_batch, steps_per_epoch, device)  # model on device, maybe DDP
-    loss = train_one_epoch(state, loader, epoch, no_aug=epoch >= tc.epochs - tc.no_aug_epochs)
+    losses = train_one_epoch(state, loader, epoch, no_aug=epoch >= tc.epochs - tc.no_aug_epochs)
     map50 = validate(state, val_samples, val_labels, cfg, num_classes, max_pixels)
 
 Per YOLOX (yolox/core/trainer.py, yolox/config.py):
@@ -37,6 +37,9 @@ EMA_DECAY = 0.9998  # yolox/core/trainer.py
 # fp16 gradients overflow and the scaler skips its first 8 steps halving down to 2**8 (issue 10: "AMP does not
 # train" was those skipped steps). Starting at 2**8 skips none; the scaler still grows and backs off as usual.
 AMP_INIT_SCALE = 2.0**8
+# The parts of YOLOX's total_loss (yolox/models/yolo_head.py; iou_loss already x reg_weight 5, l1_loss 0
+# until the no-aug epochs): total_loss is their sum.
+LOSS_PARTS = ("iou_loss", "conf_loss", "cls_loss", "l1_loss")
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig, global_batch: int) -> torch.optim.Optimizer:
@@ -90,15 +93,18 @@ def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, init_scale=AMP_INIT_SCALE, enabled=enabled)
 
 
-def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """One YOLOX step: loss of model(images, targets), backward, SGD, EMA update. Returns the loss."""
+def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor,
+               parts_sum: torch.Tensor | None = None) -> torch.Tensor:
+    """One YOLOX step: loss of model(images, targets), backward, SGD, EMA update. Returns the loss;
+    `parts_sum` (shape (len(LOSS_PARTS),), on the device) gets the step's loss parts added."""
     lr = state.lr()
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     images = images.to(state.device, non_blocking=True).float()  # uint8 from the loader (_collate)
     targets = targets.to(state.device, non_blocking=True)
     with torch.autocast(device_type=state.device.type, dtype=torch.float16, enabled=state.amp):
-        loss = state.model(images, targets)["total_loss"]
+        outputs = state.model(images, targets)
+    loss = outputs["total_loss"]
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
@@ -106,6 +112,9 @@ def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor) -
     if state.ema is not None:
         state.ema.update(unwrap(state.model))
     state.step += 1
+    if parts_sum is not None:  # l1_loss is a Python 0.0 while L1 is off
+        parts_sum += torch.stack([torch.as_tensor(outputs[name], device=state.device).detach().float()
+                                  for name in LOSS_PARTS])
     return loss.detach()
 
 
@@ -117,17 +126,20 @@ def set_no_aug(loader: torch.utils.data.DataLoader, model: torch.nn.Module, no_a
 
 
 def train_one_epoch(state: TrainState, loader: torch.utils.data.DataLoader, epoch: int, no_aug: bool,
-                    on_step: Callable[[], None] | None = None) -> float:
+                    on_step: Callable[[], None] | None = None) -> dict[str, float]:
     """Epoch `epoch` of `loader` (from `raylib.train_data.make_loader`), one `train_step` per batch;
-    returns the mean loss. `on_step` runs after every step (tests inject a worker failure with it)."""
+    returns this rank's mean `total_loss` and mean LOSS_PARTS. `on_step` runs after every step (tests
+    inject a worker failure with it)."""
     set_no_aug(loader, state.model, no_aug)
     loader.batch_sampler.set_epoch(epoch)  # a resumed run repeats this epoch's batches
     loss_sum = torch.zeros((), device=state.device)  # summed on the device: no sync per step
+    parts_sum = torch.zeros(len(LOSS_PARTS), device=state.device)
     for images, targets in loader:
-        loss_sum += train_step(state, images, targets)
+        loss_sum += train_step(state, images, targets, parts_sum)
         if on_step is not None:
             on_step()
-    return float(loss_sum) / len(loader)
+    parts = (parts_sum / len(loader)).tolist()
+    return {"total_loss": float(loss_sum) / len(loader), **dict(zip(LOSS_PARTS, parts))}
 
 
 def validate(state: TrainState, val_samples: list[Sample], val_labels: pa.Table, cfg: Config,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from raylib import tracking
 from raylib.checkpoints import report, restore
 from raylib.config import Config
 from raylib.iou_aware import make_iou_aware
@@ -41,6 +42,7 @@ class WorkerArgs:
     init_weights: str | None = None  # weights to start from (None: the model's initialisation)
     max_pixels: int | None = None  # larger images are left out (None: the decoder's default)
     on_step: Callable[[int, int, int], None] | None = None  # (epoch, rank, world_size) after each step: tests
+    round_idx: int = 0  # the loop's round: tracking step of epoch e = round_idx * epochs + e (cfg.logger)
 
 
 def train_loop_per_worker(args: WorkerArgs) -> None:
@@ -76,18 +78,26 @@ def train_loop_per_worker(args: WorkerArgs) -> None:
                              seed=cfg.seed * 100_003 + rank, num_workers=tc.num_loader_workers,
                              pin_memory=device.type == "cuda")
 
+        # Rank 0 logs the epochs (logger=tensorboard); a resumed attempt replaces its points from here on.
+        writer = (tracking.open_writer(cfg, tracking.TRAIN_RUN,
+                                       tracking.epoch_step(args.round_idx, tc.epochs, start_epoch + 1))
+                  if rank == 0 and start_epoch < tc.epochs else None)
         attempt_started = time.time()
         for epoch in range(start_epoch, tc.epochs):
             started = time.time()
             on_step = functools.partial(args.on_step, epoch, rank, world) if args.on_step else None
-            loss = train_one_epoch(state, loader, epoch, no_aug=epoch >= tc.epochs - tc.no_aug_epochs,
-                                   on_step=on_step)
+            losses = train_one_epoch(state, loader, epoch, no_aug=epoch >= tc.epochs - tc.no_aug_epochs,
+                                     on_step=on_step)
+            loss = losses["total_loss"]
             train_seconds = time.time() - started
             images_per_s = steps_per_epoch * global_batch / train_seconds
             progress = epoch_progress(epoch + 1, tc.epochs, loss, state.lr(), images_per_s,
                                       (time.time() - attempt_started) / (epoch + 1 - start_epoch))
             if rank == 0:  # around Ray Train's print patch, which would log it and print it again
                 print(progress_line(progress), file=sys.__stdout__, flush=True)
+            if writer is not None:
+                tracking.log_epoch(writer, tracking.epoch_step(args.round_idx, tc.epochs, epoch + 1), losses,
+                                   state.lr(), images_per_s)
             if (epoch + 1) % tc.eval_interval and epoch + 1 < tc.epochs:
                 ray.train.report(progress, checkpoint=None)  # every rank reports, as Ray Train requires
                 continue
@@ -99,6 +109,8 @@ def train_loop_per_worker(args: WorkerArgs) -> None:
                 "train_images_per_s": round(images_per_s, 2),
             })
             report(state, history, cfg, list(args.class_names), rank, progress)
+        if writer is not None:
+            writer.close()
 
 
 def _initial_state(args: WorkerArgs, global_batch: int, steps_per_epoch: int, device: torch.device) -> TrainState:
