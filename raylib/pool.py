@@ -301,17 +301,32 @@ def round_pool(rp: paths.RoundPaths, pool_manifest: str) -> str:
     return rp.unlabelled if storage.exists(rp.unlabelled) else pool_manifest
 
 
-def _labelled_table(labelled: str | Iterable[str]) -> pa.Table:
-    """The ids to leave out as a one-column Arrow table: the image_id column of a labels file (a URI),
-    or the given ids."""
+# Labelled ids hashed at once by write_remaining's join (~220 B each in Acero's hash table): a larger
+# labelled set is joined in parts, each part one more scan of the manifest's id column.
+JOIN_KEYS = 1_000_000
+
+
+def _labelled_parts(labelled: str | Iterable[str]) -> Iterator[pa.Table]:
+    """The ids to leave out, as one-column (image_id) tables of at most about JOIN_KEYS rows: read
+    batch by batch from a labels file (a URI), or made from the given ids."""
     if isinstance(labelled, str):
-        return storage.read_table(labelled, columns=["image_id"])
-    return pa.table({"image_id": pa.array(sorted(set(labelled)), pa.string())})
+        batches: list[pa.RecordBatch] = []
+        for batch in storage.iter_parquet_batches(labelled, columns=["image_id"]):
+            batches.append(batch)
+            if sum(b.num_rows for b in batches) >= JOIN_KEYS:
+                yield pa.Table.from_batches(batches)
+                batches = []
+        if batches:
+            yield pa.Table.from_batches(batches)
+        return
+    table = pa.table({"image_id": pa.array(sorted(set(labelled)), pa.string())})
+    for start in range(0, table.num_rows, JOIN_KEYS):
+        yield table.slice(start, JOIN_KEYS)
 
 
 def _labelled_rows(manifest_uri: str, labelled: pa.Table) -> np.ndarray:
-    """Sorted positions (row numbers) of the manifest rows whose image_id is in `labelled`: one Acero
-    hash join (left semi) of the streamed id column against a hash table of `labelled` built once.
+    """Positions (row numbers) of the manifest rows whose image_id is in `labelled`: one Acero hash
+    join (left semi) of the streamed id column against a hash table of `labelled` built once.
     Memory: that hash table and one int64 per labelled pool row, never the pool's ids."""
     schema = pa.schema([pa.field("image_id", pa.string()), pa.field("row", pa.int64())])
 
@@ -325,12 +340,13 @@ def _labelled_rows(manifest_uri: str, labelled: pa.Table) -> np.ndarray:
 
     source = acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(
         pa.RecordBatchReader.from_batches(schema, numbered())))
-    build = acero.Declaration("table_source", acero.TableSourceNodeOptions(labelled.select(["image_id"])))
+    build = acero.Declaration("table_source", acero.TableSourceNodeOptions(
+        labelled.select(["image_id"]).cast(pa.schema([pa.field("image_id", pa.string())]))))
     join = acero.Declaration("hashjoin", acero.HashJoinNodeOptions("left semi", ["image_id"], ["image_id"],
                                                                          left_output=["row"]),
                              inputs=[source, build])
     rows = [batch.column("row").to_numpy() for batch in join.to_reader(use_threads=True)]
-    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
 def write_remaining(manifest_uri: str, labelled: str | Iterable[str], out_uri: str) -> int:
@@ -338,11 +354,12 @@ def write_remaining(manifest_uri: str, labelled: str | Iterable[str], out_uri: s
     a round, in the manifest's order. `labelled` is a labels file (its image_id column is read, never
     turned into Python strings) or the ids themselves. Returns the rows written.
 
-    One anti-join: the labelled rows are found by `_labelled_rows` (a hash table built once; `pc.is_in`
-    per batch rebuilt it for every 65k rows: 7.3 s at 10^6 pool / 9x10^5 labelled), then the manifest
-    is streamed again and those rows dropped, so the output keeps the manifest's order and memory
-    stays one batch plus the labelled rows' positions."""
-    dropped = _labelled_rows(manifest_uri, _labelled_table(labelled))
+    One anti-join: the labelled rows are found by `_labelled_rows` (a hash table built once per
+    JOIN_KEYS labelled ids; `pc.is_in` per batch rebuilt it for every 65k rows: 7.3 s at 10^6 pool /
+    9x10^5 labelled), then the manifest is streamed again and those rows dropped, so the output keeps
+    the manifest's order and memory stays one hash table, one batch and the labelled rows' positions."""
+    parts = [_labelled_rows(manifest_uri, part) for part in _labelled_parts(labelled)]
+    dropped = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # sorted, each once
 
     def kept() -> Iterator[pa.RecordBatch]:
         start = 0

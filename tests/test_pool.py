@@ -241,11 +241,15 @@ def write_labels(path: str, ids: list[str]) -> str:
     return path
 
 
-@pytest.mark.parametrize("labelled_fraction", [0.0, 0.3, 0.9, 1.0])
-def test_write_remaining_anti_join_matches_is_in_and_keeps_the_order(tmp_path, labelled_fraction):
+@pytest.mark.parametrize("labelled_fraction,join_keys", [(0.0, pool.JOIN_KEYS), (0.3, pool.JOIN_KEYS),
+                                                          (0.9, pool.JOIN_KEYS), (1.0, pool.JOIN_KEYS), (0.9, 250)])
+def test_write_remaining_anti_join_matches_is_in_and_keeps_the_order(tmp_path, monkeypatch, labelled_fraction,
+                                                                     join_keys):
     """A manifest folder of three files (rows numbered across files and batches), ids in no sorted order,
     the labels file as the input: the same rows, in the same order, as the per-batch `is_in` wrote;
-    nothing labelled and everything labelled included."""
+    nothing labelled and everything labelled included; a labelled set joined in parts (an id labelled
+    twice, in two parts, drops its row once)."""
+    monkeypatch.setattr(pool, "JOIN_KEYS", join_keys)
     rng = np.random.default_rng(3)
     ids = [f"cam{n % 7}/img{n:05d}.jpg" for n in rng.permutation(3000)]
     folder = tmp_path / "pool"
@@ -253,6 +257,7 @@ def test_write_remaining_anti_join_matches_is_in_and_keeps_the_order(tmp_path, l
     for part, chunk in enumerate((ids[:1000], ids[1000:1001], ids[1001:])):
         write_manifest(str(folder / f"part-{part}.parquet"), chunk)
     labelled = list(rng.choice(ids, int(labelled_fraction * len(ids)), replace=False)) + ["not-in-pool"]
+    labelled += labelled[:1]
     labels_uri = write_labels(str(tmp_path / "labels.parquet"), labelled)
     out = str(tmp_path / "remaining.parquet")
 
