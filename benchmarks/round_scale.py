@@ -9,8 +9,8 @@ manifest, scoring's detections (10 per image over 20 classes) and image_status (
 with a local Ray of `--cpus` CPUs, as the loop runs), each phase of the round, timed in wall seconds:
 
   export        raylib.export.export_preannotations, every format (VOC XML, COCO, Label Studio, URIs, CVAT)
-  ingest        (not measured here yet)
-  remaining     (not measured here yet)
+  ingest        the oracle's ingestion of the selection's VOC delivery (written by a child, not timed)
+  remaining     raylib.pool.write_remaining of the pool less a labelled set of 90% of it
   labelled-set  (not measured here yet)
 
 A phase is a function `(inputs) -> seconds`; one not measured prints `-`. The baseline: the export as it
@@ -236,6 +236,79 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+
+# ------------------------------------------------------------------------ ingest and remaining (issue 23)
+
+
+def _write_delivery(inputs: Inputs, labels_in: str, labels_uri: str) -> None:
+    """In a child process: the annotators' delivery of the take-all selection as VOC XML (3 objects an
+    image, `voc.write_voc`), and a labelled set of 90% of the pool (ids only: what write_remaining reads)."""
+    import pyarrow.parquet as pq
+
+    from raylib import schemas, voc
+
+    rng = np.random.default_rng(1)
+    for batch in pq.ParquetFile(inputs.selection).iter_batches(columns=["image_id"]):
+        for image_id in batch.column(0).to_pylist():
+            x1, y1 = rng.integers(0, 200, 3), rng.integers(0, 150, 3)
+            objects = [voc.VocObject(CLASSES[int(c)], float(a), float(b), float(a + 50), float(b + 40))
+                       for c, a, b in zip(rng.integers(0, len(CLASSES), 3), x1, y1)]
+            path = os.path.join(labels_in, "Annotations", f"{image_id}.xml")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(voc.write_voc(voc.VocAnnotation(image_id.rsplit("/", 1)[-1] + ".jpg", 640, 480,
+                                                             objects=objects)))
+    with pq.ParquetWriter(labels_uri, schemas.LABELS) as writer:
+        for batch in pq.ParquetFile(inputs.pool).iter_batches(columns=["image_id"]):
+            ids = batch.column(0).filter(pa.array(np.arange(batch.num_rows) % 10 != 0))
+            n = len(ids)
+            writer.write_table(pa.table([ids, pa.array(["train"] * n), pa.array(np.zeros(n, np.int16)),
+                                         pa.array([[]] * n, pa.list_(schemas.OBJECT))], schema=schemas.LABELS))
+
+
+def _delivery(inputs: Inputs) -> tuple[str, str]:
+    """(labels_in, labels file) for `inputs`, written once by a child process (not timed)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    labels_in, labels_uri = inputs.out("delivery"), inputs.out("labels.parquet")
+    if not os.path.exists(labels_uri):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            child.submit(_write_delivery, inputs, labels_in, labels_uri).result()
+    return labels_in, labels_uri
+
+
+def ingest_phase(inputs: Inputs) -> float:
+    """The oracle's ingestion of the VOC delivery (labels.oracle with loop.oracle=external): the selected
+    ids, their URIs, `annotations.import_delivery` (Ray tasks of VOC_CHUNK files)."""
+    from raylib import annotations, labels
+
+    labels_in, _ = _delivery(inputs)
+    start = time.perf_counter()
+    selected = labels.selected_ids(inputs.selection)
+    delivery = annotations.import_delivery("voc", labels_in, labels._selected_uris(inputs.pool, selected), CLASSES)
+    seconds = time.perf_counter() - start
+    assert delivery.labels.num_rows == inputs.images, (delivery.labels.num_rows, delivery.errors[:3])
+    return seconds
+
+
+def remaining_phase(inputs: Inputs) -> float:
+    """The unlabelled stage (stages.unlabelled): the pool less a labelled set of 90% of it."""
+    import pyarrow.parquet as pq
+
+    from raylib import pool
+
+    _, labels_uri = _delivery(inputs)
+    start = time.perf_counter()
+    n = pool.write_remaining(inputs.pool, labels_uri, inputs.out("unlabelled.parquet"))
+    seconds = time.perf_counter() - start
+    assert n == inputs.images - pq.read_metadata(labels_uri).num_rows, n
+    return seconds
+
+
+PHASES.update({"ingest": ingest_phase, "remaining": remaining_phase})
 
 
 if __name__ == "__main__":
