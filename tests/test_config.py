@@ -95,7 +95,10 @@ def test_s3_storage_requires_a_bucket(hydra_conf):
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes_and_converts(hydra_conf, group, option):
-    cfg = make(f"{group}={option}", "storage.bucket=b" if option in ("s3", "voc07_12") else "seed=0")
+    # Your own data has no default location: data=images / coco need theirs (and images an oracle).
+    needs = {"images": ["data.root=/r", "data.test=/t.json", "loop.oracle=external", "loop.labels_in=/in"],
+             "coco": ["data.root=/r", "data.test=/t.json", "data.pool_labels=/p.json"]}.get(option, [])
+    cfg = make(f"{group}={option}", "storage.bucket=b" if option in ("s3", "voc07_12") else "seed=0", *needs)
     assert isinstance(cfg, Config)
     if group == "model":
         assert cfg.model.size == option.removeprefix("yolox_")
