@@ -1,7 +1,13 @@
 """Small generators shared by tests: images, manifests and label tables built in the test, never downloaded."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
@@ -87,3 +93,50 @@ def labels_to_coco(
                  "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "difficult": int(bool(obj["difficult"]))}
             )
     return {"images": images, "annotations": annotations, "categories": coco.categories(class_names)}
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free TCP ports on 127.0.0.1."""
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@contextlib.contextmanager
+def local_ray_head(temp_dir: str):
+    """A real head of our own (`ray start --head --block`, free ports, its own session and temp dir) for
+    tests about Ray jobs; yields its dashboard address. SIGKILLed with its process group after: its graceful
+    stop took 30 s of CI, and nothing of this throwaway head needs saving."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    gcs, dashboard, client, agent = free_ports(4)
+    # 2.60 heads default to token auth, and the test process's Ray read its (disabled) auth mode at import:
+    # a head on 127.0.0.1 only, without auth. `python` in a job's entrypoint is this venv's.
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block", f"--port={gcs}",
+         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while True:  # the dashboard answers once the head is up
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except AuthenticationError:
+                raise
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.time() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(1)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()

@@ -5,67 +5,21 @@ answer and one whose stored config is broken, so its job fails. Each point must 
 on the head, the two good ones running at the same time, the failed one listed in failed_points.txt,
 and the sweep must end (non-zero: a point failed) after the comparison job.
 """
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
 from hydra_plugins.raylib_launcher.ray_jobs_launcher import _hydra_value, _last_error
 from raylib import paths
+from tests.helpers import local_ray_head
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The head's own env: Ray 2.60 heads default to token auth; this one is on 127.0.0.1 only, without. `python`
-# in the jobs' entrypoints is this venv's.
+# `python` in the jobs' entrypoints is this venv's; the head has no token auth (tests.helpers.local_ray_head).
 ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-@contextlib.contextmanager
-def _local_head(temp_dir: str):
-    """A head of our own (`ray start --head --block`, free ports, its own session and temp dir),
-    SIGKILLed with its process group after (as tests/test_loop_e2e.py does). Yields its dashboard address."""
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
-    gcs, dashboard, client, agent = _free_ports(4)
-    head = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block", f"--port={gcs}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 120
-        while True:  # the dashboard answers once the head is up
-            try:
-                JobSubmissionClient(address).list_jobs()
-                break
-            except AuthenticationError:
-                raise
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.time() > deadline or head.poll() is not None:
-                    raise
-                time.sleep(1)
-        yield address
-    finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
 
 
 def test_a_failed_points_reason_is_the_last_error_line_of_its_log():
@@ -90,7 +44,7 @@ def test_each_point_is_its_own_ray_job_and_a_failed_point_is_listed(tmp_path):
     (runs / "broken" / paths.RUN_CONFIG_FILE).write_text("a: [unclosed\n")  # status fails reading it
     ray_tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # unix socket paths are limited to ~100 bytes
     try:
-        with _local_head(os.path.join(ray_tmp, "head")) as address:
+        with local_ray_head(os.path.join(ray_tmp, "head")) as address:
             sweep_run = subprocess.run(
                 [sys.executable, "jobs/status.py", "-m", "hydra/launcher=ray_jobs", f"hydra.launcher.address={address}",
                  "hydra.launcher.poll_s=0.5", f"hydra.sweep.dir={sweep}", f"run_root={runs}/a,{runs}/b,{runs}/broken"],

@@ -14,13 +14,11 @@ the job and the sweep, one for both resumes.)
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ import yaml
 from raylib import paths, schemas, storage, voc
 from raylib.paths import LABEL_CONFIG_FILE, RoundPaths
 from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
+from tests.helpers import local_ray_head
 
 pytestmark = pytest.mark.slow
 
@@ -69,57 +68,11 @@ def _rerun(args: list[str], log_path: str, cwd) -> tuple[subprocess.CompletedPro
         return done, handle.read()
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-@contextlib.contextmanager
-def _local_head(temp_dir: str):
-    """A head of our own (`ray start --head --block`, free ports, its own session and temp dir),
-    SIGKILLed with its process group after: its graceful stop took 30 s of CI, and nothing of this
-    throwaway head needs saving. Yields a JobSubmissionClient."""
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
-    gcs, dashboard, client, agent = _free_ports(4)
-    # 2.60 heads default to token auth, and this process's Ray read its (disabled) auth mode at import:
-    # a head on 127.0.0.1 only, without auth. `python` in the entrypoint is this venv's.
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
-    head = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block", f"--port={gcs}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 120
-        while True:  # the dashboard answers once the head is up
-            try:
-                JobSubmissionClient(address).list_jobs()
-                break
-            except AuthenticationError:
-                raise
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.time() > deadline or head.poll() is not None:
-                    raise
-                time.sleep(1)
-        yield JobSubmissionClient(address)
-    finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """`jobs/loop.py -m strategy=cls_iou data=synthetic,voc` as a Ray job: a complete run and a point that
     fails at once (the generated folder has no trainval_2007 image set). Yields (tmp, runs, job log)."""
-    from ray.job_submission import JobStatus
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
     tmp = tmp_path_factory.mktemp("loop")
     runs = tmp / "runs"
@@ -132,7 +85,8 @@ def reference(tmp_path_factory):
     assert runtime_env["env_vars"]["AWS_REGION"] and os.environ["AWS_REGION"]
     args = _command(tmp, f"{runs}/${{strategy.name}}_${{data.kind}}", "-m", "strategy=cls_iou", "data=synthetic,voc",
                     "cluster.address=auto")
-    with _local_head(os.path.join(RAY_TMP, "head")) as client:
+    with local_ray_head(os.path.join(RAY_TMP, "head")) as address:
+        client = JobSubmissionClient(address)
         job_id = client.submit_job(entrypoint=shlex.join(["python", *args[1:]]), runtime_env=runtime_env)
         deadline = time.time() + 600
         while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
