@@ -132,8 +132,11 @@ def perf_test_labels(run_root: str, ds: Dataset) -> str:
 
 def seed_from_annotators(ds: Dataset, loop: LoopConfig) -> bool:
     """Round 0's labels come from the annotators (the seed round's export and oracle, loop.py): the
-    external oracle and no labelled set given (data.labelled)."""
-    return loop.oracle == "external" and ds.labelled_truth is None
+    external oracle, no labelled set given (data.labelled), and a pool without ground truth (data=images
+    without data.pool_labels). A dataset with labels (VOC, synthetic, COCO) seeds from them, as before,
+    and its annotators start at round 0's selection."""
+    has_truth = ds.voc_root is not None or ds.pool_truth is not None or ds.labelled_truth is not None
+    return loop.oracle == "external" and not has_truth
 
 
 def seed_labels(run_root: str, ds: Dataset, loop: LoopConfig, seed: int) -> str:
