@@ -101,7 +101,8 @@ def _header(data: bytes, name: str) -> tuple[int, int, str | None, str]:
     except UnidentifiedImageError as exc:
         raise ImageError(f"image '{name}' is not a readable image file") from exc
     except Image.DecompressionBombError as exc:  # Pillow's second line (PIL_MAX_PIXELS); not an OSError
-        raise ImageError(f"image '{name}' is over Pillow's pixel limit ({exc}); skipped") from exc
+        raise ImageError(f"image '{name}' is over the limit of {2 * PIL_MAX_PIXELS / 1e6:.0f} MP that no "
+                         f"data.max_pixels can raise (Pillow's bomb check: {exc}); skipped") from exc
     except (OSError, ValueError, SyntaxError, struct.error) as exc:
         raise ImageError(f"image '{name}' has a corrupt header ({exc})") from exc
 

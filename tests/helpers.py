@@ -140,3 +140,12 @@ def local_ray_head(temp_dir: str):
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+
+
+def tensorboard_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} as TensorBoard's own reader reads the event files of `folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(folder, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(point.step, point.value) for point in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

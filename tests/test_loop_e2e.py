@@ -15,6 +15,7 @@ the job and the sweep, one for both resumes.)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -27,15 +28,18 @@ import time
 import pytest
 import yaml
 
-from raylib import paths, schemas, storage, voc
+from raylib import paths, schemas, storage, tracking, voc
 from raylib.paths import LABEL_CONFIG_FILE, RoundPaths
 from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
-from tests.helpers import local_ray_head
+from tests.helpers import local_ray_head, tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = 2  # round 0 selects per class (budget 8), round 1 trains on the grown set from round 0's model
+CLASSES = ["circle", "square", "triangle", "star"]  # the synthetic data's
+TRAIN_TAGS = ["train/loss_total", "train/loss_iou", "train/loss_conf", "train/loss_cls", "train/loss_l1",
+              "train/lr", "train/images_per_s"]
 
 
 def _command(tmp, run_root: str, *extra: str) -> list[str]:
@@ -44,7 +48,7 @@ def _command(tmp, run_root: str, *extra: str) -> list[str]:
     return [sys.executable, os.path.join(ROOT, "jobs", "loop.py"), *flags, "debug=fast", f"loop.rounds={ROUNDS}",
             f"data.root={tmp}/data", f"hydra.run.dir={tmp}/hydra", f"hydra.sweep.dir={tmp}/hydra_multi",
             "cluster.num_cpus=2", "loop.last_round_takes_all=false", "model.iou_aware_obj=true",
-            "train.init=previous", f"run_root={run_root}", *extra]
+            "train.init=previous", "logger=tensorboard", f"run_root={run_root}", *extra]
 
 
 # Ray's session logs (the head's and the killed run's) go to a short folder of our own (unix socket
@@ -149,6 +153,31 @@ def test_loop_job_writes_every_round_output_calibration_and_the_report(reference
         assert os.path.getsize(os.path.join(report_dir, f"{png}.png")) > 1000
 
 
+def test_tensorboard_has_every_epoch_and_round(reference):
+    """`logger=tensorboard`: per-epoch scalars from training's rank 0 and per-round scalars from the
+    driver, as TensorBoard's own reader reads them back."""
+    _, runs, _ = reference
+    run_root = str(runs / "cls_iou_synthetic")
+    log_dir = os.path.join(run_root, "tensorboard")
+    train = tensorboard_scalars(os.path.join(log_dir, tracking.TRAIN_RUN))
+    assert sorted(train) == sorted(TRAIN_TAGS)
+    assert all([step for step, _ in train[tag]] == [1, 2] for tag in TRAIN_TAGS)  # round_idx * epochs + epoch
+    assert all(math.isfinite(value) for tag in TRAIN_TAGS for _, value in train[tag])
+    rounds = tensorboard_scalars(os.path.join(log_dir, tracking.ROUND_RUN))
+    metrics = [json.loads(storage.read_text(RoundPaths(run_root, r).metrics)) for r in range(ROUNDS)]
+    assert rounds["round/map50"] == [(r, pytest.approx(metrics[r]["map50"])) for r in range(ROUNDS)]
+    trained_on = [paths.seed_labels(run_root), RoundPaths(run_root, 0).labels]
+    assert rounds["round/labelled_images"] == [(r, storage.read_table(trained_on[r]).num_rows) for r in range(ROUNDS)]
+    for name in CLASSES:
+        finite = [r for r in range(ROUNDS) if math.isfinite(metrics[r]["ap50_per_class"][name])]
+        assert [step for step, _ in rounds.get(f"round/ap50/{name}", [])] == finite
+    # Round 0's per-class selection is what round 1 added: logged at step 1.
+    selected = storage.read_table(RoundPaths(run_root, 0).selection).column("image_id").unique()
+    assert rounds["round/selected_images"] == [(1, len(selected))]
+    assert all(len(rounds[f"round/selected_images/{name}"]) == 1 for name in CLASSES)
+    assert any(tag.startswith("round/threshold/") for tag in rounds)
+
+
 def test_multirun_isolates_a_failed_point_and_compares_the_runs(reference):
     tmp, runs, _ = reference
     failed = (tmp / "hydra_multi" / "failed_points.txt").read_text().splitlines()
@@ -216,6 +245,13 @@ def test_sigkilled_run_resumes_waits_for_annotators_and_ends_like_the_reference(
         ours = storage.read_table(RoundPaths(run_root, r).labels).sort_by("image_id")
         theirs = storage.read_table(RoundPaths(reference_root, r).labels).sort_by("image_id")
         assert ours.equals(theirs)
+    # Killed once and resumed twice, the run logged its committed rounds and epochs again: each point
+    # was replaced, not doubled.
+    for run in (tracking.TRAIN_RUN, tracking.ROUND_RUN):
+        ours = tensorboard_scalars(os.path.join(run_root, "tensorboard", run))
+        theirs = tensorboard_scalars(os.path.join(reference_root, "tensorboard", run))
+        assert {tag: [step for step, _ in points] for tag, points in ours.items()} == \
+            {tag: [step for step, _ in points] for tag, points in theirs.items()}
 
 
 def test_credentials_never_reach_outputs_or_logs(reference):

@@ -92,11 +92,11 @@ def _deliver(generated, where: dict[str, str], selected_uris: list[str], root: s
     storage.write_text(storage.join(labels_in, f"{name}.json"), json.dumps(_coco(entries)))
 
 
-def _own_pool_rounds(generated, root: str, labels_in: str, run_root: str, rounds: int):
+def _own_pool_rounds(generated, root: str, labels_in: str, run_root: str):
     where = _team_layout(generated, root)
     cfg = _config("data=images", f"data.root={root}", f"data.test={root}/test/instances_test.json",
                   "loop.oracle=external", f"loop.labels_in={labels_in}", "loop.labels_format=coco",
-                  f"loop.seed_size={SEED_SIZE}", f"loop.rounds={rounds}", f"run_root={run_root}")
+                  f"loop.seed_size={SEED_SIZE}", "loop.rounds=2", f"run_root={run_root}")
     first = run_loop(cfg)
     assert first.rounds_done == 0 and first.stopped_because.startswith("seed set: waiting for labels: 0 of 16")
     pool = storage.read_table(paths.pool_manifest(run_root))
@@ -109,13 +109,16 @@ def _own_pool_rounds(generated, root: str, labels_in: str, run_root: str, rounds
     not_asked = next(rel for rel in where if storage.join(root, rel) not in selected)
     _deliver(generated, where, selected, root, labels_in, "seed", extra=[not_asked])
     second = run_loop(cfg)
-    return cfg, where, selected, not_asked, second
+    return where, selected, not_asked, second
 
 
-def test_a_folder_of_unlabelled_images_with_a_coco_test_set_and_annotators_from_round_0(generated, tmp_path,
-                                                                                        ray_session):
-    root, labels_in, run_root = str(tmp_path / "bucket" / "raw"), str(tmp_path / "deliveries"), str(tmp_path / "run")
-    cfg, where, selected, not_asked, second = _own_pool_rounds(generated, root, labels_in, run_root, rounds=2)
+@pytest.mark.s3
+def test_unlabelled_images_in_a_bucket_with_a_coco_test_set_and_annotators_from_round_0(generated, s3_bucket,
+                                                                                         ray_session):
+    """Pool, test set, deliveries and run all in a bucket (a local folder is indexed the same way:
+    test_pool_listing)."""
+    root, labels_in, run_root = f"{s3_bucket}/raw", f"{s3_bucket}/deliveries", f"{s3_bucket}/runs/own"
+    where, selected, not_asked, second = _own_pool_rounds(generated, root, labels_in, run_root)
     seed_labels = storage.read_table(paths.seed_labels(run_root))
     assert sorted(seed_labels.column("image_id").to_pylist()) == sorted(uri[len(root) + 1:] for uri in selected)
     assert not_asked not in seed_labels.column("image_id").to_pylist()  # delivered, never asked for: ignored
@@ -128,15 +131,6 @@ def test_a_folder_of_unlabelled_images_with_a_coco_test_set_and_annotators_from_
     chosen = set(storage.read_table(rp.selection).column("image_id").to_pylist())
     xml = [u for u in storage.list_files(rp.preannotations, ".xml") if not u.endswith("label_config.xml")]
     assert chosen and len(xml) == len(chosen)
-
-
-@pytest.mark.s3
-def test_the_same_on_s3_pool_test_set_and_deliveries_in_a_bucket(generated, s3_bucket, tmp_path, ray_session):
-    root, labels_in = f"{s3_bucket}/raw", f"{s3_bucket}/deliveries"
-    _, _, _, _, second = _own_pool_rounds(generated, root, labels_in, f"{s3_bucket}/runs/own", rounds=1)
-    assert second.rounds_done == 1 and second.stopped_because == "1 rounds done"
-    metrics = json.loads(storage.read_text(RoundPaths(f"{s3_bucket}/runs/own", 0).metrics))
-    assert metrics["n_images"] == 12 and metrics["n_failed"] == 0
 
 
 def test_an_empty_pool_or_an_unreadable_test_set_is_one_line_naming_the_key(tmp_path):

@@ -112,10 +112,10 @@ def write_pool(folder: str, uri_root: str | None = None, manifest_uri: str | Non
     return manifest, expected
 
 
-def config(**score) -> Config:
+def config(strategy: str = "cls_iou", **score) -> Config:
     options = {"batch_size": 4, "num_actors": 1, "max_detections": 20, **score}
     return Config(data=DataConfig(max_pixels=2_000_000), model=ModelConfig(size="nano", input_size=96),
-                  score=ScoreConfig(**options), strategy=StrategyConfig(min_score=MIN_SCORE))
+                  score=ScoreConfig(**options), strategy=StrategyConfig(name=strategy, min_score=MIN_SCORE))
 
 
 def check_outputs(rp: RoundPaths, expected: dict[str, str], folder: str | None = None) -> tuple[pa.Table, pa.Table]:
@@ -190,11 +190,15 @@ def test_scoring_records_every_image_and_the_detections_of_a_direct_model_call(r
     torchvision's decoder on the actor's device; everything else decoded by the CPU tasks): the same
     status rows and error messages. The direct call decodes with PIL and letterboxes with OpenCV; the
     device path resizes with torch (pixels within a grey level of OpenCV's), which moves boxes by a
-    fraction of a pixel (0.2 seen) and scores by less: same rows, compared within half a pixel."""
+    fraction of a pixel (0.2 seen) and scores by less: same rows, compared within half a pixel.
+
+    The CPU variant scores for `strategy=cls_iou_diverse` (cls_iou's scores, plus one embedding per ok
+    image): its embeddings are the model's neck averaged by hand, and its detections the same rows."""
     manifest, expected = write_pool(str(tmp_path / "pool"))
     weights = confident_weights(str(tmp_path / "w.pt"))
     rp = RoundPaths(str(tmp_path / "run"), 3)
-    summary = score_pool(manifest, weights, rp, config(max_detections=CROSS_CHECK_MAX_DETECTIONS,
+    strategy = "cls_iou" if device_decode else "cls_iou_diverse"
+    summary = score_pool(manifest, weights, rp, config(strategy, max_detections=CROSS_CHECK_MAX_DETECTIONS,
                                                        device_decode=device_decode), CLASSES)
     assert summary.n_images == summary.n_ok + summary.n_error == len(expected)
     assert summary.n_error == sum(s == "error" for s in expected.values()) == len(REASONS)
@@ -202,8 +206,8 @@ def test_scoring_records_every_image_and_the_detections_of_a_direct_model_call(r
     errors = dict(zip(status.column("image_id").to_pylist(), status.column("error").to_pylist()))
     for image_id, reason in REASONS.items():
         assert reason in errors[image_id], errors[image_id]
-    # data.max_pixels is checked from the header, before any pixel is decoded: the message gives the size.
-    assert "is 100000x100000 (10000 MP), over the limit of 2 MP" in errors["images/bomb.png"]
+    # Refused from the header, before any pixel is decoded: 10^10 pixels is past even Pillow's own check.
+    assert "over the limit of 2147 MP that no data.max_pixels can raise" in errors["images/bomb.png"]
     assert summary.n_detections == detections.num_rows > 0
     frame = detections.to_pandas()
     assert (frame["round"] == 3).all()
@@ -228,6 +232,21 @@ def test_scoring_records_every_image_and_the_detections_of_a_direct_model_call(r
         assert_same_rows(ours.to_numpy(np.float64), theirs, image_id, 0.5 if device_decode else 1e-3)
         checked += 1
     assert checked == sum(s == "ok" for s in expected.values())
+
+    if device_decode:
+        assert not storage.exists(rp.embeddings)  # cls_iou: no embeddings written
+        return
+    table = schemas.check(storage.read_table(rp.embeddings), schemas.EMBEDDINGS, "embeddings")
+    stored = dict(zip(table.column("image_id").to_pylist(), table.column("embedding").to_pylist()))
+    assert sorted(stored) == sorted(i for i, s in expected.items() if s == "ok")
+    for image_id, embedding in stored.items():
+        with open(tmp_path / "pool" / image_id, "rb") as handle:
+            canvas, _ = model.letterbox(images.decode_image(handle.read(), image_id), 96)
+        with torch.inference_mode():
+            neck = net.backbone(model.to_input(torch.from_numpy(canvas[None])))
+        by_hand = np.concatenate([level[0].mean(dim=(1, 2)).numpy() for level in neck])  # P3, P4, P5 pooled
+        assert len(embedding) == len(by_hand) == 64 + 128 + 256  # nano's neck widths
+        assert np.allclose(np.array(embedding, np.float32), by_hand, rtol=1e-2, atol=1e-3), image_id  # float16
 
 
 @pytest.mark.s3

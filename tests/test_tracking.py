@@ -1,6 +1,7 @@
 """Experiment tracking (raylib/tracking.py): `logger=tensorboard` writes per-epoch and per-round scalars
 that TensorBoard's own reader reads back; a rerun replaces points instead of doubling them;
-`logger=mlflow` is refused in one line where the package is missing."""
+`logger=mlflow` is refused in one line where the package is missing. A whole loop's scalars (and a
+killed, resumed run's) are checked in test_loop_e2e, on its reference run."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,24 +12,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from hydra import compose, initialize_config_dir
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from raylib import schemas, storage, tracking
 from raylib.config import Config, ConfigError, LoggerConfig, to_config
 from raylib.loop import run_loop
 from raylib.paths import RoundPaths
+from tests.helpers import tensorboard_scalars
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 CLASSES = ["circle", "square", "triangle", "star"]
-TRAIN_TAGS = ["train/loss_total", "train/loss_iou", "train/loss_conf", "train/loss_cls", "train/loss_l1",
-              "train/lr", "train/images_per_s"]
-
-
-def _scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value), ...]} as TensorBoard reads the event files of `folder`."""
-    events = EventAccumulator(folder, size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(point.step, point.value) for point in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def _write_round(run_root: str) -> RoundPaths:
@@ -67,7 +59,7 @@ def test_log_round_writes_tensorboard_scalars_and_a_rerun_replaces_them(tmp_path
     cfg = Config(run_root=str(tmp_path), logger=LoggerConfig(kind="tensorboard"))
     for _ in range(2):  # a resumed loop logs a committed round again
         written = tracking.log_round(cfg, rp, CLASSES, {"splits": {"train": 10}})
-    read = _scalars(os.path.join(tmp_path, "tensorboard", tracking.ROUND_RUN))
+    read = tensorboard_scalars(os.path.join(tmp_path, "tensorboard", tracking.ROUND_RUN))
     assert set(read) == set(written) and len(written) == 14
     assert all(points == [(1, pytest.approx(written[tag]))] for tag, points in read.items())
     assert tracking.log_round(Config(run_root=str(tmp_path / "none")), rp, CLASSES, {}) == {}
@@ -94,37 +86,3 @@ def test_mlflow_without_the_package_is_refused_when_the_run_starts(tmp_path):
         run_loop(cfg)
     assert str(refused.value) == "logger=mlflow needs the mlflow package (pip install mlflow); it is not installed"
     assert not os.path.exists(tmp_path / "run")
-
-
-@pytest.mark.slow
-def test_loop_with_tensorboard_logs_epochs_and_rounds(tmp_path, ray_session):
-    run_root = str(tmp_path / "run")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = to_config(compose("config", overrides=[
-            "debug=fast", "cluster.num_cpus=2", "logger=tensorboard", f"run_root={run_root}",
-            f"data.root={tmp_path}/data", "loop.last_round_takes_all=false"]))
-    result = run_loop(cfg)
-    assert result.rounds_done == 2 and cfg.train.epochs == 1
-    log_dir = os.path.join(run_root, "tensorboard")
-
-    def check() -> None:
-        train = _scalars(os.path.join(log_dir, tracking.TRAIN_RUN))
-        assert sorted(train) == sorted(TRAIN_TAGS)
-        assert all([step for step, _ in train[tag]] == [1, 2] for tag in TRAIN_TAGS)  # round_idx * epochs + epoch
-        assert all(np.isfinite(value) for tag in TRAIN_TAGS for _, value in train[tag])
-        rounds = _scalars(os.path.join(log_dir, tracking.ROUND_RUN))
-        metrics = [json.loads(storage.read_text(RoundPaths(run_root, r).metrics)) for r in range(2)]
-        assert rounds["round/map50"] == [(r, pytest.approx(metrics[r]["map50"])) for r in range(2)]
-        assert rounds["round/labelled_images"] == [(r, n) for r, n in enumerate(result.labelled)]
-        for name in CLASSES:
-            finite = [r for r in range(2) if np.isfinite(metrics[r]["ap50_per_class"][name])]
-            assert [step for step, _ in rounds.get(f"round/ap50/{name}", [])] == finite
-        # Round 0's per-class selection is what round 1 added: logged at step 1.
-        selected = storage.read_table(RoundPaths(run_root, 0).selection).column("image_id").unique()
-        assert rounds["round/selected_images"] == [(1, len(selected))]
-        assert all(len(rounds[f"round/selected_images/{name}"]) == 1 for name in CLASSES)
-        assert any(tag.startswith("round/threshold/") for tag in rounds)
-
-    check()
-    run_loop(cfg)  # every stage committed: the rerun logs its rounds again, and replaces their points
-    check()
