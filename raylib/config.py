@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigKeyError, InterpolationToMissingValueError, M
 
 
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
-STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random")
+STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random", "cls_iou_diverse", "kcenter")
 ORACLES = ("simulate", "external")
 LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (raylib/annotations.py)
 LOGGERS = ("none", "tensorboard", "mlflow")  # experiment tracking (raylib/tracking.py)
@@ -141,12 +141,14 @@ class StrategyConfig:
     min_score: float = 0.2  # detections at or below are not saved (pseudo-code 1)
     budget: Optional[int] = None  # max images per round; None: no cap
     seed: int = 0  # for `random` and tie-breaking
+    pool_factor: int = 4  # diversity strategies: k-center picks k of pool_factor x k candidates per class
 
     def __post_init__(self) -> None:
         _require(self.name in STRATEGIES, f"strategy.name must be one of {STRATEGIES}, got '{self.name}'")
         _require(self.k > 0, f"strategy.k must be > 0, got {self.k}")
         _require(0.0 <= self.min_score < 1.0, f"strategy.min_score must be in [0, 1), got {self.min_score}")
         _require(self.budget is None or self.budget > 0, f"strategy.budget must be > 0 or null, got {self.budget}")
+        _require(self.pool_factor >= 1, f"strategy.pool_factor must be >= 1, got {self.pool_factor}")
 
 
 @dataclass

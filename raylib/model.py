@@ -85,6 +85,22 @@ def load_model(size: str, num_classes: int, weights: str | None) -> YoloxModule:
     return model
 
 
+class WithEmbedding(torch.nn.Module):
+    """YOLOX in eval mode that also returns one embedding per image: the neck's P3, P4 and P5 maps (what
+    the head reads), each averaged over its positions, concatenated ([n, 448] for nano, [n, 896] for s).
+
+    Diversity strategies (`strategies.DIVERSE`) compare images by it; it costs three means on maps the
+    forward pass computes anyway. Its forward is YoloxModule.forward's eval branch with the neck kept."""
+
+    def __init__(self, yolox: YoloxModule):
+        super().__init__()
+        self.yolox = yolox
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        neck = self.yolox.backbone(x)
+        return self.yolox.head(neck), torch.cat([level.mean(dim=(2, 3)) for level in neck], dim=1)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare module under DDP / torch.compile wrappers."""
     model = getattr(model, "module", model)

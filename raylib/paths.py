@@ -112,6 +112,11 @@ class RoundPaths:
         return self._in("image_status")
 
     @property
+    def embeddings(self) -> str:
+        """One row per scored image (image_id, embedding): written only for a diversity strategy."""
+        return self._in("embeddings")
+
+    @property
     def selection(self) -> str:
         return self._in("selection.parquet")
 

@@ -51,6 +51,14 @@ IMAGE_STATUS = pa.schema(
     ]
 )
 
+# Diversity strategies' image embeddings (raylib.model.WithEmbedding): one row per scored ok image.
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float16())),  # the pooled neck, [d] (448 for nano)
+    ]
+)
+
 SELECTION = pa.schema(
     [
         pa.field("round", pa.int16(), nullable=False),

@@ -10,6 +10,7 @@
       -> write_parquet round=NN/scored/
       -> split tasks   scored file i -> detections/i.parquet (one row per detection)
                                       + image_status/i.parquet (one row per image)
+                                      + embeddings/i.parquet (diversity strategies: one per ok image)
 
 Every image leaves the actor as exactly one row, ok or error, so "nothing lost" is a row count, and
 its detections travel inside that row, so they can't be written twice or apart from their status.
@@ -34,13 +35,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 import torch
 
 from raylib import images, paths, runtime, schemas, storage, strategies
 from raylib.config import Config, StrategyConfig
-from raylib.model import BatchDetections, decode_batch, letterbox, letterbox_on_device, load_model, to_input
+from raylib.model import (BatchDetections, WithEmbedding, decode_batch, letterbox, letterbox_on_device, load_model,
+                          to_input)
 from raylib.paths import RoundPaths
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ DETECTION_STRUCT = pa.struct(_DETECTION_FIELDS)
 SCORED = pa.schema([
     *list(schemas.IMAGE_STATUS),
     pa.field("detections", pa.list_(DETECTION_STRUCT)),
+    schemas.EMBEDDINGS.field("embedding"),  # null unless the strategy needs embeddings, and for error rows
 ])
 
 
@@ -162,6 +166,9 @@ class YoloxScorer:
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(self.score.num_cpus_per_actor, self.score.torch_threads))
         model = load_model(cfg.model.size, num_classes, weights_uri).eval().to(self.device)
+        self.embeds = self.strategy.name in strategies.DIVERSE
+        if self.embeds:
+            model = WithEmbedding(model)
         self.half = self.device.type == "cuda" and self.score.fp16
         self.channels_last = self.device.type == "cuda" and self.score.channels_last
         if self.half:
@@ -191,8 +198,9 @@ class YoloxScorer:
             torch.cuda.synchronize(self.device)
         print(f"[score] compiled the model in {time.perf_counter() - started:.1f} s", flush=True)
 
-    def _forward(self, net: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """The model on float inputs [n, 3, side, side], in the actor's dtype and memory format. The
+    def _forward(self, net: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model on float inputs [n, 3, side, side], in the actor's dtype and memory format: its raw
+        outputs and, for a diversity strategy, the images' embeddings (else None). The
         compiled model is compiled for one shape and layout (Dynamo guards on sizes and strides; another
         would compile again, for minutes): batches of batch_size, shorter ones padded with zeros, and
         contiguous (the CPU path's inputs are a view of the HWC canvases)."""
@@ -205,7 +213,10 @@ class YoloxScorer:
             inputs = inputs.half()
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return net(inputs)[:n]
+        outputs = net(inputs)
+        if self.embeds:
+            return outputs[0][:n], outputs[1][:n]
+        return outputs[:n], None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Score a batch. If the model raises on it, score its images one by one so one bad input
@@ -215,22 +226,24 @@ class YoloxScorer:
             batch = {**batch, "error": errors}
             ok = np.flatnonzero(errors == "")
             try:
-                detections = self._detect(inputs, ratios, batch, ok)
+                detections, embeddings = self._detect(inputs, ratios, batch, ok)
             except Exception as exc:  # noqa: BLE001 - any model failure becomes error rows, never a lost batch
                 log.warning("scoring a batch of %d failed (%s); retrying image by image", len(ok),
                             type(exc).__name__)
-                detections, errors = [], errors.copy()
+                detections, embeddings, errors = [], {}, errors.copy()
                 for position, i in enumerate(ok):
                     try:
-                        one = self._detect(inputs[position:position + 1], ratios[position:position + 1], batch,
-                                           np.array([i]), compiled=False)
+                        one, embeddings[i] = self._detect(inputs[position:position + 1],
+                                                          ratios[position:position + 1], batch, np.array([i]),
+                                                          compiled=False)
                         detections.append(one)
                     except Exception as image_exc:  # noqa: BLE001
                         errors[i] = (f"image '{batch['image_id'][i]}' could not be scored "
                                      f"({type(image_exc).__name__}: {image_exc}); recorded, skipped")
                 batch = {**batch, "error": errors}
                 detections = concat_detections(detections)
-        return self._table(batch, detections)
+                embeddings = np.concatenate(list(embeddings.values())) if self.embeds and embeddings else None
+        return self._table(batch, detections, embeddings)
 
     def _stream(self):
         """This thread's CUDA stream (a no-op context on CPU)."""
@@ -277,23 +290,27 @@ class YoloxScorer:
 
     @torch.inference_mode()
     def _detect(self, inputs: torch.Tensor, ratios: torch.Tensor, batch: dict[str, np.ndarray],
-                ok: np.ndarray, compiled: bool = True) -> BatchDetections:
-        """Detections kept by pseudo-code 1 for the rows `ok` of the batch (inputs in the same order);
-        `image_index` refers to the batch. `compiled=False`: the eager model (the one-by-one retry of a
-        failed batch: a batch of one padded to a full batch would cost a batch per image)."""
+                ok: np.ndarray, compiled: bool = True) -> tuple[BatchDetections, np.ndarray | None]:
+        """Detections kept by pseudo-code 1 for the rows `ok` of the batch (inputs in the same order),
+        `image_index` referring to the batch, and the embeddings of those rows (float16 [len(ok), d];
+        None unless the strategy needs them). `compiled=False`: the eager model (the one-by-one retry of
+        a failed batch: a batch of one padded to a full batch would cost a batch per image)."""
         if not len(ok):
-            return concat_detections([])
+            return concat_detections([]), None
         net = self.compiled if compiled and self.compiled is not None else self.model
-        outputs = self._forward(net, inputs)
+        outputs, embeddings = self._forward(net, inputs)
         sizes = np.stack([batch["height"][ok], batch["width"][ok]], axis=1)
         detections = decode_batch(outputs, ratios, sizes, candidate_conf=self.candidate_conf,
                                   nms_threshold=self.score.nms_threshold,
                                   max_detections=self.score.max_detections)
         detections = keep_confident(detections, self.strategy.min_score)
         detections.image_index = ok[detections.image_index]
-        return detections
+        if embeddings is not None:
+            embeddings = embeddings.float().cpu().numpy().astype(np.float16)
+        return detections, embeddings
 
-    def _table(self, batch: dict[str, np.ndarray], detections: BatchDetections) -> pa.Table:
+    def _table(self, batch: dict[str, np.ndarray], detections: BatchDetections,
+               embeddings: np.ndarray | None) -> pa.Table:
         n = len(batch["image_id"])
         image_ids = np.array([str(i) for i in batch["image_id"]], dtype=object)
         errors = [e or None for e in batch["error"]]
@@ -309,7 +326,20 @@ class YoloxScorer:
             pa.array(batch["height"].astype(np.int32), mask=~known),
             pa.array([str(u) for u in batch["uri"]], pa.string()),
             nested,
+            embedding_column(embeddings, batch["error"]),
         ], schema=SCORED)
+
+
+def embedding_column(embeddings: np.ndarray | None, errors: np.ndarray) -> pa.ListArray:
+    """One list<float16> per image of the batch: the rows of `embeddings` for the ok images, in order;
+    null for error rows (and for every row when there are no embeddings)."""
+    ok = np.array([not e for e in errors], dtype=bool)
+    if embeddings is None or not ok.any():
+        return pa.nulls(len(errors), schemas.EMBEDDINGS.field("embedding").type)
+    dim = embeddings.shape[1]
+    offsets = np.concatenate([[0], np.cumsum(ok * dim)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(embeddings.reshape(-1), pa.float16()),
+                                    mask=pa.array(~ok))
 
 
 def concat_detections(parts: list[BatchDetections]) -> BatchDetections:
@@ -359,10 +389,15 @@ def nest_detections(dets: BatchDetections, image_ids: np.ndarray, strategy: Stra
 
 
 @ray.remote(num_cpus=0.25)
-def _split_scored_file(scored_uri: str, detections_uri: str, status_uri: str) -> tuple[int, int, int]:
-    """One scored file -> its detections file (flattened) and its image_status file."""
+def _split_scored_file(scored_uri: str, detections_uri: str, status_uri: str,
+                       embeddings_uri: str | None) -> tuple[int, int, int]:
+    """One scored file -> its detections file (flattened), its image_status file and, with
+    `embeddings_uri`, its embeddings file (the ok images')."""
     scored = storage.read_table(scored_uri)
-    status = schemas.check(scored.drop_columns(["detections"]), schemas.IMAGE_STATUS, "image_status")
+    if embeddings_uri:
+        embedded = scored.select(["image_id", "embedding"]).filter(pc.is_valid(scored.column("embedding")))
+        storage.write_table(schemas.check(embedded, schemas.EMBEDDINGS, "embeddings"), embeddings_uri)
+    status = schemas.check(scored.drop_columns(["detections", "embedding"]), schemas.IMAGE_STATUS, "image_status")
     nested = scored.column("detections").combine_chunks()
     repeats = np.diff(nested.offsets.to_numpy())
     flat = nested.flatten()
@@ -389,7 +424,8 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
 
     `scorer_cls` is the actor class (a subclass of YoloxScorer); fault-injection tests pass one."""
     scored_dir = out.scored
-    for uri in (scored_dir, out.detections, out.image_status):
+    embeds = cfg.strategy.name in strategies.DIVERSE
+    for uri in (scored_dir, out.detections, out.image_status, out.embeddings):
         storage.delete(uri)  # a rerun after a crash starts clean: the stage is redone whole
     fs, manifest_path = storage.resolve(manifest_uri)
     sc = cfg.score
@@ -419,7 +455,8 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
     tasks = []
     for index, scored_uri in enumerate(storage.list_files(scored_dir, ".parquet")):
         tasks.append(_split_scored_file.remote(scored_uri, paths.part_file(out.detections, index),
-                                               paths.part_file(out.image_status, index)))
+                                               paths.part_file(out.image_status, index),
+                                               paths.part_file(out.embeddings, index) if embeds else None))
     n_images = n_ok = n_detections = 0
     for images_in_file, ok_in_file, detections_in_file in ray.get(tasks):
         n_images += images_in_file
@@ -432,6 +469,8 @@ def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg:
     if n_images == 0:  # an empty pool still gets (empty) tables, so readers find the directories
         storage.write_table(schemas.empty(schemas.DETECTIONS), paths.part_file(out.detections, 0))
         storage.write_table(schemas.empty(schemas.IMAGE_STATUS), paths.part_file(out.image_status, 0))
+        if embeds:
+            storage.write_table(schemas.empty(schemas.EMBEDDINGS), paths.part_file(out.embeddings, 0))
     summary = ScoreSummary(n_images=n_images, n_ok=n_ok, n_error=n_images - n_ok, n_detections=n_detections)
     log.info("scored %s: %s", manifest_uri, summary)
     return summary

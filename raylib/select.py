@@ -8,6 +8,10 @@ score <= threshold_c is selected; the round's selection is the union over classe
 Parquet files of a round in two streaming passes (1: per-class k lowest scores -> thresholds;
 2: rows at or under their class threshold), so memory is O(classes x k + selected rows), never
 O(detections). Ties are broken by (score, image_id), so the output is deterministic.
+
+Diversity strategies (`strategies.DIVERSE`) run the same two passes with pool_factor x k in place of k:
+those are each class's candidates, and `spread_out` keeps k of them by k-center greedy on their
+embeddings. Their thresholds are then the candidate pools' limits.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from raylib import schemas, storage, strategies
+from raylib import diversity, schemas, storage, strategies
 from raylib.config import StrategyConfig
 from raylib.paths import RoundPaths
 
@@ -57,6 +61,20 @@ def _rank(rows: pd.DataFrame) -> pd.DataFrame:
                 .drop_duplicates(["image_id", "class_id"], keep="first"))
     best = best.assign(rank=best.groupby("class_id").cumcount().astype(np.int32))
     return best.reset_index(drop=True).astype({"class_id": np.int16, "score": np.float32})[SELECTION_COLUMNS]
+
+
+def spread_out(candidates: pd.DataFrame, embeddings_uri: str, k: int) -> pd.DataFrame:
+    """k of each class's candidate rows (a `_rank` frame) by k-center greedy on the images' embeddings,
+    starting from the most informative (rank 0); `rank` becomes the pick order."""
+    if candidates.empty:
+        return candidates
+    vectors = diversity.read_embeddings(embeddings_uri, candidates["image_id"].unique().tolist())
+    kept = []
+    for _, group in candidates.groupby("class_id", sort=True):
+        group = group.sort_values("rank", kind="stable")
+        picks = diversity.k_center_greedy(np.stack([vectors[i] for i in group["image_id"]]), k)
+        kept.append(group.iloc[picks].assign(rank=np.arange(len(picks), dtype=np.int32)))
+    return pd.concat(kept, ignore_index=True)[SELECTION_COLUMNS]
 
 
 def apply_budget(selection: pd.DataFrame, budget: int | None) -> pd.DataFrame:
@@ -107,7 +125,8 @@ def select_round(detections_uri: str, strategy: StrategyConfig, round_idx: int, 
     """Pseudo-code 2 over every Parquet file under `detections_uri`, streaming; writes the round's
     selection and per-class thresholds (figure 6.5)."""
     min_score = strategies.selection_min_score(strategy.name, strategy.min_score)
-    bottom = _BottomK(num_classes, strategy.k)
+    diverse = strategy.name in strategies.DIVERSE
+    bottom = _BottomK(num_classes, strategy.k * strategy.pool_factor if diverse else strategy.k)
     for batch in storage.iter_parquet_batches(detections_uri, columns=["class_id", "score"]):
         class_ids = batch.column("class_id").to_numpy()
         scores = batch.column("score").to_numpy()
@@ -129,6 +148,8 @@ def select_round(detections_uri: str, strategy: StrategyConfig, round_idx: int, 
         if mask.any():
             chosen.append(_rank(batch.filter(pa.array(mask)).to_pandas()))  # collapse early
     selection = _rank(pd.concat(chosen, ignore_index=True)) if chosen else _rank(pd.DataFrame())
+    if diverse:
+        selection = spread_out(selection, out.embeddings, strategy.k)
     selection = apply_budget(selection, strategy.budget)
 
     table = pa.Table.from_pandas(selection.assign(round=np.int16(round_idx)), preserve_index=False)

@@ -16,6 +16,14 @@ k LOWEST scores of each class).
 - `random`: uniform in (0, 1) from a seeded hash of (image id, index of the detection in its image):
   the baseline every strategy must beat; the same seed gives the same values on any batching.
 
+Diversity (issue 26; after PPAL, Yang et al., 2024, and the k-center core set of Sener & Savarese, 2018):
+uncertainty alone picks near-duplicates (ten frames of one hard scene) and, on a weak model, loses to
+random. A diversity strategy scores detections with its base strategy (`DIVERSE`), keeps a candidate
+pool of `strategy.pool_factor` x k per class by the same bottom-k rule, then k-center greedy on the
+images' embeddings (`raylib.diversity`) picks k of them per class:
+- `cls_iou_diverse`: cls_iou candidates, spread out: the uncertain images, not ten copies of one.
+- `kcenter`: random candidates (per class, as random's), spread out: diversity alone, the ablation.
+
 Margin, entropy and random are not confidences, so the seed's floor (confidence > min_score,
 pseudo-code 1) is applied to cls_conf x loc_conf when scoring, never to these scores
 (`selection_min_score`).
@@ -42,6 +50,7 @@ def detection_scores(
     loc_conf = np.asarray(loc_conf, dtype=np.float32)
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy '{name}'; choose one of {STRATEGIES}")
+    name = DIVERSE.get(name, name)
     if len(cls_conf) == 0:
         return np.empty(0, dtype=np.float32)
     if name == "cls_iou":
@@ -103,6 +112,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 CONFIDENCE_STRATEGIES = ("cls_iou", "cls_only", "loc_only")
+DIVERSE = {"cls_iou_diverse": "cls_iou", "kcenter": "random"}  # diversity strategy -> its candidates' score
 
 
 def selection_min_score(name: str, min_score: float) -> float:
@@ -110,4 +120,4 @@ def selection_min_score(name: str, min_score: float) -> float:
     margin/entropy/random the score is not a confidence (a margin of 0.05 is the MOST informative), so
     the floor was applied at scoring time to the detection's confidence (cls_conf x loc_conf) instead,
     and selection keeps every stored row."""
-    return min_score if name in CONFIDENCE_STRATEGIES else float("-inf")
+    return min_score if DIVERSE.get(name, name) in CONFIDENCE_STRATEGIES else float("-inf")

@@ -174,7 +174,8 @@ def test_a_typo_key_in_a_plain_dict_is_one_line_naming_the_nearest_key():
     ("+strategy.kk=5", "strategy.kk is not a config key; did you mean strategy.k?"),
     ("lop.rounds=3", "lop.rounds is not a config key; did you mean loop.rounds?"),
     ("data.synthetic.num_pol=3", "data.synthetic.num_pol is not a config key; did you mean data.synthetic.num_pool?"),
-    ("strategy.zzzz=1", "strategy.zzzz is not a config key; the keys of strategy are name, k, min_score, budget, seed"),
+    ("strategy.zzzz=1", "strategy.zzzz is not a config key; the keys of strategy are name, k, min_score, budget, "
+                        "seed, pool_factor"),
     ("strategy=cls_io", "strategy=cls_io: no such preset; did you mean strategy=cls_iou? strategy is one of "
                         "cls_iou, random"),
     ("strategy=random,cls_io", "strategy=cls_io: no such preset; did you mean strategy=cls_iou? strategy is one "

@@ -1,0 +1,55 @@
+"""k-center greedy on image embeddings: the diversity half of `strategy=cls_iou_diverse` and `kcenter`.
+
+Selection (raylib.select) hands over each class's candidates, most informative first; `k_center_greedy`
+picks k of them so that every candidate is close to a pick (Sener & Savarese, 2018; PPAL's second
+stage). Memory is the candidates' embeddings only (classes x pool_factor x k rows, a few MB), never the
+pool: `read_embeddings` streams the round's embeddings/ parts and keeps the candidates' rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raylib import storage
+
+
+def k_center_greedy(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """Indexes of min(k, n) rows of `embeddings` [n, d], in pick order. The first pick is row 0 (callers
+    order rows by informativeness); each next pick is the row farthest from every pick so far (cosine
+    distance: rows are compared as unit vectors, so an image's brightness or contrast doesn't make it
+    "far"). Ties go to the lower index, so the picks are a function of the rows and their order."""
+    n = len(embeddings)
+    if n == 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    unit = embeddings.astype(np.float32)
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    nearest = np.full(n, np.inf, dtype=np.float32)  # distance of each row to its nearest pick
+    picks = [0]
+    for _ in range(min(k, n) - 1):
+        nearest = np.minimum(nearest, 1.0 - unit @ unit[picks[-1]])
+        nearest[picks[-1]] = -np.inf  # never picked twice, even when every distance is 0
+        picks.append(int(np.argmax(nearest)))
+    return np.array(picks, dtype=np.int64)
+
+
+def read_embeddings(embeddings_uri: str, image_ids: list[str]) -> dict[str, np.ndarray]:
+    """{image_id: float32 embedding} for `image_ids`, streaming the Parquet parts under `embeddings_uri`
+    and keeping only those rows. Raises if a candidate has none (scoring writes one per ok image, and
+    only ok images have detections)."""
+    wanted = pa.array(sorted(set(image_ids)), pa.string())
+    found: dict[str, np.ndarray] = {}
+    for batch in storage.iter_parquet_batches(embeddings_uri, columns=["image_id", "embedding"]):
+        rows = batch.filter(pc.is_in(batch.column("image_id"), value_set=wanted))
+        if not rows.num_rows:
+            continue
+        column = rows.column("embedding")
+        lengths = pc.list_value_length(column).to_numpy()
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        for image_id, vector in zip(rows.column("image_id").to_pylist(), np.split(values, np.cumsum(lengths)[:-1])):
+            found[image_id] = vector
+    missing = [i for i in wanted.to_pylist() if i not in found]
+    if missing:
+        raise RuntimeError(f"{embeddings_uri}: no embedding for {len(missing)} candidate images "
+                           f"(e.g. '{missing[0]}'); rescore the round (its score stage)")
+    return found

@@ -1,0 +1,109 @@
+"""Diversity strategies (issue 26): k-center greedy picks, and per-class selection through it.
+
+Geometry is planted by hand: near-duplicate images point the same way, distinct ones are orthogonal, so
+which images a spread-out pick must take is known without running the code under test."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from raylib import schemas, storage
+from raylib.config import StrategyConfig
+from raylib.diversity import k_center_greedy
+from raylib.paths import RoundPaths
+from raylib.select import select_round
+
+DIM = 8
+
+
+def _direction(axis: int, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    vector = np.zeros(DIM, np.float32)
+    vector[axis] = 1.0
+    return vector + noise * np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+
+
+def test_k_center_takes_one_image_per_cluster_starting_from_row_0():
+    rows = [_direction(axis, 0.01, seed) for seed, axis in enumerate([2, 2, 0, 2, 1, 0, 1, 2, 0])]
+    picks = k_center_greedy(np.stack(rows) * np.arange(1, 10)[:, None], 3)  # lengths don't matter: cosine
+    assert picks[0] == 0 and sorted({[2, 2, 0, 2, 1, 0, 1, 2, 0][i] for i in picks}) == [0, 1, 2]
+    assert list(k_center_greedy(np.stack(rows), 1)) == [0]
+
+
+def test_k_center_ties_and_duplicates_are_deterministic():
+    same = np.ones((5, DIM), np.float32)
+    assert list(k_center_greedy(same, 3)) == [0, 1, 2]  # all at distance 0: lowest index, none twice
+    assert sorted(k_center_greedy(same, 9)) == [0, 1, 2, 3, 4]  # k > n: every row once
+    assert len(k_center_greedy(np.zeros((0, DIM), np.float32), 3)) == 0
+
+
+# Class 0: a0-a3 and a7 are duplicates (axis 0), a4/a6 point along axis 1, a5 along axis 2; the
+# lower the index, the lower (more informative) the score. Class 1: b1 duplicates b0, b2 is apart.
+# c0 (class 1 too) scores 0.05: under min_score for a confidence, a candidate for kcenter (random scores).
+AXES = {"a0": 0, "a1": 0, "a2": 0, "a3": 0, "a4": 1, "a5": 2, "a6": 1, "a7": 0, "b0": 3, "b1": 3, "b2": 4, "c0": 5}
+DETECTIONS = pd.DataFrame(
+    [(f"a{i}", 0, 0.21 + 0.01 * i) for i in range(8)] + [(f"b{i}", 1, 0.3 + 0.01 * i) for i in range(3)]
+    + [("c0", 1, 0.05)], columns=["image_id", "class_id", "score"])
+
+
+def _write_round(root: str, detection_parts: int, embedding_parts: int) -> RoundPaths:
+    rp = RoundPaths(root, 0)
+    shuffled = DETECTIONS.sample(frac=1.0, random_state=detection_parts)
+    bounds = np.linspace(0, len(shuffled), detection_parts + 1).astype(int)
+    for i in range(detection_parts):
+        chunk = shuffled.iloc[bounds[i]:bounds[i + 1]]
+        n = len(chunk)
+        table = pa.table({
+            "round": pa.array([0] * n, pa.int16()), "image_id": chunk["image_id"].tolist(),
+            "class_id": pa.array(chunk["class_id"], pa.int16()), "cls_conf": pa.array(chunk["score"], pa.float32()),
+            "loc_conf": pa.array([1.0] * n, pa.float32()), "score": pa.array(chunk["score"], pa.float32()),
+            **{name: pa.array([1.0 + (name in ("x2", "y2"))] * n, pa.float32()) for name in schemas.BOX},
+        })
+        storage.write_table(schemas.check(table, schemas.DETECTIONS, "detections"), f"{rp.detections}/part-{i}.parquet")
+    ids = sorted(AXES)
+    for i, chunk in enumerate(np.array_split(np.array(ids), embedding_parts)):
+        vectors = [_direction(AXES[image_id]) for image_id in chunk]  # exact: ties are known
+        table = pa.table({"image_id": chunk.tolist(),
+                          "embedding": pa.array([v.astype(np.float16).tolist() for v in vectors],
+                                                pa.list_(pa.float16()))})
+        storage.write_table(schemas.check(table, schemas.EMBEDDINGS, "embeddings"), f"{rp.embeddings}/part-{i}.parquet")
+    return rp
+
+
+def _selected(rp: RoundPaths, **strategy) -> dict[int, list[str]]:
+    select_round(rp.detections, StrategyConfig(k=2, min_score=0.2, **strategy), 0, rp, num_classes=2)
+    table = storage.read_table(rp.selection).to_pandas().sort_values(["class_id", "rank"])
+    return {int(c): group["image_id"].tolist() for c, group in table.groupby("class_id")}
+
+
+def test_cls_iou_diverse_spreads_each_class_quota_over_its_candidates(tmp_path):
+    rp = _write_round(str(tmp_path / "one"), 1, 1)
+    assert _selected(rp, name="cls_iou") == {0: ["a0", "a1"], 1: ["b0", "b1"]}  # two near-duplicates each
+    # 2 x 4 candidates of class 0 (a0-a7): the most uncertain, then the farthest from it (a4 and a5 tie
+    # at orthogonal; a4 scores lower). Class 1 has 2 candidates above 0.2 plus b2: b0, then b2.
+    assert _selected(rp, name="cls_iou_diverse", pool_factor=4) == {0: ["a0", "a4"], 1: ["b0", "b2"]}
+    # pool_factor 1: the candidates are cls_iou's own picks, so diversity has nothing to choose from.
+    assert _selected(rp, name="cls_iou_diverse", pool_factor=1) == {0: ["a0", "a1"], 1: ["b0", "b1"]}
+    thresholds = storage.read_table(rp.thresholds).to_pandas()  # pool_factor 1: cls_iou's thresholds
+    assert thresholds["threshold"].tolist() == pytest.approx([0.22, 0.31])
+    # Another split of the same rows into parts: the same picks.
+    other = _write_round(str(tmp_path / "three"), 3, 2)
+    assert _selected(other, name="cls_iou_diverse", pool_factor=4) == {0: ["a0", "a4"], 1: ["b0", "b2"]}
+
+
+def test_kcenter_spreads_random_candidates_with_no_confidence_floor(tmp_path):
+    rp = _write_round(str(tmp_path), 2, 1)
+    # Stored scores stand for random's: c0 (0.05) is the lowest of class 1 and a candidate, picked
+    # first; b0, b1 and b2 are then all orthogonal to it: the lowest score of them.
+    assert _selected(rp, name="kcenter", pool_factor=4) == {0: ["a0", "a4"], 1: ["c0", "b0"]}
+
+
+def test_a_candidate_without_an_embedding_is_a_clear_error(tmp_path):
+    rp = _write_round(str(tmp_path), 1, 1)
+    kept = storage.read_table(rp.embeddings)
+    storage.delete(rp.embeddings)
+    storage.write_table(kept.filter(pa.array([i != "a4" for i in kept.column("image_id").to_pylist()])),
+                        f"{rp.embeddings}/part-0.parquet")
+    with pytest.raises(RuntimeError, match=r"no embedding for 1 candidate images \(e.g. 'a4'\); rescore"):
+        _selected(rp, name="cls_iou_diverse")
