@@ -89,7 +89,8 @@ class WithEmbedding(torch.nn.Module):
     """YOLOX in eval mode that also returns one embedding per image: the neck's P3, P4 and P5 maps (what
     the head reads), each averaged over its positions, concatenated ([n, 448] for nano, [n, 896] for s).
 
-    Diversity strategies (`strategies.DIVERSE`) compare images by it; it costs three means on maps the
+    Diversity strategies (`strategies.DIVERSE`) compare images by its direction (the scorer stores it
+    scaled to unit length, in float16); it costs three means on maps the
     forward pass computes anyway. Its forward is YoloxModule.forward's eval branch with the neck kept."""
 
     def __init__(self, yolox: YoloxModule):

@@ -55,7 +55,7 @@ IMAGE_STATUS = pa.schema(
 EMBEDDINGS = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("embedding", pa.list_(pa.float16())),  # the pooled neck, [d] (448 for nano)
+        pa.field("embedding", pa.list_(pa.float16())),  # the pooled neck, unit length, [d] (448 for nano)
     ]
 )
 

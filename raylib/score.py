@@ -305,8 +305,11 @@ class YoloxScorer:
                                   max_detections=self.score.max_detections)
         detections = keep_confident(detections, self.strategy.min_score)
         detections.image_index = ok[detections.image_index]
-        if embeddings is not None:
-            embeddings = embeddings.float().cpu().numpy().astype(np.float16)
+        if embeddings is not None:  # unit length: k-center compares directions, and float16 can't hold a
+            # weak model's neck (averages over 65504 seen after one epoch)
+            embeddings = embeddings.float()
+            embeddings = (embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+            embeddings = embeddings.astype(np.float16)
         return detections, embeddings
 
     def _table(self, batch: dict[str, np.ndarray], detections: BatchDetections,

@@ -11,7 +11,6 @@ import shlex
 import sys
 import tomllib
 
-import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from packaging.requirements import Requirement
@@ -241,8 +240,6 @@ def test_launcher_gpu_workers_fit_the_gpu4_config():
     assert not cluster["setup_commands"]  # nothing installs on the nodes: the image has it
 
 
-@pytest.mark.xfail(strict=True, reason="infra/aws-cluster.yaml still runs Ray's bare image while the runtime env "
-                   "installs nothing: its docker.image must be the project's image (infra/kuberay.yaml's)")
 def test_launcher_nodes_run_the_project_image():
     assert _load("aws-cluster.yaml")["docker"]["image"] == _project_image()
 

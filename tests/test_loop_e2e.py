@@ -83,7 +83,7 @@ def reference(tmp_path_factory):
     log = str(tmp / "multirun.log")
     with open(os.path.join(ROOT, "infra", "runtime_env.yaml")) as handle:
         runtime_env = yaml.safe_load(handle)
-    runtime_env.pop("pip")  # the head's Python has those packages and this machine has no index
+    runtime_env.pop("pip", None)  # the head's Python has those packages and this machine has no index
     runtime_env["working_dir"] = ROOT
     # The region is set by the job's runtime env AND by this process (conftest): init_ray must not send it again.
     assert runtime_env["env_vars"]["AWS_REGION"] and os.environ["AWS_REGION"]

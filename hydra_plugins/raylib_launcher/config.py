@@ -8,7 +8,8 @@ from hydra.core.config_store import ConfigStore
 
 def _runtime_env() -> Dict[str, Any]:
     # The code travels (working dir: where the sweep is started, the repo root), the dependencies don't:
-    # the nodes' image has them. Mirrors infra/runtime_env.yaml without its pip section.
+    # the nodes' image (infra/Dockerfile) has them. infra/runtime_env.yaml's, less AWS_REGION (the
+    # cluster's own, from the nodes' instance profile or environment).
     return {
         "working_dir": ".",
         "excludes": [".venv/", "outputs/", ".git/", "tests/", "benchmarks/", "*.pt", "*.parquet"],
