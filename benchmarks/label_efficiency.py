@@ -251,7 +251,7 @@ def share_round0(src_run: str, dst_run: str) -> bool:
     src, dst = RoundPaths(src_run, 0), RoundPaths(dst_run, 0)
     if os.path.exists(dst.root) or not all(os.path.exists(src.marker(s)) for s in _ROUND0_SHARED):
         return False
-    skip = {os.path.basename(p) for p in (src.scored, src.detections, src.image_status, src.selection,
+    skip = {os.path.basename(p) for p in (src.scored, src.detections, src.image_status, src.embeddings, src.selection,
                                           src.thresholds, src.preannotations, src.oracle_errors, src.labels)} | {"_done"}
     os.makedirs(dst.root)
     for name in os.listdir(src.root):
