@@ -10,8 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from raylib import storage
+
+# Embeddings are written in row groups of this many rows and read a row group at a time: ~8 MB of
+# nano's 448 float16 each, whatever the size of a part.
+ROWS_PER_READ = 8192
 
 
 def k_center_greedy(embeddings: np.ndarray, k: int) -> np.ndarray:
@@ -35,11 +40,25 @@ def k_center_greedy(embeddings: np.ndarray, k: int) -> np.ndarray:
 
 def read_embeddings(embeddings_uri: str, image_ids: list[str]) -> dict[str, np.ndarray]:
     """{image_id: float32 embedding} for `image_ids`, streaming the Parquet parts under `embeddings_uri`
-    and keeping only those rows. Raises if a candidate has none (scoring writes one per ok image, and
-    only ok images have detections)."""
+    one row group at a time (a dataset scanner reads ahead: ~400 MB more at 10^6 images) and keeping
+    only those rows. Raises if a candidate has none (scoring writes one per ok image, and only ok images
+    have detections)."""
     wanted = pa.array(sorted(set(image_ids)), pa.string())
     found: dict[str, np.ndarray] = {}
-    for batch in storage.iter_parquet_batches(embeddings_uri, columns=["image_id", "embedding"]):
+    for uri in storage.list_files(embeddings_uri, ".parquet"):
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as handle:
+            found.update(_rows_of(pq.ParquetFile(handle), wanted))
+    missing = [i for i in wanted.to_pylist() if i not in found]
+    if missing:
+        raise RuntimeError(f"{embeddings_uri}: no embedding for {len(missing)} candidate images "
+                           f"(e.g. '{missing[0]}'); rescore the round (its score stage)")
+    return found
+
+
+def _rows_of(part: pq.ParquetFile, wanted: pa.Array) -> dict[str, np.ndarray]:
+    found = {}
+    for batch in part.iter_batches(batch_size=ROWS_PER_READ, columns=["image_id", "embedding"]):
         rows = batch.filter(pc.is_in(batch.column("image_id"), value_set=wanted))
         if not rows.num_rows:
             continue
@@ -48,8 +67,4 @@ def read_embeddings(embeddings_uri: str, image_ids: list[str]) -> dict[str, np.n
         values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         for image_id, vector in zip(rows.column("image_id").to_pylist(), np.split(values, np.cumsum(lengths)[:-1])):
             found[image_id] = vector
-    missing = [i for i in wanted.to_pylist() if i not in found]
-    if missing:
-        raise RuntimeError(f"{embeddings_uri}: no embedding for {len(missing)} candidate images "
-                           f"(e.g. '{missing[0]}'); rescore the round (its score stage)")
     return found

@@ -40,7 +40,7 @@ import pyarrow.dataset as pads
 import ray
 import torch
 
-from raylib import images, paths, runtime, schemas, storage, strategies
+from raylib import diversity, images, paths, runtime, schemas, storage, strategies
 from raylib.config import Config, StrategyConfig
 from raylib.model import (BatchDetections, WithEmbedding, decode_batch, letterbox, letterbox_on_device, load_model,
                           to_input)
@@ -139,14 +139,6 @@ def read_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dic
             "ratio": ratios, "height": heights, "width": widths, "error": errors}
 
 
-def cpu_threads(num_cpus: float, torch_threads: int | None) -> int:
-    """Intra-op threads of a CPU actor: `score.torch_threads` if set, else its whole CPUs (at least 1).
-
-    Ray sets OMP_NUM_THREADS = floor(num_cpus) (1 for fractional actors) in its workers; we set the
-    count explicitly so that a config, not an environment default, decides it."""
-    return torch_threads or max(1, int(num_cpus))
-
-
 class YoloxScorer:
     """Ray Data callable class: the model is loaded once per actor, then scores batches.
 
@@ -164,7 +156,7 @@ class YoloxScorer:
                         self.score.num_gpus_per_actor)
         self.device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(self.score.num_cpus_per_actor, self.score.torch_threads))
+            torch.set_num_threads(runtime.cpu_threads(self.score.num_cpus_per_actor, self.score.torch_threads))
         model = load_model(cfg.model.size, num_classes, weights_uri).eval().to(self.device)
         self.embeds = self.strategy.name in strategies.DIVERSE
         if self.embeds:
@@ -399,7 +391,8 @@ def _split_scored_file(scored_uri: str, detections_uri: str, status_uri: str,
     scored = storage.read_table(scored_uri)
     if embeddings_uri:
         embedded = scored.select(["image_id", "embedding"]).filter(pc.is_valid(scored.column("embedding")))
-        storage.write_table(schemas.check(embedded, schemas.EMBEDDINGS, "embeddings"), embeddings_uri)
+        storage.write_table(schemas.check(embedded, schemas.EMBEDDINGS, "embeddings"), embeddings_uri,
+                            row_group_size=diversity.ROWS_PER_READ)
     status = schemas.check(scored.drop_columns(["detections", "embedding"]), schemas.IMAGE_STATUS, "image_status")
     nested = scored.column("detections").combine_chunks()
     repeats = np.diff(nested.offsets.to_numpy())

@@ -152,10 +152,11 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_table(table: pa.Table, uri: str) -> None:
-    """Write one Parquet file atomically (see `write_bytes`)."""
+def write_table(table: pa.Table, uri: str, row_group_size: int | None = None) -> None:
+    """Write one Parquet file atomically (see `write_bytes`). `row_group_size`: rows per row group, the
+    unit a streaming reader decodes at once (default: the whole file up to 1M rows)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
     write_bytes(uri, sink.getvalue().to_pybytes())
 
 
