@@ -27,6 +27,7 @@ EXECUTION_KEYS = (
     "score.batch_size", "score.num_actors", "score.num_cpus_per_actor", "score.num_gpus_per_actor",
     "score.decode_num_cpus", "score.torch_threads", "score.rows_per_file", "score.concurrent_batches",
     "train.cpus_per_worker", "train.num_loader_workers", "train.max_failures", "train.val_batch_size",
+    "train.torch_threads",
 )
 BETWEEN_ROUNDS_KEYS = (
     "loop.rounds", "loop.oracle", "loop.labels_in", "loop.labels_format", "loop.accept_partial_delivery",

@@ -23,6 +23,17 @@ log = logging.getLogger(__name__)
 LOCAL_RAY_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
+def cpu_threads(num_cpus: float, torch_threads: int | None) -> int:
+    """Intra-op threads of a CPU worker or actor: its `torch_threads` if set, else its whole CPUs (>= 1).
+
+    Ray sets OMP_NUM_THREADS = floor(num_cpus) (1 for fractional actors) in its workers; we set the
+    count explicitly so that a config, not an environment default, decides it. It changes results:
+    float sums split over another number of threads round differently, and a model trained with 2
+    threads differs from one trained with 1 (seen: every tensor of a 1-epoch nano), so reproducing a
+    run on another machine means giving the same count."""
+    return torch_threads or max(1, int(num_cpus))
+
+
 def init_ray(cfg: Config) -> None:
     """`address=local` starts a private Ray (embedded defaults); `auto` joins the cluster of a Ray job.
 

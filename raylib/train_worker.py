@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from raylib import tracking
+from raylib.runtime import cpu_threads
 from raylib.checkpoints import report, restore
 from raylib.config import Config
 from raylib.iou_aware import make_iou_aware
@@ -55,6 +56,8 @@ def train_loop_per_worker(args: WorkerArgs) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(tc.cpus_per_worker, tc.torch_threads))
     num_classes = len(args.class_names)
 
     with tempfile.TemporaryDirectory(prefix="raylib-train-images-") as cache_dir:
