@@ -213,11 +213,14 @@ class TrainConfig:
     val_batch_size: int = 16  # images per forward pass when validating
     max_failures: int = 2
     num_loader_workers: int = 0
+    torch_threads: Optional[int] = None  # intra-op threads per CPU worker; None: its CPUs (at least 1)
     # Round r > 0 starts from: transfer = model.weights (as the seed does); previous = round r-1's model.
     init: str = "transfer"
 
     def __post_init__(self) -> None:
         _require(self.init in ("transfer", "previous"), f"train.init must be transfer or previous, got '{self.init}'")
+        _require(self.torch_threads is None or self.torch_threads >= 1,
+                 f"train.torch_threads must be >= 1 or null, got {self.torch_threads}")
         _require(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
         _require(self.batch_size > 0, "train.batch_size must be > 0")
         _require(self.num_workers > 0, "train.num_workers must be > 0")
@@ -240,6 +243,9 @@ class EvalConfig:
 class LoopConfig:
     rounds: int = 10  # the seed's (6.5): 10 rounds, a seed set of 2,000 images
     seed_size: int = 2000
+    # Round 0's seed set: random (uniform), or kcenter: strategy.pool_factor x seed_size random candidates
+    # embedded by model.weights (a start model), of which k-center greedy keeps seed_size, spread out.
+    seed_strategy: str = "random"
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test of the labelled set
     oracle: str = "simulate"
     labels_in: Optional[str] = None  # external oracle: folder/prefix of the annotators' deliveries
@@ -255,6 +261,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         _require(self.rounds > 0, f"loop.rounds must be > 0, got {self.rounds}")
         _require(self.seed_size > 0, f"loop.seed_size must be > 0, got {self.seed_size}")
+        _require(self.seed_strategy in ("random", "kcenter"),
+                 f"loop.seed_strategy must be random or kcenter, got '{self.seed_strategy}'")
         _require(abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0, "loop.split must be 3 fractions summing to 1")
         _require(self.oracle in ORACLES, f"loop.oracle must be one of {ORACLES}, got '{self.oracle}'")
         _require(self.oracle != "external" or bool(self.labels_in), "loop.labels_in is required for the external oracle")

@@ -19,23 +19,49 @@ from raylib import storage
 ROWS_PER_READ = 8192
 
 
-def k_center_greedy(embeddings: np.ndarray, k: int) -> np.ndarray:
-    """Indexes of min(k, n) rows of `embeddings` [n, d], in pick order. The first pick is row 0 (callers
-    order rows by informativeness); each next pick is the row farthest from every pick so far (cosine
-    distance: rows are compared as unit vectors, so an image's brightness or contrast doesn't make it
-    "far"). Ties go to the lower index, so the picks are a function of the rows and their order."""
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    unit = vectors.astype(np.float32)
+    return unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+
+
+def k_center_greedy(embeddings: np.ndarray, k: int, nearest: np.ndarray | None = None) -> np.ndarray:
+    """Indexes of min(k, n) rows of `embeddings` [n, d], in pick order: each pick is the row farthest
+    from everything covered so far (cosine distance: rows are compared as unit vectors, so an image's
+    brightness or contrast doesn't make it "far"). `nearest` [n]: each row's distance to what is
+    covered before the first pick (the labelled set: `distance_to_covered`); None: nothing, and the
+    first pick is row 0 (callers order rows by informativeness). Ties go to the lower index, so the
+    picks are a function of the rows and their order."""
     n = len(embeddings)
     if n == 0 or k <= 0:
         return np.zeros(0, dtype=np.int64)
-    unit = embeddings.astype(np.float32)
-    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    nearest = np.full(n, np.inf, dtype=np.float32)  # distance of each row to its nearest pick
-    picks = [0]
-    for _ in range(min(k, n) - 1):
-        nearest = np.minimum(nearest, 1.0 - unit @ unit[picks[-1]])
-        nearest[picks[-1]] = -np.inf  # never picked twice, even when every distance is 0
-        picks.append(int(np.argmax(nearest)))
+    unit = _unit(embeddings)
+    nearest = np.full(n, np.inf, np.float32) if nearest is None else nearest.astype(np.float32).copy()
+    picks: list[int] = []
+    for _ in range(min(k, n)):
+        pick = int(np.argmax(nearest))
+        picks.append(pick)
+        nearest = np.minimum(nearest, 1.0 - unit @ unit[pick])
+        nearest[picks] = -np.inf  # never picked twice, even when every distance is 0
     return np.array(picks, dtype=np.int64)
+
+
+def distance_to_covered(embeddings: np.ndarray, covered_uri: str | None, chunk: int = 1024) -> np.ndarray:
+    """Each row's cosine distance to its nearest embedding under `covered_uri` (inf when None or
+    empty), streaming those a row group at a time in chunks of `chunk`: memory n x chunk floats."""
+    nearest = np.full(len(embeddings), np.inf, np.float32)
+    if covered_uri is None or not len(embeddings):
+        return nearest
+    unit = _unit(embeddings)
+    for uri in storage.list_files(covered_uri, ".parquet"):
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk, columns=["embedding"]):
+                if not batch.num_rows:
+                    continue
+                column = batch.column("embedding")
+                values = column.flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+                nearest = np.minimum(nearest, (1.0 - unit @ _unit(values).T).min(axis=1))
+    return nearest
 
 
 def read_embeddings(embeddings_uri: str, image_ids: list[str]) -> dict[str, np.ndarray]:

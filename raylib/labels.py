@@ -139,9 +139,11 @@ def seed_from_annotators(ds: Dataset, loop: LoopConfig) -> bool:
     return loop.oracle == "external" and not has_truth
 
 
-def seed_labels(run_root: str, ds: Dataset, loop: LoopConfig, seed: int) -> str:
+def seed_labels(run_root: str, ds: Dataset, loop: LoopConfig, seed: int,
+                seed_ids: Callable[[], list[str]] | None = None) -> str:
     """Round 0's labelled set, split per `loop.split`; once: the team's labelled set (data.labelled, the
-    images of it that are in the pool), else `loop.seed_size` random pool images with their ground truth."""
+    images of it that are in the pool), else the images `seed_ids()` chooses (default: `loop.seed_size`
+    random pool images) with their ground truth."""
     if ds.labelled_truth is not None:
         def build() -> pa.Table:
             table = storage.read_table(ds.labelled_truth)
@@ -150,8 +152,8 @@ def seed_labels(run_root: str, ds: Dataset, loop: LoopConfig, seed: int) -> str:
             return table.filter(pc.is_in(table.column("image_id"), value_set=in_pool))
     else:
         def build() -> pa.Table:
-            return _truth(ds, sample_ids(ds.pool_manifest, loop.seed_size, seed), "pool",
-                          "seed image %s stays unlabelled: %s")
+            ids = seed_ids() if seed_ids else sample_ids(ds.pool_manifest, loop.seed_size, seed)
+            return _truth(ds, ids, "pool", "seed image %s stays unlabelled: %s")
     return _write_once(paths.seed_labels(run_root), lambda: assign_splits(build(), loop.split, seed, round_added=0))
 
 

@@ -44,7 +44,7 @@ def run_loop(cfg: Config) -> LoopResult:
     if labels.seed_from_annotators(ds, cfg.loop):  # the seed set goes to the annotators as a round's selection
         result.stopped_because = _labelled(cfg, ds, RoundPaths(cfg.run_root, paths.SEED_ROUND))
     else:
-        labels.seed_labels(cfg.run_root, ds, cfg.loop, cfg.seed)
+        labels.seed_labels(cfg.run_root, ds, cfg.loop, cfg.seed, lambda: stages.seed_ids(cfg, ds))
 
     for round_idx in range(cfg.loop.rounds if not result.stopped_because else 0):
         rp = RoundPaths(cfg.run_root, round_idx)

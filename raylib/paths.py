@@ -117,6 +117,18 @@ class RoundPaths:
         return self._in("embeddings")
 
     @property
+    def labelled_scoring(self) -> ScoringPaths:
+        """Diversity strategies: the round's labelled images scored by the round's model, for their
+        embeddings (what k-center counts as covered)."""
+        return ScoringPaths(self.run_root, self.round_idx, "labelled")
+
+    @property
+    def candidate_scoring(self) -> ScoringPaths:
+        """`loop.seed_strategy=kcenter` (the seed round): the seed set's candidates scored by the start
+        model, for their embeddings."""
+        return ScoringPaths(self.run_root, self.round_idx, "candidates")
+
+    @property
     def selection(self) -> str:
         return self._in("selection.parquet")
 
@@ -141,6 +153,22 @@ class RoundPaths:
     def marker(self, stage: str) -> str:
         """Written last by a stage: its outputs are complete."""
         return self._in("_done", stage)
+
+
+@dataclass(frozen=True)
+class ScoringPaths(RoundPaths):
+    """A folder of a round (round=NN/labelled/, seed/candidates/) holding a manifest of some images and
+    their scoring outputs, with a round's file names (score_pool writes them as a round's)."""
+
+    folder: str = "labelled"
+
+    @property
+    def root(self) -> str:
+        return storage.join(RoundPaths(self.run_root, self.round_idx).root, self.folder)
+
+    @property
+    def manifest(self) -> str:
+        return self._in("manifest.parquet")
 
 
 def part_file(folder: str, index: int) -> str:

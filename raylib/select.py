@@ -63,16 +63,20 @@ def _rank(rows: pd.DataFrame) -> pd.DataFrame:
     return best.reset_index(drop=True).astype({"class_id": np.int16, "score": np.float32})[SELECTION_COLUMNS]
 
 
-def spread_out(candidates: pd.DataFrame, embeddings_uri: str, k: int) -> pd.DataFrame:
-    """k of each class's candidate rows (a `_rank` frame) by k-center greedy on the images' embeddings,
-    starting from the most informative (rank 0); `rank` becomes the pick order."""
+def spread_out(candidates: pd.DataFrame, embeddings_uri: str, k: int, covered: str | None = None) -> pd.DataFrame:
+    """k of each class's candidate rows (a `_rank` frame) by k-center greedy on the images' embeddings;
+    `rank` becomes the pick order. The images of `covered` (an embeddings folder: the labelled set's)
+    count as picked already; with none, the first pick is the most informative candidate (rank 0)."""
     if candidates.empty:
         return candidates
-    vectors = diversity.read_embeddings(embeddings_uri, candidates["image_id"].unique().tolist())
+    ids = candidates["image_id"].unique().tolist()
+    vectors = diversity.read_embeddings(embeddings_uri, ids)
+    nearest = dict(zip(ids, diversity.distance_to_covered(np.stack([vectors[i] for i in ids]), covered)))
     kept = []
     for _, group in candidates.groupby("class_id", sort=True):
         group = group.sort_values("rank", kind="stable")
-        picks = diversity.k_center_greedy(np.stack([vectors[i] for i in group["image_id"]]), k)
+        picks = diversity.k_center_greedy(np.stack([vectors[i] for i in group["image_id"]]), k,
+                                          np.array([nearest[i] for i in group["image_id"]], np.float32))
         kept.append(group.iloc[picks].assign(rank=np.arange(len(picks), dtype=np.int32)))
     return pd.concat(kept, ignore_index=True)[SELECTION_COLUMNS]
 
@@ -121,9 +125,10 @@ class _BottomK:
 
 
 def select_round(detections_uri: str, strategy: StrategyConfig, round_idx: int, out: RoundPaths,
-                 num_classes: int) -> SelectionSummary:
+                 num_classes: int, covered: str | None = None) -> SelectionSummary:
     """Pseudo-code 2 over every Parquet file under `detections_uri`, streaming; writes the round's
-    selection and per-class thresholds (figure 6.5)."""
+    selection and per-class thresholds (figure 6.5). `covered`: a diversity strategy's labelled set's
+    embeddings (`spread_out`), when they exist."""
     min_score = strategies.selection_min_score(strategy.name, strategy.min_score)
     diverse = strategy.name in strategies.DIVERSE
     bottom = _BottomK(num_classes, strategy.k * strategy.pool_factor if diverse else strategy.k)
@@ -149,7 +154,8 @@ def select_round(detections_uri: str, strategy: StrategyConfig, round_idx: int, 
             chosen.append(_rank(batch.filter(pa.array(mask)).to_pandas()))  # collapse early
     selection = _rank(pd.concat(chosen, ignore_index=True)) if chosen else _rank(pd.DataFrame())
     if diverse:
-        selection = spread_out(selection, out.embeddings, strategy.k)
+        selection = spread_out(selection, out.embeddings, strategy.k,
+                               covered if covered and storage.exists(covered) else None)
     selection = apply_budget(selection, strategy.budget)
 
     table = pa.Table.from_pandas(selection.assign(round=np.int16(round_idx)), preserve_index=False)

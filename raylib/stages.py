@@ -9,14 +9,14 @@ stage reads, are in raylib/stage.py (no torch or Ray there, for the jobs' checks
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pyarrow as pa
 
-from raylib import labels, paths, pool, schemas, storage
+from raylib import diversity, labels, paths, pool, schemas, storage, strategies
 from raylib.calibration import calibrate_split
-from raylib.config import Config
+from raylib.config import Config, ConfigError
 from raylib.dataset import Dataset
 from raylib.evaluate import evaluate_split
 from raylib.export import export_preannotations
@@ -65,15 +65,23 @@ def unlabelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
 
 def score(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
-    return asdict(score_pool(pool.round_pool(rp, ds.pool_manifest), scoring_weights(cfg, rp), rp, cfg,
-                             ds.class_names))
+    """The round's pool scored by its model; for a diversity strategy, its labelled images too (their
+    embeddings are what k-center counts as covered: selection.spread_out)."""
+    weights = scoring_weights(cfg, rp)
+    summary = asdict(score_pool(pool.round_pool(rp, ds.pool_manifest), weights, rp, cfg, ds.class_names))
+    if cfg.strategy.name in strategies.DIVERSE:
+        labelled = rp.labelled_scoring
+        pool.write_labelled(ds.pool_manifest, round_labels(cfg, ds, rp), labelled.manifest)
+        summary["n_labelled_embedded"] = score_pool(labelled.manifest, weights, labelled, cfg, ds.class_names).n_ok
+    return summary
 
 
 def select(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     if rp.round_idx == paths.SEED_ROUND:
         return _select_seed(cfg, ds, rp)
     if not takes_all(cfg, rp.round_idx):
-        return asdict(select_round(rp.detections, cfg.strategy, rp.round_idx, rp, len(ds.class_names)))
+        return asdict(select_round(rp.detections, cfg.strategy, rp.round_idx, rp, len(ds.class_names),
+                                   covered=rp.labelled_scoring.embeddings))
     # Without confidence filtering: every image scored, whatever its detections.
     n_images = _write_selection_of_all(pool.round_pool(rp, ds.pool_manifest), rp.round_idx, rp.selection)
     storage.write_table(schemas.empty(schemas.THRESHOLDS), rp.thresholds)
@@ -101,7 +109,7 @@ def _select_seed(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     images (labels.sample_ids, as a simulated seed set), written as a round's selection with image_status
     rows (sizes unknown: export reads the headers) and no detections, so that export and oracle treat it
     as any round's."""
-    ids = labels.sample_ids(ds.pool_manifest, cfg.loop.seed_size, cfg.seed)
+    ids = seed_ids(cfg, ds)
     uris = pool.image_uris(ds.pool_manifest, ids)
     n = len(ids)
     image_ids = pa.array(ids, pa.string())
@@ -117,6 +125,31 @@ def _select_seed(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
         paths.part_file(rp.image_status, 0))
     storage.write_table(schemas.empty(schemas.DETECTIONS), paths.part_file(rp.detections, 0))
     return {"n_images": n, "seed": True}
+
+
+def seed_ids(cfg: Config, ds: Dataset) -> list[str]:
+    """Round 0's seed images (`loop.seed_strategy`): `loop.seed_size` uniform random pool images, or
+    (kcenter) `strategy.pool_factor` x as many random candidates embedded by the start model
+    (`model.weights`), of which k-center greedy keeps `loop.seed_size`, spread out (a candidate that
+    can't be read is left out). Memory: the candidates', never the pool's."""
+    loop = cfg.loop
+    if loop.seed_strategy == "random":
+        return labels.sample_ids(ds.pool_manifest, loop.seed_size, cfg.seed)
+    if not cfg.model.weights:
+        raise ConfigError("loop.seed_strategy=kcenter needs model.weights: the start model whose features "
+                          "spread the seed set (a model that has not trained sees every image alike)")
+    candidates = labels.sample_ids(ds.pool_manifest, loop.seed_size * cfg.strategy.pool_factor, cfg.seed)
+    at = RoundPaths(cfg.run_root, paths.SEED_ROUND).candidate_scoring
+    uris = pool.image_uris(ds.pool_manifest, candidates)
+    storage.write_table(schemas.check(pa.table({"image_id": candidates, "uri": [uris[i] for i in candidates]}),
+                                      schemas.POOL, "pool"), at.manifest)
+    embedding = replace(cfg, strategy=replace(cfg.strategy, name="kcenter"))  # scoring emits embeddings
+    score_pool(at.manifest, cfg.model.weights, at, embedding, ds.class_names)
+    ok = storage.read_table(at.embeddings, columns=["image_id"]).column("image_id").to_pylist()
+    vectors = diversity.read_embeddings(at.embeddings, ok)
+    readable = [i for i in candidates if i in vectors]  # sample order: sorted ids
+    picks = diversity.k_center_greedy(np.stack([vectors[i] for i in readable]), loop.seed_size) if readable else []
+    return sorted(readable[p] for p in picks)
 
 
 def _write_selection_of_all(manifest_uri: str, round_idx: int, out_uri: str) -> int:

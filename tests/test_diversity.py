@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raylib import schemas, storage
+from raylib import labels, schemas, storage
 from raylib.config import StrategyConfig
 from raylib.diversity import k_center_greedy
 from raylib.paths import RoundPaths
@@ -92,6 +92,21 @@ def test_cls_iou_diverse_spreads_each_class_quota_over_its_candidates(tmp_path):
     assert _selected(other, name="cls_iou_diverse", pool_factor=4) == {0: ["a0", "a4"], 1: ["b0", "b2"]}
 
 
+def test_the_labelled_set_counts_as_covered(tmp_path):
+    """Labelled images along axes 0 and 1: class 0's only candidate away from them (a5, axis 2) comes
+    first; then every candidate is at distance 0 from something covered, and ties go to the lowest score."""
+    rp = _write_round(str(tmp_path), 1, 1)
+    covered = rp.labelled_scoring.embeddings
+    table = pa.table({"image_id": ["l0", "l1"], "embedding": pa.array(
+        [_direction(0).astype(np.float16).tolist(), _direction(1).astype(np.float16).tolist()], pa.list_(pa.float16()))})
+    storage.write_table(schemas.check(table, schemas.EMBEDDINGS, "embeddings"), f"{covered}/part-0.parquet")
+    select_round(rp.detections, StrategyConfig(name="cls_iou_diverse", k=2, min_score=0.2, pool_factor=4), 0, rp,
+                 num_classes=2, covered=covered)
+    table = storage.read_table(rp.selection).to_pandas().sort_values(["class_id", "rank"])
+    assert table[table["class_id"] == 0]["image_id"].tolist() == ["a5", "a0"]
+    assert table[table["class_id"] == 1]["image_id"].tolist() == ["b0", "b2"]  # axes 3 and 4: nothing covered
+
+
 def test_kcenter_spreads_random_candidates_with_no_confidence_floor(tmp_path):
     rp = _write_round(str(tmp_path), 2, 1)
     # Stored scores stand for random's: c0 (0.05) is the lowest of class 1 and a candidate, picked
@@ -107,3 +122,42 @@ def test_a_candidate_without_an_embedding_is_a_clear_error(tmp_path):
                         f"{rp.embeddings}/part-0.parquet")
     with pytest.raises(RuntimeError, match=r"no embedding for 1 candidate images \(e.g. 'a4'\); rescore"):
         _selected(rp, name="cls_iou_diverse")
+
+
+def test_kcenter_seed_set_never_takes_a_duplicate_while_another_image_is_left(tmp_path, ray_session):
+    """`loop.seed_strategy=kcenter`: 9 byte-identical copies of one scene and 3 other scenes; a seed set
+    of 4 spread over the start model's embeddings is one copy and the 3 others (copies are at distance
+    0 from each other, whatever the model). Without model.weights: refused in one line."""
+    import io
+    from dataclasses import replace
+
+    from raylib import stages
+    from raylib.config import Config, ConfigError, DataConfig, LoopConfig, ModelConfig, ScoreConfig
+    from raylib.dataset import Dataset
+    from tests.bad_images import scene
+    from tests.test_score import CLASSES, confident_weights
+
+    def jpeg(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        scene(seed=seed).save(buffer, "JPEG", quality=90)
+        return buffer.getvalue()
+
+    files = {f"copy_{n}.jpg": jpeg(0) for n in range(9)} | {f"other_{s}.jpg": jpeg(s) for s in (1, 2, 3)}
+    for name, data in files.items():
+        storage.write_bytes(str(tmp_path / "pool" / name), data)
+    manifest = str(tmp_path / "pool.parquet")
+    storage.write_table(schemas.check(pa.table({"image_id": list(files), "uri": [str(tmp_path / "pool" / n)
+                                                                                 for n in files]}),
+                                      schemas.POOL, "pool"), manifest)
+    cfg = Config(run_root=str(tmp_path / "run"), data=DataConfig(max_pixels=2_000_000),
+                 model=ModelConfig(size="nano", input_size=96), score=ScoreConfig(batch_size=4, num_actors=1),
+                 loop=LoopConfig(seed_size=4, seed_strategy="kcenter"), strategy=StrategyConfig(pool_factor=3))
+    ds = Dataset(pool_manifest=manifest, test_manifest=manifest, class_names=CLASSES)
+    with pytest.raises(ConfigError, match=r"^loop.seed_strategy=kcenter needs model.weights"):
+        stages.seed_ids(cfg, ds)
+    cfg = replace(cfg, model=replace(cfg.model, weights=confident_weights(str(tmp_path / "w.pt"))))
+    chosen = stages.seed_ids(cfg, ds)
+    assert len(chosen) == 4 and sum(i.startswith("copy_") for i in chosen) == 1, chosen
+    assert stages.seed_ids(cfg, ds) == chosen  # deterministic
+    assert sorted(stages.seed_ids(replace(cfg, loop=replace(cfg.loop, seed_strategy="random")), ds)) == \
+        sorted(labels.sample_ids(manifest, 4, cfg.seed))

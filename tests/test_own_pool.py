@@ -96,7 +96,8 @@ def _own_pool_rounds(generated, root: str, labels_in: str, run_root: str):
     where = _team_layout(generated, root)
     cfg = _config("data=images", f"data.root={root}", f"data.test={root}/test/instances_test.json",
                   "loop.oracle=external", f"loop.labels_in={labels_in}", "loop.labels_format=coco",
-                  f"loop.seed_size={SEED_SIZE}", "loop.rounds=2", f"run_root={run_root}")
+                  f"loop.seed_size={SEED_SIZE}", "loop.rounds=2", f"run_root={run_root}",
+                  "strategy=cls_iou_diverse")  # the loop's diversity wiring, on S3: embeddings of pool and labelled set
     first = run_loop(cfg)
     assert first.rounds_done == 0 and first.stopped_because.startswith("seed set: waiting for labels: 0 of 16")
     pool = storage.read_table(paths.pool_manifest(run_root))
@@ -131,6 +132,12 @@ def test_unlabelled_images_in_a_bucket_with_a_coco_test_set_and_annotators_from_
     chosen = set(storage.read_table(rp.selection).column("image_id").to_pylist())
     xml = [u for u in storage.list_files(rp.preannotations, ".xml") if not u.endswith("label_config.xml")]
     assert chosen and len(xml) == len(chosen)
+    # cls_iou_diverse: one embedding per scored pool image, and the labelled set (the seed set) scored
+    # by the round's model for its own, which k-center counted as covered.
+    embedded = storage.read_table(rp.embeddings).column("image_id").to_pylist()
+    assert sorted(embedded) == sorted(storage.read_table(rp.image_status).column("image_id").to_pylist())
+    covered = storage.read_table(rp.labelled_scoring.embeddings).column("image_id").to_pylist()
+    assert sorted(covered) == sorted(seed_labels.column("image_id").to_pylist())
 
 
 def test_an_empty_pool_or_an_unreadable_test_set_is_one_line_naming_the_key(tmp_path):

@@ -265,6 +265,11 @@ def test_write_remaining_anti_join_matches_is_in_and_keeps_the_order(tmp_path, m
                                    labelled)
     assert pool.write_remaining(str(folder), labels_uri, out) == expected.num_rows
     assert read_manifest(out).equals(expected.cast(schemas.POOL))
+    # Its complement (the labelled set's manifest, which diversity strategies score): the other rows, in order.
+    whole = pa.concat_tables(pq.read_table(folder / f"part-{p}.parquet") for p in range(3))
+    complement = whole.filter(pc.is_in(whole.column("image_id"), pa.array(labelled, pa.string())))
+    assert pool.write_labelled(str(folder), labels_uri, str(tmp_path / "labelled.parquet")) == complement.num_rows
+    assert read_manifest(str(tmp_path / "labelled.parquet")).equals(complement.cast(schemas.POOL))
 
 
 def test_write_remaining_with_no_labels_file_rows_copies_the_pool(tmp_path):
