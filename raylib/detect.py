@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from raylib import images, storage
+from raylib import images
 from raylib.metrics import DETECTION_COLUMNS
 from raylib.model import ImageDetections, decode, letterbox, to_input
 
@@ -40,24 +40,25 @@ def decode_bytes(data: bytes, image_id: str, max_pixels: int | None = None) -> n
 
 
 def read_image(uri: str, image_id: str, max_pixels: int | None = None) -> np.ndarray:
-    """The image at `uri` (local path or s3://), decoded; raises OSError (unreadable) or ImageError."""
-    return decode_bytes(storage.read_bytes(uri), image_id, max_pixels)
+    """The image at `uri` (local path or s3://), read and decoded as scoring does; raises ImageError."""
+    return decode_bytes(images.read_image_bytes(uri, image_id), image_id, max_pixels)
 
 
-def _read_bytes(item: tuple[str, str]) -> bytes | OSError:
+def _read_bytes(item: tuple[str, str]) -> bytes | images.ImageError:
     try:
-        return storage.read_bytes(item[1])
-    except OSError as exc:
+        return images.read_image_bytes(item[1], item[0])
+    except images.ImageError as exc:
         return exc
 
 
-def _decode_or_none(item: tuple[str, str], data: bytes | OSError, max_pixels: int | None) -> np.ndarray | None:
+def _decode_or_none(item: tuple[str, str], data: bytes | images.ImageError,
+                    max_pixels: int | None) -> np.ndarray | None:
     image_id, uri = item
     try:
-        if isinstance(data, OSError):
+        if isinstance(data, images.ImageError):
             raise data
         return decode_bytes(data, image_id, max_pixels)
-    except (OSError, images.ImageError) as exc:
+    except images.ImageError as exc:
         log.warning("image '%s' (%s) counted as failed, skipped: %s", image_id, uri, exc)
         return None
 

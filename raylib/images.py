@@ -42,11 +42,18 @@ class ImageError(ValueError):
 
 
 def read_image_bytes(uri: str, name: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The bytes of the image at `uri`, reading at most `max_bytes` + 1: a bigger file raises
-    ImageError without being loaded whole (a multi-GB file in a pool is not a photo)."""
-    fs, path = storage.resolve(uri)
-    with fs.open_input_stream(path) as stream:
-        data = stream.read(max_bytes + 1)
+    """The bytes of the image at `uri` (local or s3://), reading at most `max_bytes` + 1: a bigger file
+    raises ImageError without being loaded whole (a multi-GB file in a pool is not a photo). A missing
+    or unreadable file raises ImageError too, with the message its status row gets."""
+    try:
+        fs, path = storage.resolve(uri)
+        with fs.open_input_stream(path) as stream:
+            data = stream.read(max_bytes + 1)
+    except FileNotFoundError as exc:  # local files and S3 keys alike (pyarrow maps NoSuchKey to it)
+        raise ImageError(f"image '{name}' is missing at its uri; recorded, skipped") from exc
+    except Exception as exc:  # noqa: BLE001 - OSError from S3, permissions, ...
+        raise ImageError(f"image '{name}' could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
+                         "recorded, skipped") from exc
     if len(data) > max_bytes:
         raise ImageError(f"image '{name}' is larger than {max_bytes / 2**20:.0f} MiB; not read (skipped)")
     return data
@@ -126,6 +133,8 @@ def decode_image(data: bytes, name: str, max_pixels: int = 40_000_000) -> np.nda
     except (OSError, ValueError, SyntaxError, Warning, Image.DecompressionBombError) as exc:
         reason = "truncated" if "truncated" in str(exc) else str(exc)
         raise ImageError(f"image '{name}' could not be decoded ({reason})") from exc
+    except Exception as exc:  # noqa: BLE001 - decoders raise odd types on hostile files: never fatal
+        raise ImageError(f"image '{name}' could not be decoded ({type(exc).__name__}: {exc}); skipped") from exc
     return np.ascontiguousarray(array[:, :, ::-1])
 
 

@@ -65,28 +65,6 @@ class ScoreSummary:
     n_detections: int
 
 
-def read_image_bytes(image_id: str, uri: str) -> bytes:
-    """The bytes at `uri`; an ImageError with the status message if they can't be read."""
-    try:
-        return storage.read_bytes(uri)
-    except FileNotFoundError as exc:  # local files and S3 keys alike (pyarrow maps NoSuchKey to it)
-        raise images.ImageError(f"image '{image_id}' is missing at its uri; recorded, skipped") from exc
-    except Exception as exc:  # noqa: BLE001 - OSError from S3, permissions, ...
-        raise images.ImageError(f"image '{image_id}' could not be read ({type(exc).__name__}: "
-                                f"{str(exc)[:200]}); recorded, skipped") from exc
-
-
-def decode_on_cpu(data: bytes, image_id: str, max_pixels: int) -> np.ndarray:
-    """`images.decode_image`, with anything a decoder raises on hostile bytes turned into ImageError."""
-    try:
-        return images.decode_image(data, image_id, max_pixels)
-    except images.ImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise odd types on hostile files
-        raise images.ImageError(f"image '{image_id}' could not be decoded ({type(exc).__name__}: {exc}); "
-                                "skipped") from exc
-
-
 def load_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dict[str, np.ndarray]:
     """Read, decode and letterbox a batch of manifest rows on a CPU; a bad image gets an error message,
     not an exception.
@@ -101,7 +79,7 @@ def load_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dic
     errors = np.array([""] * n, dtype=object)
     for i, (image_id, uri) in enumerate(zip(batch["image_id"], batch["uri"])):
         try:
-            image = decode_on_cpu(read_image_bytes(image_id, uri), image_id, max_pixels)
+            image = images.decode_image(images.read_image_bytes(uri, image_id), image_id, max_pixels)
         except images.ImageError as exc:
             errors[i] = str(exc)
             continue
@@ -124,10 +102,10 @@ def read_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dic
     errors = np.array([""] * n, dtype=object)
     for i, (image_id, uri) in enumerate(zip(batch["image_id"], batch["uri"])):
         try:
-            data = read_image_bytes(image_id, uri)
+            data = images.read_image_bytes(uri, image_id)
             widths[i], heights[i], is_jpeg[i] = images.probe(data, image_id, max_pixels)
             if not is_jpeg[i]:
-                image = decode_on_cpu(data, image_id, max_pixels)
+                image = images.decode_image(data, image_id, max_pixels)
                 canvas, ratios[i] = letterbox(image, side)
                 heights[i], widths[i] = image.shape[:2]
                 data = canvas.tobytes()
@@ -259,7 +237,7 @@ class YoloxScorer:
         for i in ok:
             if i in on_device and on_device[i] is None:  # the device refused it: decode as the CPU path does
                 try:
-                    image = decode_on_cpu(batch["data"][i], batch["image_id"][i], self.max_pixels)
+                    image = images.decode_image(batch["data"][i], batch["image_id"][i], self.max_pixels)
                 except images.ImageError as exc:
                     errors[i] = str(exc)
                     continue
