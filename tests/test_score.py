@@ -277,7 +277,7 @@ def test_floor_and_nesting_without_ray():
     """Pseudo-code 1's floor is strict (a confidence of exactly min_score is dropped); error rows and
     images without kept detections get empty lists; the strategy scores every kept detection."""
     from raylib.model import BatchDetections
-    from raylib.score import keep_confident, nest_detections
+    from raylib.scored import keep_confident, nest_detections
 
     dets = BatchDetections(
         image_index=np.array([0, 0, 0, 2], np.int64),
