@@ -149,3 +149,19 @@ def tensorboard_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(folder, size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(point.step, point.value) for point in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def write_detection_parts(detections, folder: str, parts: int) -> None:
+    """A frame of (image_id, class_id, score) rows as a round's detections/ in `parts` schema-true Parquet
+    parts (cls_conf = score, loc_conf 1, a unit box), rows in frame order."""
+    bounds = np.linspace(0, len(detections), parts + 1).astype(int)
+    for i in range(parts):
+        chunk = detections.iloc[bounds[i]:bounds[i + 1]]
+        n = len(chunk)
+        table = pa.table({
+            "round": pa.array([0] * n, pa.int16()), "image_id": chunk["image_id"].tolist(),
+            "class_id": pa.array(chunk["class_id"], pa.int16()), "cls_conf": pa.array(chunk["score"], pa.float32()),
+            "loc_conf": pa.array([1.0] * n, pa.float32()), "score": pa.array(chunk["score"], pa.float32()),
+            **{name: pa.array([1.0 + (name in ("x2", "y2"))] * n, pa.float32()) for name in schemas.BOX},
+        })
+        storage.write_table(schemas.check(table, schemas.DETECTIONS, "detections"), f"{folder}/part-{i:03d}.parquet")

@@ -14,6 +14,7 @@ from raylib.config import StrategyConfig
 from raylib.diversity import k_center_greedy
 from raylib.paths import RoundPaths
 from raylib.select import select_round
+from tests.helpers import write_detection_parts
 
 DIM = 8
 
@@ -49,18 +50,7 @@ DETECTIONS = pd.DataFrame(
 
 def _write_round(root: str, detection_parts: int, embedding_parts: int) -> RoundPaths:
     rp = RoundPaths(root, 0)
-    shuffled = DETECTIONS.sample(frac=1.0, random_state=detection_parts)
-    bounds = np.linspace(0, len(shuffled), detection_parts + 1).astype(int)
-    for i in range(detection_parts):
-        chunk = shuffled.iloc[bounds[i]:bounds[i + 1]]
-        n = len(chunk)
-        table = pa.table({
-            "round": pa.array([0] * n, pa.int16()), "image_id": chunk["image_id"].tolist(),
-            "class_id": pa.array(chunk["class_id"], pa.int16()), "cls_conf": pa.array(chunk["score"], pa.float32()),
-            "loc_conf": pa.array([1.0] * n, pa.float32()), "score": pa.array(chunk["score"], pa.float32()),
-            **{name: pa.array([1.0 + (name in ("x2", "y2"))] * n, pa.float32()) for name in schemas.BOX},
-        })
-        storage.write_table(schemas.check(table, schemas.DETECTIONS, "detections"), f"{rp.detections}/part-{i}.parquet")
+    write_detection_parts(DETECTIONS.sample(frac=1.0, random_state=detection_parts), rp.detections, detection_parts)
     ids = sorted(AXES)
     for i, chunk in enumerate(np.array_split(np.array(ids), embedding_parts)):
         vectors = [_direction(AXES[image_id]) for image_id in chunk]  # exact: ties are known

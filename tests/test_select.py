@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from raylib import schemas, storage
 from raylib.config import StrategyConfig
 from raylib.paths import RoundPaths
 from raylib.select import apply_budget, class_thresholds, select_per_class, select_round
+from tests.helpers import write_detection_parts
 
 
 def reference_pseudo_code_2(detections: pd.DataFrame, k: int, min_score: float) -> set[tuple[str, int]]:
@@ -61,24 +61,12 @@ def test_budget_keeps_the_lowest_scoring_images():
     assert set(got["image_id"]) == {"b", "d"}
 
 
-def _write_parts(detections: pd.DataFrame, folder: str, parts: int) -> None:
-    bounds = np.linspace(0, len(detections), parts + 1).astype(int)
-    for i in range(parts):
-        chunk = detections.iloc[bounds[i]:bounds[i + 1]]
-        n = len(chunk)
-        table = pa.table({
-            "round": pa.array([0] * n, pa.int16()), "image_id": chunk["image_id"].tolist(),
-            "class_id": pa.array(chunk["class_id"], pa.int16()), "cls_conf": pa.array(chunk["score"], pa.float32()),
-            "loc_conf": pa.array([1.0] * n, pa.float32()), "score": pa.array(chunk["score"], pa.float32()),
-            **{name: pa.array([1.0 + (name in ("x2", "y2"))] * n, pa.float32()) for name in schemas.BOX},
-        })
-        storage.write_table(schemas.check(table, schemas.DETECTIONS, "detections"), f"{folder}/part-{i:03d}.parquet")
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_streamed_selection_equals_in_memory_selection(tmp_path, seed):
     detections = random_detections(seed, n=3000)
-    _write_parts(detections, str(tmp_path / "detections"), parts=7)
+    write_detection_parts(detections, str(tmp_path / "detections"), parts=7)
     rp = RoundPaths(str(tmp_path / "run"), 2)
     summary = select_round(str(tmp_path / "detections"), StrategyConfig(k=25, min_score=0.2), 2, rp, num_classes=5)
     streamed = schemas.check(storage.read_table(rp.selection), schemas.SELECTION, "selection").to_pandas()
@@ -96,12 +84,12 @@ def test_streamed_selection_equals_in_memory_selection(tmp_path, seed):
 
 
 def test_streamed_selection_is_deterministic_and_handles_no_detections(tmp_path):
-    _write_parts(random_detections(1, n=0), str(tmp_path / "empty"), parts=1)
+    write_detection_parts(random_detections(1, n=0), str(tmp_path / "empty"), parts=1)
     rp = RoundPaths(str(tmp_path / "run"), 0)
     summary = select_round(str(tmp_path / "empty"), StrategyConfig(), 0, rp, num_classes=3)
     assert summary.n_images == 0 and storage.read_table(rp.selection).num_rows == 0
     detections = random_detections(5, n=2000)
-    _write_parts(detections, str(tmp_path / "d"), parts=3)
+    write_detection_parts(detections, str(tmp_path / "d"), parts=3)
     select_round(str(tmp_path / "d"), StrategyConfig(k=10, budget=7), 0, rp, num_classes=5)
     first = storage.read_table(rp.selection)
     select_round(str(tmp_path / "d"), StrategyConfig(k=10, budget=7), 0, rp, num_classes=5)
@@ -116,7 +104,7 @@ def test_every_row_tied_at_the_threshold_is_selected_across_files(tmp_path):
         "class_id": np.zeros(8, np.int16),
         "score": np.array([0.3, 0.35, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9], np.float32),
     })
-    _write_parts(detections.sample(frac=1.0, random_state=0), str(tmp_path / "d"), parts=4)
+    write_detection_parts(detections.sample(frac=1.0, random_state=0), str(tmp_path / "d"), parts=4)
     rp = RoundPaths(str(tmp_path / "run"), 0)
     select_round(str(tmp_path / "d"), StrategyConfig(k=3, min_score=0.2), 0, rp, num_classes=1)
     selected = set(storage.read_table(rp.selection).column("image_id").to_pylist())
@@ -140,7 +128,7 @@ def test_non_confidence_strategies_select_below_min_score(tmp_path):
     scoring, so selection must not drop it again."""
     detections = pd.DataFrame({"image_id": ["close_call", "sure"], "class_id": np.zeros(2, np.int16),
                                "score": np.array([0.05, 0.9], np.float32)})
-    _write_parts(detections, str(tmp_path / "d"), parts=1)
+    write_detection_parts(detections, str(tmp_path / "d"), parts=1)
     rp = RoundPaths(str(tmp_path / "run"), 0)
     select_round(str(tmp_path / "d"), StrategyConfig(name="margin", k=1, min_score=0.2), 0, rp, num_classes=1)
     assert storage.read_table(rp.selection).column("image_id").to_pylist() == ["close_call"]
@@ -157,7 +145,7 @@ def reference_budget(selection: pd.DataFrame, budget: int) -> set[str]:
 @pytest.mark.parametrize("budget", [1, 5, 40, 10_000])
 def test_streamed_budget_matches_the_reference(tmp_path, budget):
     detections = random_detections(11, n=2500)
-    _write_parts(detections, str(tmp_path / "d"), parts=5)
+    write_detection_parts(detections, str(tmp_path / "d"), parts=5)
     rp = RoundPaths(str(tmp_path / "run"), 0)
     summary = select_round(str(tmp_path / "d"), StrategyConfig(k=12, budget=budget), 0, rp, num_classes=5)
     got = set(storage.read_table(rp.selection).column("image_id").to_pylist())
@@ -168,6 +156,6 @@ def test_streamed_budget_matches_the_reference(tmp_path, budget):
 def test_out_of_range_class_among_candidates_is_a_clear_error(tmp_path):
     detections = pd.DataFrame({"image_id": ["a"], "class_id": np.array([7], np.int16),
                                "score": np.array([0.5], np.float32)})
-    _write_parts(detections, str(tmp_path / "d"), parts=1)
+    write_detection_parts(detections, str(tmp_path / "d"), parts=1)
     with pytest.raises(ValueError, match="class_id 7 is outside 0..2"):
         select_round(str(tmp_path / "d"), StrategyConfig(), 0, RoundPaths(str(tmp_path / "run"), 0), num_classes=3)
