@@ -165,3 +165,31 @@ def write_detection_parts(detections, folder: str, parts: int) -> None:
             **{name: pa.array([1.0 + (name in ("x2", "y2"))] * n, pa.float32()) for name in schemas.BOX},
         })
         storage.write_table(schemas.check(table, schemas.DETECTIONS, "detections"), f"{folder}/part-{i:03d}.parquet")
+
+
+def small_s3_pages(monkeypatch, page_size: int) -> list[int]:
+    """Make every boto3 client's paginators (still the real client, talking to the moto server) return
+    pages of `page_size` entries, so that a listing of a few keys crosses pages; returns the list the
+    pages' KeyCount are appended to."""
+    import boto3
+
+    real_client = boto3.client
+    pages: list[int] = []
+
+    class SmallPages:
+        def __init__(self, *args, **kwargs):
+            self._client = real_client(*args, **kwargs)
+
+        def get_paginator(self, name):
+            paginator = self._client.get_paginator(name)
+
+            class Wrapped:
+                def paginate(self, **kwargs):
+                    for page in paginator.paginate(PaginationConfig={"PageSize": page_size}, **kwargs):
+                        pages.append(page["KeyCount"])
+                        yield page
+
+            return Wrapped()
+
+    monkeypatch.setattr(boto3, "client", SmallPages)
+    return pages

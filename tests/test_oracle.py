@@ -98,14 +98,21 @@ def new_labels(rp: RoundPaths) -> dict[str, list[dict]]:
     return {row["image_id"]: row["objects"] for row in table if row["round_added"] == 1}
 
 
-@pytest.mark.parametrize("fmt", ["voc", "coco", "labelstudio"])
-def test_delivery_in_each_format_waits_for_the_missing_image_then_labels_as_the_ground_truth(round0, tmp_path, fmt):
+def simulated_truth(round0, tmp_path) -> dict[str, list[dict]]:
+    """What the simulated oracle labels for round 0's selection (a copy of the round): the ground truth a
+    delivery must come back to."""
     ds, rp, labels_uri = round0
     simulated_rp = RoundPaths(str(tmp_path / "simulated"), 0)
     for name in ("unlabelled", "selection"):
         storage.write_bytes(getattr(simulated_rp, name), storage.read_bytes(getattr(rp, name)))
     labels.oracle(simulated_rp, ds, LoopConfig(oracle="simulate"), 0, labels_uri)
-    truth = new_labels(simulated_rp)
+    return new_labels(simulated_rp)
+
+
+@pytest.mark.parametrize("fmt", ["voc", "coco", "labelstudio"])
+def test_delivery_in_each_format_waits_for_the_missing_image_then_labels_as_the_ground_truth(round0, tmp_path, fmt):
+    ds, rp, labels_uri = round0
+    truth = simulated_truth(round0, tmp_path)
     assert sorted(truth) == ["a", "b", "c"] and truth["c"] == []
 
     labels_in = tmp_path / "delivered"
@@ -146,11 +153,7 @@ def hostile(fmt: str, labels_in) -> None:
 @pytest.mark.parametrize("fmt", ["coco", "labelstudio"])
 def test_hostile_entries_cost_their_images_only(round0, tmp_path, fmt):
     ds, rp, labels_uri = round0
-    simulated_rp = RoundPaths(str(tmp_path / "simulated"), 0)
-    for name in ("unlabelled", "selection"):
-        storage.write_bytes(getattr(simulated_rp, name), storage.read_bytes(getattr(rp, name)))
-    labels.oracle(simulated_rp, ds, LoopConfig(oracle="simulate"), 0, labels_uri)
-    truth = new_labels(simulated_rp)
+    truth = simulated_truth(round0, tmp_path)
 
     labels_in = tmp_path / "delivered"
     deliver(fmt, labels_in, ["a"])

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylib import pool, schemas, storage
+from tests.helpers import small_s3_pages
 
 
 def read_manifest(uri: str) -> pa.Table:
@@ -164,25 +165,7 @@ def test_index_s3_paginates(s3_bucket, monkeypatch):
     bucket = s3_bucket[len("s3://"):]
     for i in range(7):
         client.put_object(Bucket=bucket, Key=f"p/{i}.jpg", Body=b"x")
-    real_client = boto3.client
-    pages = []
-
-    class SmallPages:
-        def __init__(self, *args, **kwargs):
-            self._client = real_client(*args, **kwargs)
-
-        def get_paginator(self, name):
-            paginator = self._client.get_paginator(name)
-
-            class Wrapped:
-                def paginate(self, **kwargs):
-                    for page in paginator.paginate(PaginationConfig={"PageSize": 2}, **kwargs):
-                        pages.append(page["KeyCount"])
-                        yield page
-
-            return Wrapped()
-
-    monkeypatch.setattr(boto3, "client", SmallPages)
+    pages = small_s3_pages(monkeypatch, 2)
     assert pool.index_folder(f"{s3_bucket}/p", f"{s3_bucket}/pool.parquet") == 7
     assert pages == [2, 2, 2, 1]
 

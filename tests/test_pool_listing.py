@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from raylib import pool, storage
+from tests.helpers import small_s3_pages
 
 # Keys a local folder can hold too (a file and a directory of the same name can't both exist there).
 COMMON_KEYS = [
@@ -85,29 +86,9 @@ def test_walk_s3_matches_one_paginator(awkward_bucket):
 @pytest.mark.parametrize("threads, fan_out_levels", [(1, 1), (4, 3)])
 def test_walk_s3_matches_one_paginator_across_pages(awkward_bucket, monkeypatch, threads, fan_out_levels):
     """Pages of 7 entries: keys and CommonPrefixes of one level (30 under 'many/') span several pages."""
-    import boto3
-
     s3_uri, client, bucket = awkward_bucket
     expected = _paginator_keys(client, bucket, "raw/")
-    real_client = boto3.client
-    pages = []
-
-    class SmallPages:
-        def __init__(self, *args, **kwargs):
-            self._client = real_client(*args, **kwargs)
-
-        def get_paginator(self, name):
-            paginator = self._client.get_paginator(name)
-
-            class Wrapped:
-                def paginate(self, **kwargs):
-                    for page in paginator.paginate(PaginationConfig={"PageSize": 7}, **kwargs):
-                        pages.append(page["KeyCount"])
-                        yield page
-
-            return Wrapped()
-
-    monkeypatch.setattr(boto3, "client", SmallPages)
+    pages = small_s3_pages(monkeypatch, 7)
     assert list(pool._walk_s3(f"{s3_uri}/raw", threads=threads, fan_out_levels=fan_out_levels)) == expected
     assert len(pages) > len(expected) / 7  # the small pages were used
 
