@@ -127,7 +127,7 @@ def test_check_job_prints_one_line_errors_without_a_traceback(tmp_path):
                                                              "model=yolox_s?")
     helped = job("--help")
     assert helped.returncode == 0 and helped.stdout.startswith("A dry run: check a config")
-    assert "  strategy=cls_iou | cls_only | entropy | loc_only | margin | random" in helped.stdout
+    assert "  strategy=cls_iou | cls_iou_diverse | cls_only | entropy | kcenter | loc_only | margin | random" in helped.stdout
     good = job("experiment=demo", f"run_root={tmp_path}/run")
     assert good.returncode == 0, good.stderr
     assert "4 rounds from a seed set of 60 images" in good.stdout and good.stdout.rstrip().endswith("would stop this run")

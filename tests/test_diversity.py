@@ -148,6 +148,5 @@ def test_kcenter_seed_set_never_takes_a_duplicate_while_another_image_is_left(tm
     cfg = replace(cfg, model=replace(cfg.model, weights=confident_weights(str(tmp_path / "w.pt"))))
     chosen = stages.seed_ids(cfg, ds)
     assert len(chosen) == 4 and sum(i.startswith("copy_") for i in chosen) == 1, chosen
-    assert stages.seed_ids(cfg, ds) == chosen  # deterministic
     assert sorted(stages.seed_ids(replace(cfg, loop=replace(cfg.loop, seed_strategy="random")), ds)) == \
         sorted(labels.sample_ids(manifest, 4, cfg.seed))
