@@ -7,6 +7,8 @@ pool: `read_embeddings` streams the round's embeddings/ parts and keeps the cand
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,6 +47,14 @@ def k_center_greedy(embeddings: np.ndarray, k: int, nearest: np.ndarray | None =
     return np.array(picks, dtype=np.int64)
 
 
+def _batches(uri: str, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+    """The Parquet parts under `uri`, `rows` at a time, one row group decoded at a time."""
+    for part in storage.list_files(uri, ".parquet"):
+        fs, path = storage.resolve(part)
+        with fs.open_input_file(path) as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=rows, columns=columns)
+
+
 def distance_to_covered(embeddings: np.ndarray, covered_uri: str | None, chunk: int = 1024) -> np.ndarray:
     """Each row's cosine distance to its nearest embedding under `covered_uri` (inf when None or
     empty), streaming those a row group at a time in chunks of `chunk`: memory n x chunk floats."""
@@ -52,15 +62,10 @@ def distance_to_covered(embeddings: np.ndarray, covered_uri: str | None, chunk: 
     if covered_uri is None or not len(embeddings):
         return nearest
     unit = _unit(embeddings)
-    for uri in storage.list_files(covered_uri, ".parquet"):
-        fs, path = storage.resolve(uri)
-        with fs.open_input_file(path) as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk, columns=["embedding"]):
-                if not batch.num_rows:
-                    continue
-                column = batch.column("embedding")
-                values = column.flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
-                nearest = np.minimum(nearest, (1.0 - unit @ _unit(values).T).min(axis=1))
+    for batch in _batches(covered_uri, ["embedding"], chunk):
+        if batch.num_rows:
+            values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+            nearest = np.minimum(nearest, (1.0 - unit @ _unit(values).T).min(axis=1))
     return nearest
 
 
@@ -71,26 +76,15 @@ def read_embeddings(embeddings_uri: str, image_ids: list[str]) -> dict[str, np.n
     have detections)."""
     wanted = pa.array(sorted(set(image_ids)), pa.string())
     found: dict[str, np.ndarray] = {}
-    for uri in storage.list_files(embeddings_uri, ".parquet"):
-        fs, path = storage.resolve(uri)
-        with fs.open_input_file(path) as handle:
-            found.update(_rows_of(pq.ParquetFile(handle), wanted))
+    for batch in _batches(embeddings_uri, ["image_id", "embedding"], ROWS_PER_READ):
+        rows = batch.filter(pc.is_in(batch.column("image_id"), value_set=wanted))
+        if rows.num_rows:
+            column = rows.column("embedding")
+            lengths = pc.list_value_length(column).to_numpy()
+            values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            found.update(zip(rows.column("image_id").to_pylist(), np.split(values, np.cumsum(lengths)[:-1])))
     missing = [i for i in wanted.to_pylist() if i not in found]
     if missing:
         raise RuntimeError(f"{embeddings_uri}: no embedding for {len(missing)} candidate images "
                            f"(e.g. '{missing[0]}'); rescore the round (its score stage)")
-    return found
-
-
-def _rows_of(part: pq.ParquetFile, wanted: pa.Array) -> dict[str, np.ndarray]:
-    found = {}
-    for batch in part.iter_batches(batch_size=ROWS_PER_READ, columns=["image_id", "embedding"]):
-        rows = batch.filter(pc.is_in(batch.column("image_id"), value_set=wanted))
-        if not rows.num_rows:
-            continue
-        column = rows.column("embedding")
-        lengths = pc.list_value_length(column).to_numpy()
-        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        for image_id, vector in zip(rows.column("image_id").to_pylist(), np.split(values, np.cumsum(lengths)[:-1])):
-            found[image_id] = vector
     return found

@@ -160,7 +160,7 @@ class ScoringPaths(RoundPaths):
     """A folder of a round (round=NN/labelled/, seed/candidates/) holding a manifest of some images and
     their scoring outputs, with a round's file names (score_pool writes them as a round's)."""
 
-    folder: str = "labelled"
+    folder: str
 
     @property
     def root(self) -> str:
