@@ -294,9 +294,9 @@ class ClusterConfig:
 class LoggerConfig:
     """Experiment tracking (raylib/tracking.py): per-epoch training scalars and per-round metrics."""
 
-    kind: str = "none"  # none | tensorboard | mlflow (mlflow needs the mlflow package)
+    kind: str = "none"  # none | tensorboard | mlflow
     log_dir: Optional[str] = None  # tensorboard: event files; None: <run_root>/tensorboard
-    tracking_uri: Optional[str] = None  # mlflow: a tracking server; None: a local store under the run root
+    tracking_uri: Optional[str] = None  # mlflow: a tracking server; None: SQLite beside the runs, <run_root>/../mlflow.db
 
     def __post_init__(self) -> None:
         _require(self.kind in LOGGERS, f"logger.kind must be one of {LOGGERS}, got '{self.kind}'")

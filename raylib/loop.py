@@ -35,11 +35,25 @@ def run_loop(cfg: Config) -> LoopResult:
 
     A run root holds one run: its config is stored there first, and a rerun with other values is
     refused (raylib/run_config.py) rather than silently reusing the committed stages."""
-    tracking.require_logger(cfg.logger)
+    tracking.require_tracking(cfg)
     check_run_config(cfg)
     ds = ensure_dataset(cfg)
     report.write_run_info(cfg.run_root, cfg, ds.class_names)
     labels.perf_test_labels(cfg.run_root, ds)
+    try:
+        result = _rounds(cfg, ds)
+    except BaseException:
+        tracking.end_run(cfg, "FAILED")
+        raise
+    tracking.end_run(cfg)
+    runs_root = paths.runs_root(cfg.run_root)
+    report.compare_runs(runs_root, paths.comparison_dir(runs_root))
+    print(f"Loop stopped: {result.stopped_because}. Report: {result.report}", flush=True)
+    return result
+
+
+def _rounds(cfg: Config, ds: Dataset) -> LoopResult:
+    """The seed set, then each round: train, evaluate, report; unlabelled, score, select, export, label."""
     result = LoopResult(run_root=cfg.run_root, rounds_done=0)
     if labels.seed_from_annotators(ds, cfg.loop):  # the seed set goes to the annotators as a round's selection
         result.stopped_because = _labelled(cfg, ds, RoundPaths(cfg.run_root, paths.SEED_ROUND))
@@ -55,11 +69,12 @@ def run_loop(cfg: Config) -> LoopResult:
         n_labelled = storage.read_table(stages.round_labels(cfg, ds, rp), columns=["image_id"]).num_rows
         stage("train")
         metrics = stage("evaluate")
-        tracking.log_round(cfg, rp, ds.class_names, metrics)  # logger=tensorboard: the round's curves
+        tracking.log_round(cfg, rp, ds.class_names, metrics)  # logger=tensorboard|mlflow: the round's curves
         result.rounds_done = round_idx + 1
         result.map50.append(metrics["map50"])
         result.labelled.append(n_labelled)
         report.write_report(cfg.run_root)
+        tracking.log_report(cfg, paths.report_dir(cfg.run_root))  # logger=mlflow: the report's PNGs
 
         stop = _stop_reason(cfg, result, round_idx)
         if stop:
@@ -76,9 +91,6 @@ def run_loop(cfg: Config) -> LoopResult:
         result.stopped_because = result.stopped_because or f"{cfg.loop.rounds} rounds done"
 
     result.report = report.write_report(cfg.run_root)
-    runs_root = paths.runs_root(cfg.run_root)
-    report.compare_runs(runs_root, paths.comparison_dir(runs_root))
-    print(f"Loop stopped: {result.stopped_because}. Report: {result.report}", flush=True)
     return result
 
 

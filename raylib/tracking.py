@@ -17,32 +17,53 @@ Two TensorBoard runs under the log dir, each written by plain functions here:
 Every writer starts with TensorBoard's purge step at the first step it writes: a rerun (a resumed run,
 a restarted worker group) replaces the points it writes again instead of doubling them.
 
-`logger=mlflow` is accepted by the schema but refused when a run starts (`require_logger`): the
-mlflow package is not installed in this project's environment, so there is no MLflow code to run.
+`logger=mlflow` sends the same scalars, with the same steps, to one MLflow run per run root
+(`MlflowWriter`, the three SummaryWriter calls the code above makes). The run is found again by its
+`run_root` tag, so a resumed run, a restarted worker group and a stage job run alone all log to it;
+MLflow cannot purge, so a point already logged at a step is kept and the rerun's is dropped. Its params
+are the resolved config (flattened keys), its tags strategy / seed / data / model, its artifacts the
+report's PNGs (`log_report`, each round). The store is `logger.tracking_uri` (a server: `http://host:5000`),
+or by default a local SQLite store beside the run roots of a sweep, one experiment per sweep folder:
+
+    mlflow ui --backend-store-uri sqlite:///outputs/runs/<data>_<model>/mlflow.db
+
+Workers on other nodes reach a local store only through a shared disk: on a cluster, use a server.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import logging
 import math
+import os
+import tempfile
+import time
 from typing import Any
 
-from raylib import storage
-from raylib.config import Config, ConfigError, LoggerConfig
+from raylib import paths, storage
+from raylib.config import Config, ConfigError
 from raylib.paths import RoundPaths
 
 TRAIN_RUN = "train"  # <log_dir>/train: per-epoch scalars
 ROUND_RUN = "round"  # <log_dir>/round: per-round scalars
-MLFLOW_MISSING = "logger=mlflow needs the mlflow package (pip install mlflow); it is not installed"
+MLFLOW_MISSING = "logger=mlflow needs the mlflow package (pip install mlflow-skinny sqlalchemy alembic); it is not installed"
+MLFLOW_ON_S3 = ("logger=mlflow with a run_root on S3 needs logger.tracking_uri=<an MLflow server, "
+                "http://host:5000>: the default store is a local SQLite file")
+MLFLOW_BATCH = 100  # MLflow's limit of params per log_batch call (metrics: 1000)
 # train_engine.train_one_epoch's keys -> tags
 LOSS_TAGS = {"total_loss": "train/loss_total", "iou_loss": "train/loss_iou", "conf_loss": "train/loss_conf",
              "cls_loss": "train/loss_cls", "l1_loss": "train/loss_l1"}
 
 
-def require_logger(lc: LoggerConfig) -> None:
-    """Refuse a logger that cannot run here, in one line (raises ConfigError)."""
-    if lc.kind == "mlflow" and importlib.util.find_spec("mlflow") is None:
+def require_tracking(cfg: Config) -> None:
+    """Refuse a logger that cannot run here, or a store the run cannot write to, in one line (ConfigError)."""
+    if cfg.logger.kind != "mlflow":
+        return
+    if importlib.util.find_spec("mlflow") is None:
         raise ConfigError(MLFLOW_MISSING)
+    if not cfg.logger.tracking_uri and storage.is_s3(cfg.run_root):
+        raise ConfigError(MLFLOW_ON_S3)
 
 
 def log_dir(cfg: Config) -> str:
@@ -52,7 +73,10 @@ def log_dir(cfg: Config) -> str:
 
 def open_writer(cfg: Config, run: str, first_step: int):
     """A SummaryWriter on `<log_dir>/<run>` whose points from `first_step` on replace earlier ones
-    (TensorBoard's purge step); None unless `logger=tensorboard`."""
+    (TensorBoard's purge step); with `logger=mlflow`, an MlflowWriter on the run's MLflow run; None
+    with `logger=none`."""
+    if cfg.logger.kind == "mlflow":
+        return MlflowWriter(cfg)
     if cfg.logger.kind != "tensorboard":
         return None
     from torch.utils.tensorboard import SummaryWriter
@@ -97,7 +121,7 @@ def round_scalars(rp: RoundPaths, class_names: list[str], summary: dict[str, Any
 
 def log_round(cfg: Config, rp: RoundPaths, class_names: list[str],
               summary: dict[str, Any]) -> dict[str, float]:
-    """Write `round_scalars` at step `rp.round_idx` (nothing unless `logger=tensorboard`); returns them."""
+    """Write `round_scalars` at step `rp.round_idx` (nothing with `logger=none`); returns them."""
     writer = open_writer(cfg, ROUND_RUN, rp.round_idx)
     if writer is None:
         return {}
@@ -128,3 +152,114 @@ def _selection_scalars(selected_in: RoundPaths, class_names: list[str]) -> dict[
             if 0 <= row["class_id"] < len(class_names) and row["threshold"] is not None:
                 scalars[f"round/threshold/{class_names[row['class_id']]}"] = row["threshold"]
     return scalars
+
+
+def mlflow_tracking_uri(cfg: Config) -> str:
+    """`logger.tracking_uri`, or the SQLite store beside the sweep's runs (`<runs_root>/mlflow.db`)."""
+    return cfg.logger.tracking_uri or f"sqlite:///{storage.join(paths.runs_root(cfg.run_root), 'mlflow.db')}"
+
+
+class MlflowWriter:
+    """The calls of SummaryWriter that this module makes (add_scalar, flush, close) on the run root's
+    MLflow run (`mlflow_run_id`). Points go out in one `log_batch` per flush. A point at a step the run
+    already has for that tag is dropped: MLflow has no purge step, and a rerun's epochs would be doubled."""
+
+    def __init__(self, cfg: Config):
+        self.client = _mlflow_client(cfg)
+        self.run_id = mlflow_run_id(cfg, self.client)
+        self.pending: list = []
+        self.steps: dict[str, set[int]] = {}  # tag -> steps the run has, read once per tag
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from mlflow.entities import Metric
+
+        if tag not in self.steps:
+            self.steps[tag] = {m.step for m in self.client.get_metric_history(self.run_id, tag)}
+        if step not in self.steps[tag]:
+            self.steps[tag].add(step)
+            self.pending.append(Metric(tag, float(value), int(time.time() * 1000), int(step)))
+
+    def flush(self) -> None:
+        for start in range(0, len(self.pending), 1000):
+            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+
+
+def mlflow_run_id(cfg: Config, client=None) -> str:
+    """The MLflow run of `cfg.run_root` (tag `run_root`) in the experiment named after the sweep folder,
+    created with the config's params and the run's tags the first time."""
+    from mlflow.entities import Param
+
+    client = client or _mlflow_client(cfg)
+    runs_root = paths.runs_root(cfg.run_root)
+    experiment_id = _experiment_id(client, os.path.basename(runs_root) or "raylib",
+                                   None if cfg.logger.tracking_uri else storage.join(runs_root, "mlflow-artifacts"))
+    quoted = cfg.run_root.replace("'", "\\'")
+    found = client.search_runs([experiment_id], filter_string=f"tags.run_root = '{quoted}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=os.path.basename(cfg.run_root.rstrip("/")), tags={
+        "run_root": cfg.run_root, "strategy": cfg.strategy.name, "seed": str(cfg.seed),
+        "data": cfg.data.kind, "model": cfg.model.size})
+    params = [Param(key, str(value)[:6000]) for key, value in _flat(dataclasses.asdict(cfg)).items()]
+    for start in range(0, len(params), MLFLOW_BATCH):
+        client.log_batch(run.info.run_id, params=params[start:start + MLFLOW_BATCH])
+    return run.info.run_id
+
+
+def log_report(cfg: Config, report_dir: str) -> None:
+    """The report's PNGs (and report.md) as the MLflow run's `report/` artifacts (`logger=mlflow` only)."""
+    if cfg.logger.kind != "mlflow":
+        return
+    client = _mlflow_client(cfg)
+    run_id = mlflow_run_id(cfg, client)
+    with tempfile.TemporaryDirectory() as local:  # the report may be on S3: artifacts are logged from disk
+        for uri in storage.list_files(report_dir, ""):
+            if uri.endswith((".png", ".md")):
+                with open(os.path.join(local, uri.rsplit("/", 1)[-1]), "wb") as handle:
+                    handle.write(storage.read_bytes(uri))
+        client.log_artifacts(run_id, local, "report")
+
+
+def end_run(cfg: Config, status: str = "FINISHED") -> None:
+    """Mark the MLflow run FINISHED or FAILED (`logger=mlflow` only); a resumed run is RUNNING again."""
+    if cfg.logger.kind == "mlflow":
+        client = _mlflow_client(cfg)
+        client.set_terminated(mlflow_run_id(cfg, client), status)
+
+
+def _mlflow_client(cfg: Config):
+    # MLflow and Alembic log each database migration at INFO: not the user's business.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+
+    uri = mlflow_tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
+    return MlflowClient(uri)
+
+
+def _experiment_id(client, name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # another point of the sweep created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

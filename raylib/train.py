@@ -63,7 +63,7 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     if labels.split_counts(labels_uri).get("train", 0) == 0:
         raise ValueError(f"labels '{labels_uri}' have no rows with split == 'train': nothing to train on; "
                          "label some images (or check the split column) first")
-    tracking.require_logger(cfg.logger)
+    tracking.require_tracking(cfg)
     tc = cfg.train
     args = WorkerArgs(cfg=cfg, labels_uri=labels_uri, manifest_uri=manifest_uri,
                       class_names=tuple(class_names), init_weights=init_weights, max_pixels=max_pixels,

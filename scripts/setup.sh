@@ -22,6 +22,6 @@ started=$SECONDS
   > /dev/null || true
 # The rest with uv: parallel downloads, 31 s instead of pip's ~130 s with a cold cache (it keeps the
 # torch above: installed packages that satisfy the project are not replaced).
-.venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e ".[dev,cluster]"
+.venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e ".[dev,cluster,mlflow]"
 echo "$want" > "$stamp"
 echo "setup: done in $((SECONDS - started)) s"

@@ -135,9 +135,9 @@ def test_image_pins_equal_setup_sh_and_satisfy_pyproject():
     assert {canonicalize_name(r.name) for r in shared} >= {"torch", "torchvision"}
     for requirement in shared:
         assert _pinned_version(pins[canonicalize_name(requirement.name)]) == _pinned_version(requirement), requirement
-    # Every dependency of pyproject.toml (and the cluster extra) pinned, at a version pyproject accepts,
-    # with the extras it asks for.
-    extras = [Requirement(r) for r in _pyproject()["optional-dependencies"]["cluster"]]
+    # Every dependency of pyproject.toml (and the cluster and mlflow extras) pinned, at a version pyproject
+    # accepts, with the extras it asks for.
+    extras = [Requirement(r) for extra in ("cluster", "mlflow") for r in _pyproject()["optional-dependencies"][extra]]
     for requirement in dependencies + extras:
         name = canonicalize_name(requirement.name)
         assert name in pins, f"the image does not pin {requirement}"

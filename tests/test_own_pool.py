@@ -160,7 +160,8 @@ def _image(path) -> str:
     return str(path)
 
 
-def test_data_coco_runs_the_simulated_loop_on_a_coco_dataset(generated, tmp_path, ray_session):
+def test_data_coco_runs_the_simulated_loop_on_a_coco_dataset_tracked_by_mlflow(generated, tmp_path, ray_session):
+    """Also the loop's `logger=mlflow` (raylib/tracking.py), read back with MLflow's own client."""
     voc_root, truth, pool_ids, test_ids = generated
     images = os.path.join(voc_root, "JPEGImages")
     for name, ids in (("train", pool_ids), ("val", test_ids)):
@@ -169,8 +170,9 @@ def test_data_coco_runs_the_simulated_loop_on_a_coco_dataset(generated, tmp_path
     run_root = str(tmp_path / "run")
     result = run_loop(_config("data=coco", f"data.root={images}", f"data.pool_labels={tmp_path}/instances_train.json",
                               f"data.test={tmp_path}/instances_val.json", f"data.test_images={images}",
-                              "loop.rounds=1", f"run_root={run_root}"))
+                              "loop.rounds=1", f"run_root={run_root}", "logger=mlflow"))
     assert result.rounds_done == 1, result.stopped_because
+    _check_mlflow_run(run_root)
     metrics = json.loads(storage.read_text(RoundPaths(run_root, 0).metrics))
     assert metrics["n_images"] == len(test_ids) and metrics["n_failed"] == 0  # evaluated on the COCO test set
     # The seed set, labelled from the COCO file (the oracle of later rounds reads it the same way:
@@ -204,3 +206,27 @@ def test_labels_the_team_has_are_round_0s_labelled_set_and_a_voc_root_can_be_the
     assert sorted(test.column("image_id").to_pylist()) == sorted(test_ids)  # the VOC root's test set
     assert dict(zip(test.column("image_id").to_pylist(), test.column("objects").to_pylist())) == \
         {i: truth[i] for i in test_ids}
+
+
+def _check_mlflow_run(run_root: str) -> None:
+    """One finished MLflow run: the config as params, the training loss of every epoch (from rank 0 of
+    the training function), the round's mAP50, and the report's PNGs as artifacts."""
+    import mlflow
+
+    store = f"sqlite:///{os.path.dirname(run_root)}/mlflow.db"
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run = runs[0]
+    assert run.data.params["data.kind"] == "coco" and run.data.params["loop.rounds"] == "1"
+    assert run.data.tags["data"] == "coco" and run.data.tags["run_root"] == run_root
+    client = mlflow.MlflowClient(store)
+    epochs = int(run.data.params["train.epochs"])
+    loss = client.get_metric_history(run.info.run_id, "train/loss_total")
+    assert sorted(m.step for m in loss) == list(range(1, epochs + 1))
+    assert all(np.isfinite(m.value) and m.value > 0 for m in loss)
+    metrics = json.loads(storage.read_text(RoundPaths(run_root, 0).metrics))
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "round/map50")] == [
+        (0, pytest.approx(metrics["map50"]))]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/report.md", "report/map50.png"} <= artifacts, artifacts

@@ -1,10 +1,10 @@
 """Experiment tracking (raylib/tracking.py): `logger=tensorboard` writes per-epoch and per-round scalars
 that TensorBoard's own reader reads back; a rerun replaces points instead of doubling them;
-`logger=mlflow` is refused in one line where the package is missing. A whole loop's scalars (and a
-killed, resumed run's) are checked in test_loop_e2e, on its reference run."""
+`logger=mlflow` sends the same scalars to one MLflow run per run root, read back with MLflow's own
+`search_runs`. A whole loop's TensorBoard scalars (and a killed, resumed run's) are checked in
+test_loop_e2e, on its reference run; a whole loop's MLflow run in test_own_pool's data=coco loop."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -15,7 +15,6 @@ from hydra import compose, initialize_config_dir
 
 from raylib import schemas, storage, tracking
 from raylib.config import Config, ConfigError, LoggerConfig, to_config
-from raylib.loop import run_loop
 from raylib.paths import RoundPaths
 from tests.helpers import tensorboard_scalars
 
@@ -78,11 +77,47 @@ def test_logger_presets_and_log_dir(tmp_path):
             to_config(compose("config", overrides=["logger.kind=wandb"]))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed")
-def test_mlflow_without_the_package_is_refused_when_the_run_starts(tmp_path):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = to_config(compose("config", overrides=["logger=mlflow", f"run_root={tmp_path}/run"]))
+def test_log_round_to_mlflow_reads_back_with_mlflows_client_and_a_rerun_adds_no_point(tmp_path):
+    import mlflow
+
+    run_root = str(tmp_path / "sweep" / "cls_iou_seed3")
+    rp = _write_round(run_root)
+    cfg = Config(run_root=run_root, seed=3, logger=LoggerConfig(kind="mlflow"))
+    for _ in range(2):  # a resumed loop logs a committed round again
+        written = tracking.log_round(cfg, rp, CLASSES, {"splits": {"train": 10}})
+    # The default store: SQLite beside the sweep's runs, one experiment named after the sweep folder.
+    store = f"sqlite:///{tmp_path}/sweep/mlflow.db"
+    assert os.path.exists(tmp_path / "sweep" / "mlflow.db")
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(experiment_names=["sweep"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.metrics == pytest.approx(written) and len(written) == 14
+    client = mlflow.MlflowClient(store)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "round/map50")] == [(1, 0.25)]
+    assert run.data.tags["strategy"] == "cls_iou" and run.data.tags["seed"] == "3"
+    assert run.data.tags["run_root"] == run_root and run.info.run_name == "cls_iou_seed3"
+    assert run.data.params["strategy.k"] == "100" and run.data.params["train.epochs"] == "300"
+    assert run.data.params["run_root"] == run_root
+
+    # Another run of the sweep: its own MLflow run in the same experiment.
+    other = Config(run_root=str(tmp_path / "sweep" / "random_seed3"), logger=LoggerConfig(kind="mlflow"))
+    writer = tracking.open_writer(other, tracking.TRAIN_RUN, 1)
+    tracking.log_epoch(writer, 1, {"total_loss": 2.5, "iou_loss": 1.0}, 0.01, 30.0)
+    writer.close()
+    runs = mlflow.search_runs(experiment_names=["sweep"], output_format="list")
+    assert sorted(r.info.run_name for r in runs) == ["cls_iou_seed3", "random_seed3"]
+    second = next(r for r in runs if r.info.run_name == "random_seed3")
+    assert second.data.metrics == pytest.approx({"train/loss_total": 2.5, "train/loss_iou": 1.0, "train/lr": 0.01,
+                                                 "train/images_per_s": 30.0})
+    tracking.end_run(other)
+    assert client.get_run(second.info.run_id).info.status == "FINISHED"
+
+
+def test_mlflow_with_a_run_root_on_s3_needs_a_tracking_server():
+    cfg = Config(run_root="s3://bucket/runs/a", logger=LoggerConfig(kind="mlflow"))
     with pytest.raises(ConfigError) as refused:
-        run_loop(cfg)
-    assert str(refused.value) == "logger=mlflow needs the mlflow package (pip install mlflow); it is not installed"
-    assert not os.path.exists(tmp_path / "run")
+        tracking.require_tracking(cfg)
+    assert str(refused.value) == tracking.MLFLOW_ON_S3
+    tracking.require_tracking(Config(run_root="s3://bucket/runs/a",
+                                     logger=LoggerConfig(kind="mlflow", tracking_uri="http://127.0.0.1:5000")))
