@@ -122,5 +122,5 @@ def run_alone(config: Config, stage: str, needs: Callable[[Any], list[tuple[str,
     if with_ray:
         runtime.init_ray(config)
     summary = stages.BY_NAME[stage](config, ensure_dataset(config), rp)
-    print(f"[round {rp.round_idx}] {stage}: {summary}", flush=True)
+    logging.getLogger("raylib.jobs").info(f"[round {rp.round_idx}] {stage}: {summary}")
     return summary, rp

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from raylib import labels, storage
+from raylib import labels, metrics, storage
 from raylib.config import EvalConfig, ModelConfig
 from raylib.evaluate import detect_split
-from raylib.metrics import labels_to_ground_truth
+from raylib.metrics import BOX, labels_to_ground_truth
 
 BIN_EDGES = np.linspace(0.0, 1.0, 11)  # loc_conf bins of the reliability table
 CALIBRATION_SCHEMA = pa.schema([
@@ -33,42 +33,45 @@ CALIBRATION_SCHEMA = pa.schema([
 ])
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of `a` [n, 4] with every box of `b` [m, 4] (x1, y1, x2, y2): [n, m]."""
-    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def match_true_iou(detections: pd.DataFrame, ground_truth: pd.DataFrame) -> np.ndarray:
     """True IoU of each detection row (columns image_id, class_id, score, x1..y2), in row order.
 
-    Per image and class, detections by decreasing score each take the still unmatched ground-truth box
-    with the highest IoU (> 0); that IoU is theirs. Unmatched detections (no box left, or no overlap): 0."""
+    Per image and class, detections by decreasing score (ties in row order) each take the still unmatched
+    ground-truth box with the highest IoU (> 0; the first in ground-truth order on a tie); that IoU is
+    theirs. Unmatched detections (no box left, or no overlap): 0. Vectorised by rank: step k matches the
+    k-th detection of every (image, class) group at once, so the loop runs as often as the largest group
+    has detections, not once per detection."""
     true_iou = np.zeros(len(detections))
-    if not len(detections):
+    if not len(detections) or not len(ground_truth):
         return true_iou
-    box = ["x1", "y1", "x2", "y2"]
-    gt_groups = {key: frame[box].to_numpy() for key, frame in ground_truth.groupby(["image_id", "class_id"])}
-    for key, frame in detections.groupby(["image_id", "class_id"]):
-        gt = gt_groups.get(key)
-        if gt is None or not len(gt):
-            continue
-        order = np.argsort(-frame["score"].to_numpy(), kind="stable")
-        ious = box_iou(frame[box].to_numpy()[order], gt)
-        free = np.ones(len(gt), dtype=bool)
-        for i, row in enumerate(frame.index.to_numpy()[order]):
-            candidates = np.where(free, ious[i], -1.0)
-            j = int(np.argmax(candidates))
-            if candidates[j] > 0:
-                true_iou[detections.index.get_loc(row)] = candidates[j]
-                free[j] = False
+    group, gt_group = _groups(detections, ground_truth)
+    by_score = np.argsort(-detections["score"].to_numpy(), kind="stable")
+    order = by_score[np.argsort(group[by_score], kind="stable")]  # by group, each by decreasing score
+    index = np.arange(len(order))
+    first_of_group = np.r_[True, group[order][1:] != group[order][:-1]]
+    rank = index - np.maximum.accumulate(np.where(first_of_group, index, 0))  # within its group
+    by_rank = np.argsort(rank, kind="stable")  # every group's first detection, then every second, ...
+    order, rank = order[by_rank], rank[by_rank]
+    steps = np.searchsorted(rank, np.arange(rank[-1] + 2))
+    box_of, gt_of, starts = metrics.pairs_by_group(group[order], gt_group)
+    iou = metrics.pair_iou(detections[BOX].to_numpy(dtype=np.float64)[order][box_of],
+                           ground_truth[BOX].to_numpy(dtype=np.float64)[gt_of])
+    free = np.ones(len(ground_truth), dtype=bool)
+    for first, last in zip(steps[:-1], steps[1:]):  # the k-th detection of every group: no two share a box
+        lo, hi = starts[first], starts[last]
+        best, pair = metrics.segment_max(np.where(free[gt_of[lo:hi]], iou[lo:hi], -1.0), starts[first:last + 1] - lo)
+        matched = best > 0
+        true_iou[order[first:last][matched]] = best[matched]
+        free[gt_of[lo + pair[matched]]] = False
     return true_iou
+
+
+def _groups(detections: pd.DataFrame, ground_truth: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """One integer per (image_id, class_id) of each detection and each ground-truth row, the same for both."""
+    image, _ = pd.factorize(np.concatenate([detections["image_id"].to_numpy(), ground_truth["image_id"].to_numpy()]))
+    label, classes = pd.factorize(np.concatenate([detections["class_id"].to_numpy(), ground_truth["class_id"].to_numpy()]))
+    group = image.astype(np.int64) * len(classes) + label
+    return group[:len(detections)], group[len(detections):]
 
 
 def spearman(x, y) -> float:

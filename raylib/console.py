@@ -1,5 +1,11 @@
 """What reaches the user's screen: how long work has left, and from Ray's C++ side one known note less.
 
+Progress is logged (`logging`, INFO), not printed: a job's Hydra log file (`outputs/hydra/<time>/<job>.log`)
+holds every line the screen showed, with times and the logger's name, while the screen shows the line
+as it is (`ScreenFormatter`, conf/config.yaml `hydra.job_logging`). A record logged with
+`extra=JOB_LOG_ONLY` goes to the log file only (`ScreenFilter`): the training workers' epoch lines, which
+the screen already had from Ray, are written there once training is done.
+
 Ray's C++ core worker logs, at ERROR level and straight to the process's stderr, a note for every actor
 whose constructor arguments sit in the object store while it may restart (ray-project/ray#53727). Ray
 itself puts them there for the actors we get from it: Ray Data's map workers (our scoring actors) and
@@ -15,6 +21,7 @@ reach it), passes it on and exits when the pipe closes.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import select
@@ -24,7 +31,23 @@ import sys
 RAY_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor with class name: '[^'\n]*' and ID: '[0-9a-f]+' "
                        rb"has constructor arguments in the object store and max_restarts > 0")
 PARTIAL_HOLD_S = 0.2  # how long the end of a line is waited for (_forward)
+JOB_LOG_ONLY = {"screen": False}  # log(..., extra=JOB_LOG_ONLY): the Hydra log file, not the screen
 _installed = False
+
+
+class ScreenFormatter(logging.Formatter):
+    """A progress line as it is; a warning or an error with its level in front."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname}: {text}"
+
+
+class ScreenFilter(logging.Filter):
+    """Keeps records logged with `extra=JOB_LOG_ONLY` off the screen."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "screen", True)
 
 
 def eta_text(seconds: float) -> str:

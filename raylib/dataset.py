@@ -116,7 +116,7 @@ def _file_dataset(cfg: Config) -> Dataset:
             listing = pool.iter_folder(data.root)
         n, left_out = _write_pool(listing, extra, test_manifest, pool_manifest)
         if left_out:
-            print(f"[data] {left_out} test image(s) found in the pool were left out of it", flush=True)
+            log.info(f"[data] {left_out} test image(s) found in the pool were left out of it")
         if n == 0:
             storage.delete(pool_manifest)
             raise DatasetError(f"data.root: no image (jpg, jpeg, png, bmp, webp) under '{data.root}'"

@@ -25,6 +25,7 @@ from raylib import storage
 PIL_MAX_PIXELS = 1 << 30
 Image.MAX_IMAGE_PIXELS = PIL_MAX_PIXELS
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # an image file this big is not a photo of a scene: refused unread
+DEFAULT_MAX_PIXELS = 40_000_000  # decode_image's limit where the caller gives none (data.max_pixels' default)
 # Header reads: most headers are in the first 64 KiB; a JPEG's EXIF/ICC segments (before its size) may
 # push it further, so a failed parse reads on, up to 1 MiB.
 HEAD_BYTES = (64 * 1024, 1024 * 1024)
@@ -78,6 +79,16 @@ def header_size(data: bytes, name: str) -> tuple[int, int]:
     return width, height
 
 
+def image_size(uri: str, name: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of the image at `uri` from its header, after the checks `decode_image` makes before
+    it decodes (file size, format, ICO frames, `max_pixels`; None: DEFAULT_MAX_PIXELS): what training
+    needs to know of a labelled image, without decoding it. Pixels that don't decode (a truncated scan)
+    are only found when the image is decoded."""
+    width, height = header_size(read_image_bytes(uri, name), name)
+    _check_pixels(width, height, name, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    return width, height
+
+
 def _check_icon_frames(data: bytes, name: str) -> None:
     """Refuse an ICO whose frames (read from each frame's own PNG/DIB header, as Pillow will decode
     them) are larger than an icon can be, before Image.open decodes one."""
@@ -114,7 +125,7 @@ def _header(data: bytes, name: str) -> tuple[int, int, str | None, str]:
         raise ImageError(f"image '{name}' has a corrupt header ({exc})") from exc
 
 
-def decode_image(data: bytes, name: str, max_pixels: int = 40_000_000) -> np.ndarray:
+def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Bytes -> HxWx3 uint8 BGR. Grayscale, palette, CMYK, alpha and 16-bit images are converted;
     truncated or corrupt files and images over `max_pixels` raise ImageError."""
     width, height = header_size(data, name)

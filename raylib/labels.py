@@ -21,7 +21,6 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from raylib import annotations, paths, pool, schemas, storage
 from raylib.config import LoopConfig
@@ -190,7 +189,7 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
         table, errors = ground_truth(ds, selected.to_pylist(), "pool")
         storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
     else:
-        uris = _selected_uris(pool.round_pool(rp, ds.pool_manifest), selected)
+        uris = pool.uris_of(pool.round_pool(rp, ds.pool_manifest), selected)
         delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names,
                                                loop.labelstudio_document_root)
         errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}
@@ -200,7 +199,7 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
         if not status.complete:
             raise LabelsPending(f"{status.message} (pre-annotations to correct: '{rp.preannotations}'; reasons "
                                 f"per image: '{rp.oracle_errors}'). Run the same command again when they are in.")
-        print(status.message, flush=True)
+        log.info(status.message)
         table = delivery.labels
     previous = storage.read_table(labels_uri, schema=schemas.LABELS) if labels_uri else schemas.empty(schemas.LABELS)
     new = assign_splits(table, loop.split, seed, round_added=rp.round_idx + 1)
@@ -214,13 +213,6 @@ def selected_ids(selection_uri: str) -> pa.Array:
     whole pool; no Python string per id)."""
     ids = pc.unique(storage.read_table(selection_uri, columns=["image_id"]).column("image_id"))
     return ids.take(pc.sort_indices(ids)).cast(pa.string())
-
-
-def _selected_uris(manifest_uri: str, ids: pa.Array) -> pa.Table:
-    """(image_id, uri) of the manifest rows whose image_id is in `ids`, read with a filter (never the
-    whole manifest) into Arrow, for the importers."""
-    fs, path = storage.resolve(manifest_uri)
-    return pq.read_table(path, filesystem=fs, columns=["image_id", "uri"], filters=pc.field("image_id").isin(ids))
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -239,9 +231,19 @@ def split_counts(labels_uri: str) -> dict[str, int]:
 
 def read_split(labels_uri: str, manifest_uri: str, split: str) -> tuple[pa.Table, list[tuple[str, str]], list[str]]:
     """Labels of `split`, their (image_id, uri) from the manifest, and the ids missing from it."""
-    labels = schemas.check(storage.read_table(labels_uri), schemas.LABELS, f"labels '{labels_uri}'")
-    labels = labels.filter(pc.equal(labels.column("split"), split))
-    ids = labels.column("image_id").to_pylist()
-    uris = pool.image_uris(manifest_uri, ids)
-    missing = [image_id for image_id in ids if image_id not in uris]
-    return labels, [(image_id, uris[image_id]) for image_id in ids if image_id in uris], missing
+    table = split_with_uris(labels_uri, manifest_uri, split)
+    ids, uris = table.column("image_id").to_pylist(), table.column("uri").to_pylist()
+    items = [(image_id, uri) for image_id, uri in zip(ids, uris) if uri is not None]
+    missing = [image_id for image_id, uri in zip(ids, uris) if uri is None]
+    return table.drop_columns(["uri"]), items, missing
+
+
+def split_with_uris(labels_uri: str, manifest_uri: str, split: str) -> pa.Table:
+    """The labels of `split` (LABELS columns, in the labels file's order) and `uri`, their image's URI in
+    the manifest (null: not in it): one join of the split's ids with the manifest, all in Arrow (training
+    workers take their shard of it without a Python object per image or per box)."""
+    table = schemas.check(storage.read_table(labels_uri), schemas.LABELS, f"labels '{labels_uri}'")
+    table = table.filter(pc.equal(table.column("split"), split))
+    uris = pool.uris_of(manifest_uri, table.column("image_id"))
+    found = pc.index_in(table.column("image_id"), value_set=uris.column("image_id").combine_chunks())
+    return table.append_column("uri", uris.column("uri").take(found))

@@ -10,6 +10,7 @@ one whole. All randomness is seeded from `cfg.seed`, so a resumed run selects wh
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from raylib import labels, paths, report, stages, storage, tracking
@@ -18,6 +19,8 @@ from raylib.dataset import Dataset, ensure_dataset
 from raylib.paths import RoundPaths
 from raylib.run_config import check_run_config
 from raylib.stage import run_stage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +43,7 @@ def run_loop(cfg: Config) -> LoopResult:
     ds = ensure_dataset(cfg)
     report.write_run_info(cfg.run_root, cfg, ds.class_names)
     labels.perf_test_labels(cfg.run_root, ds)
+    tracking.start_run(cfg)
     try:
         result = _rounds(cfg, ds)
     except BaseException:
@@ -48,7 +52,7 @@ def run_loop(cfg: Config) -> LoopResult:
     tracking.end_run(cfg)
     runs_root = paths.runs_root(cfg.run_root)
     report.compare_runs(runs_root, paths.comparison_dir(runs_root))
-    print(f"Loop stopped: {result.stopped_because}. Report: {result.report}", flush=True)
+    log.info(f"Loop stopped: {result.stopped_because}. Report: {result.report}")
     return result
 
 

@@ -22,6 +22,7 @@ import math
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from yolox.evaluators.voc_eval import voc_ap
 
 from raylib.schemas import BOX as BOX_COLUMNS
@@ -62,27 +63,62 @@ def ap50_per_class(detections: pd.DataFrame, ground_truth: pd.DataFrame, num_cla
 def match_detections(detections: pd.DataFrame, ground_truth: pd.DataFrame,
                      iou_threshold: float = IOU_THRESHOLD) -> np.ndarray:
     """Greedy VOC matching of one class: a TP flag per counted detection, in rank order (detections
-    whose best match is a difficult box are left out)."""
+    whose best match is a difficult box are left out).
+
+    A detection's best match is the box of its image with the highest IoU (the first in ground-truth
+    order on a tie), matched before or not, so the greedy pass needs no loop: a detection is a TP when
+    that IoU reaches the threshold, the box is not difficult and no higher-ranked detection has the same
+    best box (a second detection of a found object is a duplicate)."""
     order = np.argsort(-detections["score"].to_numpy(dtype=np.float64), kind="stable")
-    image_ids = detections["image_id"].to_numpy()[order]
-    boxes = detections[BOX].to_numpy(dtype=np.float64)[order]
-    objects = {image_id: (group[BOX].to_numpy(dtype=np.float64), group["difficult"].to_numpy(dtype=bool),
-                          np.zeros(len(group), dtype=bool))  # matched already
-               for image_id, group in ground_truth.groupby("image_id", sort=False)}
-    flags: list[bool] = []
-    for image_id, box in zip(image_ids, boxes):
-        if image_id not in objects:
-            flags.append(False)
-            continue
-        gt_boxes, difficult, matched = objects[image_id]
-        overlaps = box_iou(box, gt_boxes)
-        best = int(np.argmax(overlaps))
-        if overlaps[best] < iou_threshold:
-            flags.append(False)
-        elif not difficult[best]:
-            flags.append(not matched[best])  # a second detection of a found object is a duplicate
-            matched[best] = True
-    return np.asarray(flags, dtype=bool)
+    best, best_iou = best_matches(detections["image_id"].to_numpy()[order],
+                                  detections[BOX].to_numpy(dtype=np.float64)[order],
+                                  ground_truth["image_id"].to_numpy(), ground_truth[BOX].to_numpy(dtype=np.float64))
+    difficult = np.append(ground_truth["difficult"].to_numpy(dtype=bool), False)[best]  # best -1: no box
+    found = best_iou >= iou_threshold
+    hits = np.flatnonzero(found & ~difficult)
+    _, first = np.unique(best[hits], return_index=True)  # the highest-ranked detection of each box
+    is_tp = np.zeros(len(order), dtype=bool)
+    is_tp[hits[first]] = True
+    return is_tp[~(found & difficult)]
+
+
+def best_matches(image_ids: np.ndarray, boxes: np.ndarray, gt_image_ids: np.ndarray,
+                 gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `boxes` [n, 4], the index of the box of `gt_boxes` [m, 4] in the same image with the
+    highest IoU (the first on a tie; -1 where its image has none) and that IoU (-inf where none)."""
+    box_of, gt_of, starts = pairs_by_group(image_ids, gt_image_ids)
+    best_iou, pair = segment_max(pair_iou(boxes[box_of], gt_boxes[gt_of]), starts)
+    best = np.full(len(boxes), -1)
+    best[pair >= 0] = gt_of[pair[pair >= 0]]
+    return best, best_iou
+
+
+def segment_max(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum of each segment values[starts[i]:starts[i + 1]] and the position in `values` of its first
+    occurrence, as np.max and np.argmax give them; -inf and -1 for an empty segment."""
+    n = len(starts) - 1
+    best, position = np.full(n, -np.inf), np.full(n, -1)
+    filled = np.flatnonzero(np.diff(starts))
+    if len(filled):
+        best[filled] = np.maximum.reduceat(values, starts[filled])
+        at_max = (values == np.repeat(best, np.diff(starts))) | np.isnan(values)  # a NaN: np.argmax's pick too
+        position[filled] = np.minimum.reduceat(np.where(at_max, np.arange(len(values)), len(values)), starts[filled])
+    return best, position
+
+
+def pairs_by_group(groups: np.ndarray, gt_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (box, ground-truth box) pair of the same group (e.g. image), as index arrays grouped by box in
+    box order, ground truth in its own order within a box; and `starts` [n + 1]: box i's pairs are
+    starts[i]:starts[i + 1]. Memory: one entry per pair (boxes x ground truth per group)."""
+    codes, _ = pd.factorize(np.concatenate([gt_groups, groups]))
+    gt_code, code = codes[:len(gt_groups)], codes[len(gt_groups):]
+    gt_order = np.argsort(gt_code, kind="stable")  # ground truth by group, each group in its own order
+    first_gt = np.searchsorted(gt_code[gt_order], code)
+    counts = np.bincount(gt_code, minlength=codes.max(initial=-1) + 1)[code]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    box_of = np.repeat(np.arange(len(groups)), counts)
+    within = np.arange(starts[-1]) - starts[:-1][box_of]  # position among its box's pairs
+    return box_of, gt_order[first_gt[box_of] + within], starts
 
 
 def average_precision(is_tp: np.ndarray, n_positive: int) -> float:
@@ -95,20 +131,25 @@ def average_precision(is_tp: np.ndarray, n_positive: int) -> float:
     return float(voc_ap(tp / n_positive, precision, use_07_metric=False))
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one x1y1x2y2 box against [n, 4] boxes, continuous coordinates (no +1)."""
-    inter_w = np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
-    inter_h = np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None)
+def pair_iou(boxes: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """IoU of each x1y1x2y2 box of `boxes` [n, 4] with the box in the same row of `other` [n, 4],
+    continuous coordinates (no +1)."""
+    inter_w = np.clip(np.minimum(other[:, 2], boxes[:, 2]) - np.maximum(other[:, 0], boxes[:, 0]), 0, None)
+    inter_h = np.clip(np.minimum(other[:, 3], boxes[:, 3]) - np.maximum(other[:, 1], boxes[:, 1]), 0, None)
     inter = inter_w * inter_h
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    union = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+             + (other[:, 2] - other[:, 0]) * (other[:, 3] - other[:, 1]) - inter)
     return inter / np.maximum(union, np.finfo(np.float64).eps)
 
 
 def labels_to_ground_truth(labels: pa.Table) -> pd.DataFrame:
-    """LABELS rows (image_id, objects) -> one ground-truth row per object; an image without objects
-    gives no row (its detections are all false positives)."""
-    image_ids, objects = labels.column("image_id").to_pylist(), labels.column("objects").to_pylist()
-    rows = [{"image_id": image_id, **obj} for image_id, objs in zip(image_ids, objects) for obj in objs or []]
-    return pd.DataFrame(rows, columns=GROUND_TRUTH_COLUMNS).astype(
+    """LABELS rows (image_id, objects) -> one ground-truth row per object, built from the Arrow columns; an
+    image without objects gives no row (its detections are all false positives)."""
+    objects = labels.column("objects").combine_chunks()
+    flat = pc.list_flatten(objects)
+    columns = {"image_id": labels.column("image_id").take(pc.list_parent_indices(objects)),
+               **{name: pc.struct_field(flat, name) for name in GROUND_TRUTH_COLUMNS[1:]}}
+    return pd.DataFrame({name: column.to_numpy(zero_copy_only=False) for name, column in columns.items()},
+                        columns=GROUND_TRUTH_COLUMNS).astype(
         {"class_id": np.int64, "x1": np.float64, "y1": np.float64, "x2": np.float64, "y2": np.float64,
          "difficult": bool})

@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.acero as acero
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from raylib import paths, schemas, storage
 from raylib.config import ConfigError
@@ -287,12 +286,17 @@ def iter_manifest(uri: str, batch_size: int = 65_536) -> Iterator[pa.RecordBatch
 
 def image_uris(manifest_uri: str, image_ids: list[str]) -> dict[str, str]:
     """image_id -> uri for `image_ids`, reading only the matching rows of the (possibly huge) manifest."""
-    if not image_ids:
-        return {}
-    fs, path = storage.resolve(manifest_uri)
-    table = pq.read_table(path, filesystem=fs, columns=["image_id", "uri"],
-                          filters=pc.field("image_id").isin(pa.array(sorted(set(image_ids)), pa.string())))
+    table = uris_of(manifest_uri, pa.array(sorted(set(image_ids)), pa.string()))
     return dict(zip(table.column("image_id").to_pylist(), table.column("uri").to_pylist()))
+
+
+def uris_of(manifest_uri: str, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """(image_id, uri) of the manifest rows whose image_id is in `ids`, in the manifest's order, in Arrow:
+    one hash join (`_rows_in`). A Parquet read with an `isin` filter hashes `ids` again for every batch:
+    6.6 s vs 1.4 s for 7x10^5 of 10^6 ids."""
+    if not len(ids):
+        return pa.table({"image_id": pa.array([], pa.string()), "uri": pa.array([], pa.string())})
+    return _rows_in(manifest_uri, pa.table({"image_id": ids}), ["image_id", "uri"]).select(["image_id", "uri"])
 
 
 def round_pool(rp: paths.RoundPaths, pool_manifest: str) -> str:
@@ -325,28 +329,34 @@ def _labelled_parts(labelled: str | Iterable[str]) -> Iterator[pa.Table]:
 
 
 def _labelled_rows(manifest_uri: str, labelled: pa.Table) -> np.ndarray:
-    """Positions (row numbers) of the manifest rows whose image_id is in `labelled`: one Acero hash
-    join (left semi) of the streamed id column against a hash table of `labelled` built once.
-    Memory: that hash table and one int64 per labelled pool row, never the pool's ids."""
-    schema = pa.schema([pa.field("image_id", pa.string()), pa.field("row", pa.int64())])
+    """Positions (row numbers) of the manifest rows whose image_id is in `labelled`."""
+    return _rows_in(manifest_uri, labelled, []).column("row").to_numpy()
+
+
+def _rows_in(manifest_uri: str, ids: pa.Table, columns: list[str]) -> pa.Table:
+    """`columns` and the position (`row`) of the manifest rows whose image_id is in `ids`, in the
+    manifest's order: one Acero hash join (left semi) of the streamed manifest against a hash table of
+    `ids` built once. Memory: that hash table and the rows found, never the pool's ids."""
+    read = ["image_id", *[name for name in columns if name != "image_id"]]
+    schema = pa.schema([*[pa.field(name, schemas.POOL.field(name).type) for name in read], pa.field("row", pa.int64())])
 
     def numbered() -> Iterator[pa.RecordBatch]:
         start = 0
-        for batch in storage.iter_parquet_batches(manifest_uri, columns=["image_id"]):
+        for batch in storage.iter_parquet_batches(manifest_uri, columns=read):
             n = batch.num_rows
-            yield pa.RecordBatch.from_arrays([batch.column(0).cast(pa.string()),
+            yield pa.RecordBatch.from_arrays([*[batch.column(name).cast(schema.field(name).type) for name in read],
                                               pa.array(np.arange(start, start + n, dtype=np.int64))], schema=schema)
             start += n
 
     source = acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(
         pa.RecordBatchReader.from_batches(schema, numbered())))
     build = acero.Declaration("table_source", acero.TableSourceNodeOptions(
-        labelled.select(["image_id"]).cast(pa.schema([pa.field("image_id", pa.string())]))))
+        ids.select(["image_id"]).cast(pa.schema([pa.field("image_id", pa.string())]))))
     join = acero.Declaration("hashjoin", acero.HashJoinNodeOptions("left semi", ["image_id"], ["image_id"],
-                                                                         left_output=["row"]),
+                                                                         left_output=[*columns, "row"]),
                              inputs=[source, build])
-    rows = [batch.column("row").to_numpy() for batch in join.to_reader(use_threads=True)]
-    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    rows = join.to_table(use_threads=True)  # in no particular order (threads)
+    return rows.take(pc.sort_indices(rows.column("row")))
 
 
 def write_labelled(manifest_uri: str, labelled: str, out_uri: str) -> int:

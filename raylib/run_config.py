@@ -13,6 +13,7 @@ Identical -> resume. Keys fall in three kinds:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from omegaconf import OmegaConf
 
 from raylib import paths, storage
 from raylib.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
 
 NOT_COMPARED = ("run_root", "round_idx", "accept_new_values")
 EXECUTION_KEYS = (
@@ -118,10 +121,10 @@ def check_run_config(cfg: Config) -> None:
     if by_kind["between_rounds"]:
         _record_changes(cfg, by_kind["between_rounds"])
         storage.write_text(uri, to_yaml(cfg))
-        print(f"continuing {cfg.run_root} with new values (recorded in {paths.config_changes(cfg.run_root)}):\n"
-              + "\n".join(lines), flush=True)
+        log.info(f"continuing {cfg.run_root} with new values (recorded in {paths.config_changes(cfg.run_root)}):\n"
+                 + "\n".join(lines))
     else:
-        print("resuming with other execution settings (results unchanged):\n" + "\n".join(lines), flush=True)
+        log.info("resuming with other execution settings (results unchanged):\n" + "\n".join(lines))
 
 
 def _record_changes(cfg: Config, changes: dict[str, tuple[Any, Any]]) -> None:

@@ -148,9 +148,9 @@ def report_progress(dataset: Any, label: str, total: int, operator: str, interva
                 self.first_out = (time.time(), rows)
             if time.time() - self.printed >= interval_s:
                 self.printed = time.time()
-                print(self._line(executor, final=False), flush=True)
+                log.info(self._line(executor, final=False))
 
         def after_execution_succeeds(self, executor: Any) -> None:
-            print(self._line(executor, final=True), flush=True)
+            log.info(self._line(executor, final=True))
 
     dataset.context.custom_execution_callback_classes.append(Progress)

@@ -24,12 +24,12 @@ def run_stage(rp: RoundPaths, stage: str, work: Callable[[], dict]) -> dict:
         log.info("round %d: %s already committed, skipping", rp.round_idx, stage)
         return json.loads(storage.read_text(marker))
     started = time.time()
-    print(f"[round {rp.round_idx}] {stage} ...", flush=True)
+    log.info(f"[round {rp.round_idx}] {stage} ...")
     summary = work() or {}
     summary = {**summary, "seconds": round(time.time() - started, 2)}
     storage.write_text(marker, json.dumps(summary, default=str))
-    print(f"[round {rp.round_idx}] {stage} done in {summary['seconds']:.1f}s: "
-          f"{ {k: v for k, v in summary.items() if k != 'seconds'} }", flush=True)
+    log.info(f"[round {rp.round_idx}] {stage} done in {summary['seconds']:.1f}s: "
+             f"{ {k: v for k, v in summary.items() if k != 'seconds'} }")
     return summary
 
 

@@ -224,18 +224,26 @@ def log_report(cfg: Config, report_dir: str) -> None:
         client.log_artifacts(run_id, local, "report")
 
 
+def start_run(cfg: Config) -> None:
+    """Create the run's MLflow run, or mark a resumed one RUNNING again (`logger=mlflow` only)."""
+    if cfg.logger.kind == "mlflow":
+        client = _mlflow_client(cfg)
+        client.update_run(mlflow_run_id(cfg, client), "RUNNING")
+
+
 def end_run(cfg: Config, status: str = "FINISHED") -> None:
-    """Mark the MLflow run FINISHED or FAILED (`logger=mlflow` only); a resumed run is RUNNING again."""
+    """Mark the MLflow run FINISHED or FAILED (`logger=mlflow` only)."""
     if cfg.logger.kind == "mlflow":
         client = _mlflow_client(cfg)
         client.set_terminated(mlflow_run_id(cfg, client), status)
 
 
 def _mlflow_client(cfg: Config):
-    # MLflow and Alembic log each database migration at INFO: not the user's business.
+    from mlflow import MlflowClient
+
+    # MLflow (which sets its level when imported) and Alembic log each database migration at INFO.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    from mlflow import MlflowClient
 
     uri = mlflow_tracking_uri(cfg)
     if uri.startswith("sqlite:///"):

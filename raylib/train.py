@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raylib import labels, paths, storage, tracking
+from raylib import console, labels, paths, storage, tracking
 from raylib.checkpoints import NO_VAL_SCORE, read_checkpoint_file
 from raylib.config import Config
 from raylib.train_worker import WorkerArgs, train_loop_per_worker
+
+log = logging.getLogger(__name__)
 
 RUN_NAME = "train"  # Ray Train experiment name under <out_dir>/ray
 
@@ -94,6 +97,10 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     storage.write_bytes(weights_uri, read_checkpoint_file(best_checkpoint, paths.WEIGHTS_FILE))
     history = json.loads(read_checkpoint_file(result.checkpoint, paths.TRAIN_HISTORY_FILE))
     storage.write_text(paths.train_history(out_dir), json.dumps(history, indent=2))
+    for entry in history:  # the job log's copy of the epochs rank 0 printed (the screen had them from Ray)
+        val = "-" if entry["val_map50"] == NO_VAL_SCORE else f"{entry['val_map50']:.4f}"
+        log.info(f"[train] epoch {entry['epoch']}/{tc.epochs}  loss {entry['loss']:.3f}  lr {entry['lr']:.2e}  "
+                 f"{entry['train_images_per_s']:.1f} img/s  val mAP50 {val}", extra=console.JOB_LOG_ONLY)
     best_map50 = best_metrics["val_map50"]
     return TrainResult(
         weights_uri=weights_uri,

@@ -15,9 +15,13 @@ flag (the package's `YoloBatchSampler`) and its own augmentation seed from (seed
 epoch's batches are the same with any worker count and after a resume. Decoded, resized images are kept
 as .npy files next to the copies (a mosaic + mixup item reads 5 images).
 
-Images are decoded by `raylib.detect.read_image`, the decoder scoring uses; a labelled image that can't
-be read, decoded or is over `max_pixels` is logged and left out. Images labelled with zero objects are
-trained on as background.
+Images are decoded by `raylib.detect.read_image`, the decoder scoring uses. A shard's sizes come from the
+images' headers (`images.image_size`, the checks the decoder makes before decoding): a labelled image that
+can't be read, has no readable header or is over `max_pixels` is logged and left out. (Decoding every image
+there only to learn its size doubled a first epoch's decoding.) So an image whose header reads but whose
+pixels don't (a truncated scan; scoring has already decoded every image a round selects, so this is a seed
+set's or `data.labelled`'s image) stops training at its first use, with a message naming it. Images
+labelled with zero objects are trained on as background.
 """
 from __future__ import annotations
 
@@ -33,17 +37,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from yolox.data import MosaicDetection, TrainTransform, YoloBatchSampler
 from yolox.data.datasets import Dataset as YoloxDataset
 
-from raylib import detect, labels, storage
+from raylib import detect, images, labels, storage
 from raylib.config import Config
 from raylib.images import ImageError
 
 log = logging.getLogger(__name__)
 
 MAX_LABELS = 120  # TrainTransform(max_labels=120), as in YoloxConfig.get_data_loader
+TARGET_FIELDS = ("x1", "y1", "x2", "y2", "class_id")  # a Sample's target columns, from schemas.OBJECT
 FETCH_THREADS = 8
 
 
@@ -76,25 +82,46 @@ class ImageCache:
 
 def load_split(labels_uri: str, manifest_uri: str, split: str, rank: int = 0, world_size: int = 1,
                cache: ImageCache | None = None, max_pixels: int | None = None) -> tuple[list[Sample], pa.Table]:
-    """This rank's shard of `split`: copied to `cache`, decoded once to check it and get its size.
+    """This rank's shard of `split`: copied to `cache`, its size read from the header (not decoded).
 
     Returns (samples of the shard, labels of the whole split). Images that are missing from the manifest,
-    fail to copy or decode, or are over `max_pixels` are logged and left out; an empty split gives an
-    empty shard.
+    fail to copy, have no readable header, or are over `max_pixels` are logged and left out; an empty
+    split gives an empty shard. The split's URIs come from one join and the shard's targets from Arrow
+    columns: a worker makes Python objects for its own shard only.
     """
-    split_labels, items, missing = labels.read_split(labels_uri, manifest_uri, split)
-    if missing:
+    table = labels.split_with_uris(labels_uri, manifest_uri, split)
+    found = table.filter(pc.is_valid(table.column("uri")))
+    if found.num_rows < table.num_rows:
+        missing = table.filter(pc.is_null(table.column("uri"))).column("image_id")
         log.warning("%d %s image(s) are not in manifest %s, e.g. %s; skipped", len(missing), split,
-                    manifest_uri, missing[:3])
-    items = sorted(items)
-    shard = items[rank::world_size]
-    if not shard and items and split == "train":
-        shard = [items[rank % len(items)]]  # fewer images than workers: every rank still needs data
-    objects = dict(zip(split_labels.column("image_id").to_pylist(), split_labels.column("objects").to_pylist()))
-    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:  # copies in threads, decoding here (detect.py)
-        fetched = list(pool.map(lambda item: _fetch(item, cache), shard))
-    samples = [_sample(item, path, objects[item[0]], max_pixels) for item, path in zip(shard, fetched)]
-    return [s for s in samples if s is not None], split_labels
+                    manifest_uri, missing.slice(0, 3).to_pylist())
+    shard = found.take(_shard_rows(found, rank, world_size, split))
+    items = list(zip(shard.column("image_id").to_pylist(), shard.column("uri").to_pylist()))
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:  # copies in threads
+        fetched = list(pool.map(lambda item: _fetch(item, cache), items))
+    samples = [_sample(item, path, targets, max_pixels)
+               for item, path, targets in zip(items, fetched, _targets(shard.column("objects")))]
+    return [s for s in samples if s is not None], table.drop_columns(["uri"])
+
+
+def _shard_rows(found: pa.Table, rank: int, world_size: int, split: str) -> np.ndarray:
+    """Rows of `found` for this rank: every world_size-th in (image_id, uri) order."""
+    order = pc.sort_indices(found, sort_keys=[("image_id", "ascending"), ("uri", "ascending")]).to_numpy()
+    shard = order[rank::world_size]
+    if not len(shard) and len(order) and split == "train":
+        shard = order[[rank % len(order)]]  # fewer images than workers: every rank still needs data
+    return shard
+
+
+def _targets(objects: pa.ChunkedArray) -> list[np.ndarray]:
+    """Each image's boxes as float32 [n, 5] (x1, y1, x2, y2, class_id), built column-wise: one array for
+    all of them, split by image (views, in row order)."""
+    objects = objects.combine_chunks()
+    flat = pc.list_flatten(objects)
+    boxes = np.stack([pc.struct_field(flat, name).to_numpy(zero_copy_only=False).astype(np.float32)
+                      for name in TARGET_FIELDS], axis=1).reshape(-1, len(TARGET_FIELDS))
+    counts = pc.list_value_length(objects).fill_null(0).to_numpy()
+    return np.split(boxes, np.cumsum(counts)[:-1]) if len(counts) else []
 
 
 def _fetch(item: tuple[str, str], cache: ImageCache | None) -> str | OSError:
@@ -104,17 +131,15 @@ def _fetch(item: tuple[str, str], cache: ImageCache | None) -> str | OSError:
         return exc
 
 
-def _sample(item: tuple[str, str], path: str | OSError, objects: list[dict], max_pixels: int | None) -> Sample | None:
+def _sample(item: tuple[str, str], path: str | OSError, targets: np.ndarray, max_pixels: int | None) -> Sample | None:
     image_id, uri = item
     try:
         if isinstance(path, OSError):
             raise path
-        height, width = detect.read_image(path, image_id, max_pixels).shape[:2]
+        width, height = images.image_size(path, image_id, max_pixels)
     except (OSError, ImageError) as exc:
         log.warning("labelled image '%s' (%s) left out of training: %s", image_id, uri, exc)
         return None
-    targets = np.array([[o["x1"], o["y1"], o["x2"], o["y2"], o["class_id"]] for o in objects or []],
-                       dtype=np.float32).reshape(-1, 5)
     return Sample(image_id, path, targets, height, width)
 
 
@@ -158,7 +183,11 @@ class LabelledImages(YoloxDataset):
         cached = self.resized.path_for(f"{sample.path}@{self.input_dim[0]}") + ".npy" if self.resized else None
         if cached and os.path.exists(cached):
             return np.load(cached)
-        image = detect.read_image(sample.path, sample.image_id, self.max_pixels)
+        try:
+            image = detect.read_image(sample.path, sample.image_id, self.max_pixels)
+        except ImageError as exc:
+            raise ImageError(f"{exc} (a labelled image in training: load_split checked its header only; replace "
+                             "the file or drop the image from the labels, and train again)") from exc
         ratio = self._ratio(index)
         image = cv2.resize(image, (int(sample.width * ratio), int(sample.height * ratio)),
                            interpolation=cv2.INTER_LINEAR)

@@ -120,6 +120,11 @@ def test_loop_job_writes_every_round_output_calibration_and_the_report(reference
     _, runs, log = reference
     logs = open(log).read()
     assert "[train] epoch 1/1" in logs and "Loop stopped: 2 rounds done" in logs
+    # The point's Hydra job log holds what the screen showed, the workers' epoch lines included.
+    job_log = open(os.path.join(os.path.dirname(log), "hydra_multi", "0", "loop.log")).read()
+    for line in ("[raylib.stage][INFO] - [round 1] train ...", "[raylib.train][INFO] - [train] epoch 1/1  loss",
+                 "[raylib.loop][INFO] - Loop stopped: 2 rounds done"):
+        assert line in job_log, job_log[-3000:]
     run_root = str(runs / "cls_iou_synthetic")
     for r in range(ROUNDS):  # the IoU-aware model of every round, calibrated on val
         summary = json.loads(open(RoundPaths(run_root, r).calibration_summary).read())

@@ -3,6 +3,7 @@ result-relevant values is refused with one line per key and the ways out."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -25,11 +26,12 @@ def test_first_run_stores_the_resolved_config(tmp_path):
     assert stored["strategy"]["k"] == 7 and stored["model"]["size"] == "s" and stored["run_root"] == str(tmp_path)
 
 
-def test_identical_rerun_resumes_silently(tmp_path, capsys):
+def test_identical_rerun_resumes_silently(tmp_path, caplog):
     check_run_config(_cfg(tmp_path))
     before = (tmp_path / "config.yaml").read_text()
-    check_run_config(_cfg(tmp_path))
-    assert capsys.readouterr().out == "" and (tmp_path / "config.yaml").read_text() == before
+    with caplog.at_level(logging.INFO, logger="raylib"):
+        check_run_config(_cfg(tmp_path))
+    assert caplog.text == "" and (tmp_path / "config.yaml").read_text() == before
 
 
 def test_a_changed_run_key_is_refused_with_one_line_per_key(tmp_path):
@@ -64,10 +66,11 @@ def test_more_rounds_need_accept_new_values_and_are_recorded(tmp_path):
     check_run_config(_cfg(tmp_path, loop=LoopConfig(rounds=6, seed_size=60)))
 
 
-def test_execution_settings_may_change(tmp_path, capsys):
+def test_execution_settings_may_change(tmp_path, caplog):
     check_run_config(_cfg(tmp_path))
-    check_run_config(_cfg(tmp_path, cluster=ClusterConfig(num_cpus=2)))
-    assert "cluster.num_cpus: None -> 2" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="raylib"):
+        check_run_config(_cfg(tmp_path, cluster=ClusterConfig(num_cpus=2)))
+    assert "cluster.num_cpus: None -> 2" in caplog.text
 
 
 def test_a_key_added_to_the_schema_since_counts_as_its_default(tmp_path):

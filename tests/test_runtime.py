@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import numpy as np
@@ -25,14 +26,15 @@ class CountingScorer:
         return {"id": batch["id"] * 2}
 
 
-def test_report_progress_prints_images_done_of_total(ray_session, capsys):
+def test_report_progress_logs_images_done_of_total(ray_session, caplog):
     import ray.data
 
     dataset = ray.data.range(40).map_batches(CountingScorer, batch_size=8, num_cpus=0.5,
                                              compute=ray.data.ActorPoolStrategy(size=1))
     runtime.report_progress(dataset, "score", total=40, operator="CountingScorer", interval_s=3600)
-    assert dataset.count() == 40
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[score]")]
+    with caplog.at_level(logging.INFO, logger="raylib"):
+        assert dataset.count() == 40
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("[score]")]
     assert len(lines) == 1 and re.fullmatch(r"\[score\] 40/40 images in [0-9.]+ s, [0-9.]+ img/s", lines[0]), lines
 
 
