@@ -21,6 +21,7 @@ MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random", "cls_iou_diverse", "kcenter")
 ORACLES = ("simulate", "external")
 LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (raylib/annotations.py)
+SEED_STRATEGIES = ("random", "kcenter", "typical")  # loop.seed_strategy (raylib/stages.py seed_ids)
 LOGGERS = ("none", "tensorboard", "mlflow")  # experiment tracking (raylib/tracking.py)
 
 
@@ -243,8 +244,9 @@ class EvalConfig:
 class LoopConfig:
     rounds: int = 10  # the seed's (6.5): 10 rounds, a seed set of 2,000 images
     seed_size: int = 2000
-    # Round 0's seed set: random (uniform), or kcenter: strategy.pool_factor x seed_size random candidates
-    # embedded by model.weights (a start model), of which k-center greedy keeps seed_size, spread out.
+    # Round 0's seed set: random (uniform), or strategy.pool_factor x seed_size random candidates embedded
+    # by model.weights (a start model), of which seed_size are kept: kcenter: spread out (k-center greedy);
+    # typical: the most typical image of each of seed_size k-means clusters (TypiClust).
     seed_strategy: str = "random"
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test of the labelled set
     oracle: str = "simulate"
@@ -261,8 +263,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         _require(self.rounds > 0, f"loop.rounds must be > 0, got {self.rounds}")
         _require(self.seed_size > 0, f"loop.seed_size must be > 0, got {self.seed_size}")
-        _require(self.seed_strategy in ("random", "kcenter"),
-                 f"loop.seed_strategy must be random or kcenter, got '{self.seed_strategy}'")
+        _require(self.seed_strategy in SEED_STRATEGIES,
+                 f"loop.seed_strategy must be one of {SEED_STRATEGIES}, got '{self.seed_strategy}'")
         _require(abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0, "loop.split must be 3 fractions summing to 1")
         _require(self.oracle in ORACLES, f"loop.oracle must be one of {ORACLES}, got '{self.oracle}'")
         _require(self.oracle != "external" or bool(self.labels_in), "loop.labels_in is required for the external oracle")

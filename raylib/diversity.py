@@ -1,4 +1,5 @@
-"""k-center greedy on image embeddings: the diversity half of `strategy=cls_iou_diverse` and `kcenter`.
+"""k-center greedy on image embeddings: the diversity half of `strategy=cls_iou_diverse` and `kcenter`;
+and TypiClust's typical picks for a cold start (`loop.seed_strategy=typical`).
 
 Selection (raylib.select) hands over each class's candidates, most informative first; `k_center_greedy`
 picks k of them so that every candidate is close to a pick (Sener & Savarese, 2018; PPAL's second
@@ -45,6 +46,58 @@ def k_center_greedy(embeddings: np.ndarray, k: int, nearest: np.ndarray | None =
         nearest = np.minimum(nearest, 1.0 - unit @ unit[pick])
         nearest[picks] = -np.inf  # never picked twice, even when every distance is 0
     return np.array(picks, dtype=np.int64)
+
+
+def typical_picks(embeddings: np.ndarray, k: int, seed: int, neighbours: int = 20,
+                  iterations: int = 50) -> np.ndarray:
+    """Indexes of min(k, n) rows of `embeddings` [n, d]: the most typical row of each of k k-means
+    clusters (TypiClust, Hacohen et al. 2022: at a cold start, a model learns most from images that
+    are dense in the data and cover its modes; uncertainty and k-center pick outliers there). Typicality
+    is the inverse mean distance to a row's `neighbours` nearest rows in its cluster. Rows are unit
+    vectors (cosine, as k_center_greedy); k-means++ from `seed`, so the picks are a function of the rows,
+    their order and the seed. Memory: n x k distances."""
+    n = len(embeddings)
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    unit = _unit(embeddings)
+    assign = _k_means(unit, k, np.random.default_rng(seed), iterations)
+    picks = []
+    for cluster in range(k):
+        members = np.flatnonzero(assign == cluster)
+        if len(members) == 0:
+            continue
+        distance = np.sqrt(np.maximum(2.0 - 2.0 * unit[members] @ unit[members].T, 0.0))
+        nearest = np.sort(distance, axis=1)[:, 1:1 + neighbours]  # column 0: the row itself
+        typicality = 1.0 / np.maximum(nearest.mean(axis=1), 1e-12) if nearest.size else np.ones(len(members))
+        picks.append(int(members[np.argmax(typicality)]))  # ties: the lower index
+    return np.array(picks, dtype=np.int64)
+
+
+def _k_means(unit: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> np.ndarray:
+    """Each row's cluster of k (Lloyd's, k-means++ seeding on squared distances); an emptied cluster
+    takes the row farthest from its centre, so all k stay in use while n >= k."""
+    centres = [int(rng.integers(len(unit)))]
+    closest = np.maximum(2.0 - 2.0 * unit @ unit[centres[0]], 0.0)
+    for _ in range(1, k):
+        weights = closest / closest.sum() if closest.sum() > 0 else np.full(len(unit), 1.0 / len(unit))
+        centres.append(int(rng.choice(len(unit), p=weights)))
+        closest = np.minimum(closest, np.maximum(2.0 - 2.0 * unit @ unit[centres[-1]], 0.0))
+    centre = unit[centres].copy()
+    assign = np.full(len(unit), -1)
+    for _ in range(iterations):
+        squared = (unit * unit).sum(1)[:, None] - 2.0 * unit @ centre.T + (centre * centre).sum(1)[None, :]
+        new = np.argmin(squared, axis=1)
+        for empty in np.setdiff1d(np.arange(k), new):  # from a cluster of 2 or more (one exists: n >= k)
+            gap = squared[np.arange(len(unit)), new]
+            gap[np.bincount(new, minlength=k)[new] < 2] = -np.inf
+            new[int(np.argmax(gap))] = empty
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        for cluster in range(k):
+            centre[cluster] = unit[assign == cluster].mean(axis=0)
+    return assign
 
 
 def _batches(uri: str, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:

@@ -129,15 +129,16 @@ def _select_seed(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
 def seed_ids(cfg: Config, ds: Dataset) -> list[str]:
     """Round 0's seed images (`loop.seed_strategy`): `loop.seed_size` uniform random pool images, or
-    (kcenter) `strategy.pool_factor` x as many random candidates embedded by the start model
-    (`model.weights`), of which k-center greedy keeps `loop.seed_size`, spread out (a candidate that
-    can't be read is left out). Memory: the candidates', never the pool's."""
+    `strategy.pool_factor` x as many random candidates embedded by the start model (`model.weights`),
+    of which `loop.seed_size` are kept: spread out (kcenter: k-center greedy) or the most typical of
+    as many clusters (typical: TypiClust). A candidate that can't be read is left out. Memory: the
+    candidates', never the pool's."""
     loop = cfg.loop
     if loop.seed_strategy == "random":
         return labels.sample_ids(ds.pool_manifest, loop.seed_size, cfg.seed)
     if not cfg.model.weights:
-        raise ConfigError("loop.seed_strategy=kcenter needs model.weights: the start model whose features "
-                          "spread the seed set (a model that has not trained sees every image alike)")
+        raise ConfigError(f"loop.seed_strategy={loop.seed_strategy} needs model.weights: the start model whose "
+                          "features place the seed set (a model that has not trained sees every image alike)")
     candidates = labels.sample_ids(ds.pool_manifest, loop.seed_size * cfg.strategy.pool_factor, cfg.seed)
     at = RoundPaths(cfg.run_root, paths.SEED_ROUND).candidate_scoring
     uris = pool.image_uris(ds.pool_manifest, candidates)
@@ -148,7 +149,9 @@ def seed_ids(cfg: Config, ds: Dataset) -> list[str]:
     ok = storage.read_table(at.embeddings, columns=["image_id"]).column("image_id").to_pylist()
     vectors = diversity.read_embeddings(at.embeddings, ok)
     readable = [i for i in candidates if i in vectors]  # sample order: sorted ids
-    picks = diversity.k_center_greedy(np.stack([vectors[i] for i in readable]), loop.seed_size) if readable else []
+    rows = np.stack([vectors[i] for i in readable]) if readable else np.zeros((0, 1), np.float32)
+    picks = (diversity.k_center_greedy(rows, loop.seed_size) if loop.seed_strategy == "kcenter"
+             else diversity.typical_picks(rows, loop.seed_size, cfg.seed))
     return sorted(readable[p] for p in picks)
 
 

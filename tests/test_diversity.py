@@ -1,4 +1,5 @@
-"""Diversity strategies (issue 26): k-center greedy picks, and per-class selection through it.
+"""Diversity strategies (issue 26): k-center greedy picks, per-class selection through it, and TypiClust's
+typical picks for a cold start.
 
 Geometry is planted by hand: near-duplicate images point the same way, distinct ones are orthogonal, so
 which images a spread-out pick must take is known without running the code under test."""
@@ -11,7 +12,7 @@ import pytest
 
 from raylib import labels, schemas, storage
 from raylib.config import StrategyConfig
-from raylib.diversity import k_center_greedy
+from raylib.diversity import k_center_greedy, typical_picks
 from raylib.paths import RoundPaths
 from raylib.select import select_round
 from tests.helpers import write_detection_parts
@@ -114,8 +115,32 @@ def test_a_candidate_without_an_embedding_is_a_clear_error(tmp_path):
         _selected(rp, name="cls_iou_diverse")
 
 
+def test_typical_picks_the_dense_core_of_each_cluster_never_an_outlier():
+    """Three clusters of 6, 10 and 15 rows round axes 0, 1, 2: a core row on the axis, rows around it at
+    0.05 in +-other axes (symmetric, so the core has the smallest mean distance to its neighbours) and
+    one outlier at 0.3 off the axis. One pick per cluster: its core, wherever the rows are."""
+    rows, cores = [], []
+    for axis, size in ((0, 6), (1, 10), (2, 15)):
+        cores.append(len(rows))
+        rows.append(_direction(axis))
+        others = [b for b in range(DIM) if b != axis]
+        for j in range(size - 2):
+            offset = np.zeros(DIM, np.float32)
+            offset[others[(j // 2) % len(others)]] = 0.05 if j % 2 == 0 else -0.05
+            rows.append(_direction(axis) + offset)
+        outlier = _direction(axis)
+        outlier[others[0]] += 0.3
+        rows.append(outlier)
+    order = np.random.default_rng(7).permutation(len(rows))  # the picks don't come from row order
+    shuffled = np.stack(rows)[order] * 3.0  # nor from lengths (cosine)
+    picks = typical_picks(shuffled, 3, seed=0)
+    assert sorted(order[picks].tolist()) == cores
+    assert np.array_equal(typical_picks(shuffled, 3, seed=0), picks)  # a function of rows, order and seed
+    assert len(typical_picks(shuffled[:2], 5, seed=0)) == 2 and len(typical_picks(shuffled, 0, seed=0)) == 0
+
+
 def test_kcenter_seed_set_never_takes_a_duplicate_while_another_image_is_left(tmp_path, ray_session):
-    """`loop.seed_strategy=kcenter`: 9 byte-identical copies of one scene and 3 other scenes; a seed set
+    """`loop.seed_strategy=kcenter` (and typical): 9 byte-identical copies of one scene and 3 other scenes; a seed set
     of 4 spread over the start model's embeddings is one copy and the 3 others (copies are at distance
     0 from each other, whatever the model). Without model.weights: refused in one line."""
     import io
@@ -148,5 +173,8 @@ def test_kcenter_seed_set_never_takes_a_duplicate_while_another_image_is_left(tm
     cfg = replace(cfg, model=replace(cfg.model, weights=confident_weights(str(tmp_path / "w.pt"))))
     chosen = stages.seed_ids(cfg, ds)
     assert len(chosen) == 4 and sum(i.startswith("copy_") for i in chosen) == 1, chosen
+    # typical: 4 clusters of the candidates are the copies and each other scene: one typical image each.
+    typical = stages.seed_ids(replace(cfg, loop=replace(cfg.loop, seed_strategy="typical")), ds)
+    assert len(typical) == 4 and sum(i.startswith("copy_") for i in typical) == 1, typical
     assert sorted(stages.seed_ids(replace(cfg, loop=replace(cfg.loop, seed_strategy="random")), ds)) == \
         sorted(labels.sample_ids(manifest, 4, cfg.seed))
