@@ -106,7 +106,7 @@ def ingest_phase(inputs: dict[str, str]) -> tuple[float, annotations.Delivery]:
     """The oracle's ingestion of an external VOC delivery, as labels.oracle does it now."""
     start = time.perf_counter()
     selected = labels.selected_ids(inputs["selection"])
-    uris = labels._selected_uris(inputs["manifest"], selected)
+    uris = pool.uris_of(inputs["manifest"], selected)
     delivery = annotations.import_delivery("voc", inputs["labels_in"], uris, CLASSES)
     return time.perf_counter() - start, delivery
 

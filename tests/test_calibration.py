@@ -51,3 +51,54 @@ def test_spearman_perfect_and_constant():
     assert calibration.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert calibration.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(calibration.spearman([1, 2, 3], [5, 5, 5]))
+
+
+# ------------------------------------------------------- the vectorised matcher vs a straightforward loop
+
+
+def _reference_true_iou(detections: pd.DataFrame, ground_truth: pd.DataFrame) -> np.ndarray:
+    """The greedy rule one detection at a time (the loop `match_true_iou` had): per (image, class), by
+    score, highest first, ties in row order; each takes the free box with the highest IoU (> 0; the first
+    on a tie)."""
+    box = ["x1", "y1", "x2", "y2"]
+    true_iou = np.zeros(len(detections))
+    gt_groups = {key: frame[box].to_numpy(float) for key, frame in ground_truth.groupby(["image_id", "class_id"])}
+    for key, frame in detections.groupby(["image_id", "class_id"]):
+        gt = gt_groups.get(key)
+        if gt is None:
+            continue
+        order = np.argsort(-frame["score"].to_numpy(), kind="stable")
+        free = np.ones(len(gt), dtype=bool)
+        for row, det in zip(frame.index.to_numpy()[order], frame[box].to_numpy(float)[order]):
+            w = np.clip(np.minimum(det[2], gt[:, 2]) - np.maximum(det[0], gt[:, 0]), 0, None)
+            h = np.clip(np.minimum(det[3], gt[:, 3]) - np.maximum(det[1], gt[:, 1]), 0, None)
+            union = (det[2] - det[0]) * (det[3] - det[1]) + (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]) - w * h
+            ious = np.where(union > 0, w * h / np.where(union > 0, union, 1), 0.0)
+            candidates = np.where(free, ious, -1.0)
+            j = int(np.argmax(candidates))
+            if candidates[j] > 0:
+                true_iou[row] = candidates[j]
+                free[j] = False
+    return true_iou
+
+
+def _tied_scene(rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Boxes on a coarse grid (IoU ties, repeated boxes, boxes without area), 4 score values (rank ties),
+    3 images x 2 classes, a fourth image without ground truth."""
+    def frame(n: int, n_images: int) -> pd.DataFrame:
+        x1, y1 = rng.integers(0, 4, n), rng.integers(0, 4, n)
+        return pd.DataFrame({"image_id": rng.integers(0, n_images, n).astype(str), "class_id": rng.integers(0, 2, n),
+                             "x1": x1 * 1.0, "y1": y1 * 1.0, "x2": x1 + rng.integers(0, 4, n) * 1.0,
+                             "y2": y1 + rng.integers(0, 4, n) * 1.0})
+
+    truth = frame(int(rng.integers(0, 20)), 3).assign(difficult=False)
+    found = frame(int(rng.integers(1, 40)), 4)
+    return found.assign(score=rng.choice([0.2, 0.5, 0.7, 0.9], len(found))), truth
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_true_iou_equals_the_loop_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        found, truth = _tied_scene(rng)
+        np.testing.assert_array_equal(calibration.match_true_iou(found, truth), _reference_true_iou(found, truth))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from yolox.evaluators.voc_eval import voc_eval
 
-from raylib.metrics import ap50_per_class, labels_to_ground_truth
+from raylib.metrics import BOX, ap50_per_class, labels_to_ground_truth, match_detections
 from tests.helpers import labels_table, obj
 
 
@@ -199,3 +199,63 @@ def test_ap_matches_yolox_voc_eval_on_generated_scenes(tmp_path, seed):
         reference = _voc_eval_ap(tmp_path, truth, found, n_images, class_id)
         assert ours["ap50"][class_id] == pytest.approx(reference, abs=1e-12), class_id
 
+
+
+# ------------------------------------------------------- the vectorised matcher vs a straightforward loop
+
+
+def _reference_match(detections: pd.DataFrame, ground_truth: pd.DataFrame, iou_threshold: float = 0.5) -> np.ndarray:
+    """The VOC rule one detection at a time (the loop `match_detections` had): by score, highest first,
+    ties in row order; each takes its image's best box (first on a tie)."""
+    order = np.argsort(-detections["score"].to_numpy(dtype=np.float64), kind="stable")
+    objects = {image_id: (group[BOX].to_numpy(dtype=np.float64), group["difficult"].to_numpy(dtype=bool),
+                          np.zeros(len(group), dtype=bool))
+               for image_id, group in ground_truth.groupby("image_id", sort=False)}
+    flags = []
+    for image_id, box in zip(detections["image_id"].to_numpy()[order], detections[BOX].to_numpy(dtype=np.float64)[order]):
+        if image_id not in objects:
+            flags.append(False)
+            continue
+        gt_boxes, difficult, matched = objects[image_id]
+        overlaps = [_iou(box, gt, 0.0) if _union(box, gt) > 0 else 0.0 for gt in gt_boxes]
+        best = int(np.argmax(overlaps))
+        if overlaps[best] < iou_threshold:
+            flags.append(False)
+        elif not difficult[best]:
+            flags.append(not matched[best])
+            matched[best] = True
+    return np.asarray(flags, dtype=bool)
+
+
+def _union(a, b) -> float:
+    return (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - _intersection(a, b)
+
+
+def _intersection(a, b) -> float:
+    return max(min(a[2], b[2]) - max(a[0], b[0]), 0.0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+
+
+def _tied_scene(rng: np.random.Generator, n_images: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One class on a coarse grid: boxes repeat (IoU ties, IoU exactly 0.5 and 1), scores take 4 values
+    (rank ties), some boxes are difficult, some images have no ground truth, some boxes have no area."""
+    def boxes(n: int) -> np.ndarray:
+        x1, y1 = rng.integers(0, 4, n), rng.integers(0, 4, n)
+        return np.stack([x1, y1, x1 + rng.integers(0, 4, n), y1 + rng.integers(0, 4, n)], axis=1).astype(float)
+
+    n_gt, n_found = int(rng.integers(0, 25)), int(rng.integers(0, 40))
+    truth = pd.DataFrame(boxes(n_gt), columns=BOX).assign(
+        image_id=rng.integers(0, n_images, n_gt).astype(str), class_id=0, difficult=rng.random(n_gt) < 0.2)
+    found = pd.DataFrame(boxes(n_found), columns=BOX).assign(
+        image_id=rng.integers(0, n_images + 1, n_found).astype(str), class_id=0,
+        score=rng.choice([0.2, 0.5, 0.7, 0.9], n_found))
+    return found, truth
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_matching_equals_the_loop_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        found, truth = _tied_scene(rng, n_images=int(rng.integers(1, 5)))
+        threshold = float(rng.choice([0.5, 0.25, 0.0]))
+        expected = _reference_match(found, truth, threshold)
+        np.testing.assert_array_equal(match_detections(found, truth, threshold), expected)

@@ -37,6 +37,17 @@ def test_load_split_shards_by_rank_and_caches_under_hashed_names(tmp_path):
     assert background.targets.shape == (0, 5)
 
 
+def test_load_split_targets_are_each_images_objects_in_order(tmp_path):
+    labels, manifest = make_dataset(tmp_path / "data", n_train=7)
+    samples, split_labels = train_data.load_split(labels, manifest, "train", 1, 3, train_data.ImageCache(str(tmp_path / "c")))
+    objects = dict(zip(split_labels.column("image_id").to_pylist(), split_labels.column("objects").to_pylist()))
+    assert [s.image_id for s in samples] == sorted(objects)[1::3]
+    for sample in samples:  # the rows the per-object loop built before the targets came from Arrow columns
+        expected = np.array([[o["x1"], o["y1"], o["x2"], o["y2"], o["class_id"]] for o in objects[sample.image_id]],
+                            dtype=np.float32).reshape(-1, 5)
+        assert sample.targets.dtype == np.float32 and np.array_equal(sample.targets, expected)
+
+
 def test_load_split_skips_undecodable_images(tmp_path):
     labels, manifest = make_dataset(tmp_path / "data", n_train=3, n_val=0)
     with open(str(tmp_path / "data" / "img_001.jpg"), "wb") as handle:
