@@ -11,11 +11,20 @@ with a local Ray of `--cpus` CPUs, as the loop runs), each phase of the round, t
   export        raylib.export.export_preannotations, every format (VOC XML, COCO, Label Studio, URIs, CVAT)
   ingest        the oracle's ingestion of the selection's VOC delivery (written by a child, not timed)
   remaining     raylib.pool.write_remaining of the pool less a labelled set of 90% of it
-  labelled-set  (not measured here yet)
+  labelled-set  the training stage's reading of the labelled set's train split: every rank's shard of
+                TRAIN_WORKERS (URIs, targets, image sizes: train_data.load_split) on a labelled set of the
+                N images (70/15/15, 3 boxes an image) whose URIs are IMAGE_FILES real JPEGs (written by a
+                child, not timed); without the copies into the image cache (the storage's speed) or training
 
-A phase is a function `(inputs) -> seconds`; one not measured prints `-`. The baseline: the export as it
-was before its rewrite (`raylib/export.py` at BASELINE_COMMIT, copied to a temporary module) at
-`--baseline` images, in a child process, and the per-image time ratio new / old. The last line is:
+Then, printed apart from the last line, the evaluation of the test split (15% of N images, their 10
+detections each): AP50 (metrics.ap50_per_class, with labels_to_ground_truth) and calibration's matching
+(calibration.calibration_summary). All N images' detections in one frame would not fit the driver at 10^6.
+
+A phase is a function `(inputs) -> seconds`; one not measured prints `-` (`--phases` picks some). The
+baseline, at `--baseline` images in a child process: the export as it was before its rewrite
+(`raylib/export.py` at EXPORT_BASELINE), the labelled set and the evaluation as they were before theirs
+(`raylib/{train_data,labels,pool,metrics,calibration}.py` at LABELLED_SET_BASELINE), each copied from git
+to a temporary module; then the per-image time ratio new / old. The last line is:
 
   round_scale: N images: export S s, ingest S s, remaining S s, labelled-set S s; driver peak RSS G GiB
 
@@ -41,7 +50,10 @@ import pyarrow as pa
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-BASELINE_COMMIT = "bea7f98e936810ec64057e264ce2349ec45213d6"  # the export before the vectorised rewrite
+EXPORT_BASELINE = "bea7f98e936810ec64057e264ce2349ec45213d6"  # the export before the vectorised rewrite
+# The labelled set's reading (a full decode per image for its size, a manifest scan into a dict, a Python
+# dict per box) and the per-detection matching loops of metrics.py / calibration.py, before issue 23.
+LABELLED_SET_BASELINE = "2ad4f3eadc5f9df7082d300105375dbdd55b1599"
 CLASSES = [f"class_{n:02d}" for n in range(20)]
 DETECTIONS_PER_IMAGE = 10
 ROUND = 3
@@ -145,22 +157,31 @@ def export_phase(inputs: Inputs, module=None) -> float:
 
 PHASES: dict[str, Callable[[Inputs], float] | None] = {
     "export": export_phase,
-    "ingest": None,  # label ingestion of the oracle's VOC deliveries: to be added
-    "remaining": None,  # the remaining pool
-    "labelled-set": None,  # the labelled set's train split as training reads it
+    "ingest": None,  # label ingestion of the oracle's VOC deliveries (below)
+    "remaining": None,  # the remaining pool (below)
+    "labelled-set": None,  # the labelled set's train split as training reads it (below)
+}
+# A phase's code before its rewrite, `(inputs, scratch folder) -> seconds`, timed by the baseline child.
+BASELINES: dict[str, Callable[[Inputs, str], float]] = {
+    "export": lambda inputs, folder: export_phase(inputs, _module_at(EXPORT_BASELINE, "raylib/export.py", folder)),
 }
 
 
-def _old_export_module(folder: str):
-    source = subprocess.run(["git", "-C", ROOT, "show", f"{BASELINE_COMMIT}:raylib/export.py"], check=True,
-                            capture_output=True, text=True).stdout
-    path = os.path.join(folder, "export_before_rewrite.py")
-    with open(path, "w") as handle:
+def _module_at(commit: str, path: str, folder: str, **replaced):
+    """`path` (raylib/x.py) as it was at `commit`, imported as a module of its own; `replaced`: module
+    globals to swap after import (its imports of other old modules)."""
+    source = subprocess.run(["git", "-C", ROOT, "show", f"{commit}:{path}"], check=True, capture_output=True,
+                            text=True).stdout
+    name = f"{os.path.splitext(os.path.basename(path))[0]}_at_{commit[:7]}"
+    file = os.path.join(folder, f"{name}.py")
+    with open(file, "w") as handle:
         handle.write(source)
-    spec = importlib.util.spec_from_file_location("export_before_rewrite", path)
+    spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    for key, value in replaced.items():
+        setattr(module, key, value)
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(module)  # Ray's workers get its functions by value
@@ -178,20 +199,28 @@ def _start_ray(cpus: int) -> None:
 
 
 def _child(args: argparse.Namespace) -> None:
-    """--make: build the inputs; --baseline-run: time the old export on them (prints `baseline S`)."""
+    """--make: build the inputs; --baseline-run: time the old code of the chosen phases on them (prints
+    `baseline <phase> S` lines, then `rss G`)."""
     inputs = Inputs(args.workdir, args.images)
     if args.make:
         build_inputs(inputs, args.part_size)
         return
     _start_ray(args.cpus)
     with tempfile.TemporaryDirectory() as folder:
-        print(f"baseline {export_phase(inputs, _old_export_module(folder)):.3f} "
-              f"rss {peak_rss_gib():.3f}", flush=True)
+        for name in args.phases.split(","):
+            if name in BASELINES:
+                print(f"baseline {name} {BASELINES[name](inputs, folder):.3f}", flush=True)
+        if "labelled-set" in args.phases.split(","):
+            old = _evaluation_modules_at(LABELLED_SET_BASELINE, folder)
+            ap_seconds, matching_seconds, n_detections = evaluation(inputs, *old)
+            print(f"baseline ap {ap_seconds:.3f}\nbaseline matching {matching_seconds:.3f}\n"
+                  f"evaluated {n_detections}", flush=True)
+    print(f"rss {peak_rss_gib():.3f}", flush=True)
 
 
 def _run_child(args: argparse.Namespace, images: int, workdir: str, *flags: str) -> str:
     command = [sys.executable, os.path.abspath(__file__), "--images", str(images), "--workdir", workdir,
-               "--part-size", str(args.part_size), "--cpus", str(args.cpus), *flags]
+               "--part-size", str(args.part_size), "--cpus", str(args.cpus), "--phases", args.phases, *flags]
     return subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
 
 
@@ -201,10 +230,14 @@ def main() -> None:
     parser.add_argument("--part-size", type=int, default=20_000, help="images per scoring part")
     parser.add_argument("--baseline", type=int, default=10_000, help="images of the baseline run (0: none)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="the local Ray's CPUs")
+    parser.add_argument("--phases", default=",".join(PHASES), help="the phases to run, comma-separated "
+                        f"(default: all of {','.join(PHASES)}); the others print -")
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--make", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if unknown := set(args.phases.split(",")) - set(PHASES):
+        parser.error(f"--phases: no phase {sorted(unknown)}; the phases are {','.join(PHASES)}")
     if args.make or args.baseline_run:
         return _child(args)
     scratch = args.workdir or tempfile.mkdtemp(prefix="round_scale-")
@@ -214,29 +247,45 @@ def main() -> None:
         _run_child(args, args.images, main_dir, "--make")
         print(f"inputs: {args.images} images, {args.images * DETECTIONS_PER_IMAGE} detections in "
               f"{-(-args.images // args.part_size)} parts ({time.perf_counter() - started:.1f} s)", flush=True)
-        baseline = None
+        baseline: dict[str, float] = {}
+        evaluated = 0
         if args.baseline:
             base_dir = os.path.join(scratch, f"baseline-n{args.baseline}")
             _run_child(args, args.baseline, base_dir, "--make")
-            out = _run_child(args, args.baseline, base_dir, "--baseline-run").split()
-            baseline = float(out[out.index("baseline") + 1])
-            print(f"baseline (export before the rewrite, {BASELINE_COMMIT[:7]}): {args.baseline} images: "
-                  f"export {baseline:.1f} s ({1000 * baseline / args.baseline:.2f} ms/image), "
-                  f"its driver peak RSS {float(out[out.index('rss') + 1]):.2f} GiB", flush=True)
+            lines = [line.split() for line in _run_child(args, args.baseline, base_dir, "--baseline-run").splitlines()]
+            baseline = {words[1]: float(words[2]) for words in lines if words[:1] == ["baseline"]}
+            rss = next(float(words[1]) for words in lines if words[:1] == ["rss"])
+            evaluated = next((int(words[1]) for words in lines if words[:1] == ["evaluated"]), 0)
+            print(f"baseline ({args.baseline} images; export at {EXPORT_BASELINE[:7]}, the rest at "
+                  f"{LABELLED_SET_BASELINE[:7]}): " + ", ".join(f"{name} {s:.1f} s" for name, s in baseline.items())
+                  + f"; its driver peak RSS {rss:.2f} GiB", flush=True)
             shutil.rmtree(base_dir)
         _start_ray(args.cpus)
         inputs = Inputs(main_dir, args.images)
-        seconds = {name: phase(inputs) if phase else None for name, phase in PHASES.items()}
-        if baseline is not None and seconds["export"] is not None:
-            ratio = (seconds["export"] / args.images) / (baseline / args.baseline)
-            print(f"export per image: {1000 * seconds['export'] / args.images:.3f} ms vs baseline "
-                  f"{1000 * baseline / args.baseline:.3f} ms: ratio {ratio:.3f} ({1 / ratio:.1f}x faster)")
+        chosen = args.phases.split(",")
+        seconds = {name: phase(inputs) if phase and name in chosen else None for name, phase in PHASES.items()}
+        for name, new in seconds.items():
+            if name in baseline and new is not None:
+                _print_ratio(name, new / args.images, baseline[name] / args.baseline, "image")
+        if "labelled-set" in chosen:
+            ap_seconds, matching_seconds, n_detections = evaluation(inputs)
+            print(f"evaluate: test split, {n_detections} detections: AP50 {ap_seconds:.1f} s, calibration "
+                  f"matching {matching_seconds:.1f} s", flush=True)
+            if "ap" in baseline:
+                _print_ratio("AP50", ap_seconds / n_detections, baseline["ap"] / evaluated, "detection")
+                _print_ratio("calibration matching", matching_seconds / n_detections,
+                             baseline["matching"] / evaluated, "detection")
         times = ", ".join(f"{name} {'-' if s is None else f'{s:.1f}'} s" for name, s in seconds.items())
         print(f"round_scale: {args.images} images: {times}; driver peak RSS {peak_rss_gib():.2f} GiB")
     finally:
         if not args.workdir:
             shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _print_ratio(name: str, new: float, old: float, unit: str) -> None:
+    ratio = new / old
+    print(f"{name} per {unit}: {1000 * new:.4f} ms vs baseline {1000 * old:.4f} ms: ratio {ratio:.3f} "
+          f"({1 / ratio:.1f}x faster)", flush=True)
 
 
 # ------------------------------------------------------------------------ ingest and remaining (issue 23)
@@ -283,12 +332,12 @@ def _delivery(inputs: Inputs) -> tuple[str, str]:
 def ingest_phase(inputs: Inputs) -> float:
     """The oracle's ingestion of the VOC delivery (labels.oracle with loop.oracle=external): the selected
     ids, their URIs, `annotations.import_delivery` (Ray tasks of VOC_CHUNK files)."""
-    from raylib import annotations, labels
+    from raylib import annotations, labels, pool
 
     labels_in, _ = _delivery(inputs)
     start = time.perf_counter()
     selected = labels.selected_ids(inputs.selection)
-    delivery = annotations.import_delivery("voc", labels_in, labels._selected_uris(inputs.pool, selected), CLASSES)
+    delivery = annotations.import_delivery("voc", labels_in, pool.uris_of(inputs.pool, selected), CLASSES)
     seconds = time.perf_counter() - start
     assert delivery.labels.num_rows == inputs.images, (delivery.labels.num_rows, delivery.errors[:3])
     return seconds
@@ -309,6 +358,130 @@ def remaining_phase(inputs: Inputs) -> float:
 
 
 PHASES.update({"ingest": ingest_phase, "remaining": remaining_phase})
+
+
+# -------------------------------------------------------------------------------- labelled set (issue 23)
+
+TRAIN_WORKERS = 4  # the ranks whose shards the labelled-set phase builds (a node of 4 GPUs)
+IMAGE_FILES = 64  # distinct JPEGs behind the labelled set's URIs (sizes as the pool's)
+BOXES_PER_IMAGE = 3
+
+
+def _write_labelled_set(inputs: Inputs, folder: str, labels_uri: str, manifest_uri: str) -> None:
+    """In a child process: IMAGE_FILES JPEGs, a manifest of the pool's ids over them (width/height null, as
+    pool indexing writes them), and labels of every pool image: split 70/15/15 by position, its first
+    BOXES_PER_IMAGE detections moved by a few pixels as its boxes (5% difficult), so AP has hits to find."""
+    import cv2
+    import pyarrow.parquet as pq
+
+    from raylib import schemas, storage
+
+    rng = np.random.default_rng(2)
+    os.makedirs(folder, exist_ok=True)
+    files = []
+    for k in range(IMAGE_FILES):  # smooth random scenes: a photo's decode cost, not a flat colour's
+        width, height = int(rng.integers(320, 1280)), int(rng.integers(240, 960))
+        small = rng.integers(0, 256, (height // 32 + 1, width // 32 + 1, 3), dtype=np.uint8)
+        image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+        image = cv2.add(image, rng.integers(0, 24, image.shape, dtype=np.uint8))
+        files.append(os.path.join(folder, f"image_{k:02d}.jpg"))
+        cv2.imwrite(files[-1], image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    manifest = pq.ParquetWriter(manifest_uri, schemas.POOL, compression="zstd")
+    labels = pq.ParquetWriter(labels_uri, schemas.LABELS, compression="zstd")
+    start = 0
+    for detections in storage.iter_parquet_batches(  # whole images: a part holds 10 rows per image
+            inputs.detections, ["image_id", "class_id", "x1", "y1", "x2", "y2"], batch_size=6_000 * DETECTIONS_PER_IMAGE):
+        first = np.arange(detections.num_rows) % DETECTIONS_PER_IMAGE < BOXES_PER_IMAGE
+        boxes = detections.filter(pa.array(first))
+        ids = detections.column("image_id").take(pa.array(np.arange(0, detections.num_rows, DETECTIONS_PER_IMAGE)))
+        n, m = len(ids), boxes.num_rows
+        position = np.arange(start, start + n)
+        nulls = pa.nulls(n, pa.int32())
+        manifest.write_table(pa.table([ids, pa.array([files[i % IMAGE_FILES] for i in position]), nulls, nulls],
+                                      schema=schemas.POOL))
+        moved = {name: pa.array(boxes.column(name).to_numpy() + rng.normal(0, 2, m).astype(np.float32))
+                 for name in ("x1", "y1", "x2", "y2")}
+        objects = pa.StructArray.from_arrays(
+            [boxes.column("class_id"), *moved.values(), pa.array(rng.random(m) < 0.05)],
+            fields=list(schemas.OBJECT))
+        split = np.where(position % 20 < 14, "train", np.where(position % 20 < 17, "val", "test"))
+        labels.write_table(pa.table([ids, pa.array(split), pa.array(np.zeros(n, np.int16)),
+                                     pa.ListArray.from_arrays(pa.array(np.arange(0, m + 1, BOXES_PER_IMAGE, dtype=np.int32)),
+                                                              objects)], schema=schemas.LABELS))
+        start += n
+    manifest.close()
+    labels.close()
+
+
+def _labelled_set(inputs: Inputs) -> tuple[str, str]:
+    """(labels file, manifest over real images) for `inputs`, written once by a child process (not timed)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    labels_uri, manifest_uri = inputs.out("labelled_set.parquet"), inputs.out("labelled_manifest.parquet")
+    if not os.path.exists(labels_uri):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            child.submit(_write_labelled_set, inputs, inputs.out("images"), labels_uri, manifest_uri).result()
+    return labels_uri, manifest_uri
+
+
+def labelled_set_phase(inputs: Inputs, train_data=None) -> float:
+    """Every rank's shard of the train split as the training workers build it (`load_split`), in turn;
+    `train_data`: another train_data module (baseline)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if train_data is None:
+        from raylib import train_data
+    labels_uri, manifest_uri = _labelled_set(inputs)
+    start = time.perf_counter()
+    shards = [len(train_data.load_split(labels_uri, manifest_uri, "train", rank, TRAIN_WORKERS)[0])
+              for rank in range(TRAIN_WORKERS)]
+    seconds = time.perf_counter() - start
+    split = pq.read_table(labels_uri, columns=["split"]).column("split")
+    assert sum(shards) == pc.sum(pc.equal(split, "train")).as_py(), shards
+    return seconds
+
+
+def evaluation(inputs: Inputs, metrics=None, calibration=None) -> tuple[float, float, int]:
+    """(AP50 seconds, calibration matching seconds, detections) of the test split's detections against its
+    labels; `metrics`, `calibration`: other modules (baseline). The detections are read first, not timed."""
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    from raylib import storage
+
+    if metrics is None:
+        from raylib import calibration, metrics
+    labels_uri, _ = _labelled_set(inputs)
+    test = storage.read_table(labels_uri).filter(pc.equal(pc.field("split"), "test"))
+    parts = []
+    for batch in storage.iter_parquet_batches(inputs.detections, columns=["image_id", "class_id", "cls_conf",
+                                                                            "loc_conf", "score", "x1", "y1", "x2", "y2"]):
+        parts.append(batch.filter(pc.is_in(batch.column("image_id"), test.column("image_id"))).to_pandas())
+    detections = pd.concat(parts, ignore_index=True)
+    start = time.perf_counter()
+    metrics.ap50_per_class(detections, metrics.labels_to_ground_truth(test), len(CLASSES))
+    ap_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    calibration.calibration_summary(detections, metrics.labels_to_ground_truth(test))
+    matching_seconds = time.perf_counter() - start
+    return ap_seconds, matching_seconds, len(detections)
+
+
+def _evaluation_modules_at(commit: str, folder: str) -> tuple:
+    return (_module_at(commit, "raylib/metrics.py", folder), _module_at(commit, "raylib/calibration.py", folder))
+
+
+def _train_data_at(commit: str, folder: str):
+    """train_data at `commit`, over labels and pool at `commit` (its manifest scan and dicts)."""
+    old_labels = _module_at(commit, "raylib/labels.py", folder, pool=_module_at(commit, "raylib/pool.py", folder))
+    return _module_at(commit, "raylib/train_data.py", folder, labels=old_labels)
+
+
+PHASES["labelled-set"] = labelled_set_phase
+BASELINES["labelled-set"] = lambda inputs, folder: labelled_set_phase(
+    inputs, _train_data_at(LABELLED_SET_BASELINE, folder))
 
 
 if __name__ == "__main__":
