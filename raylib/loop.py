@@ -10,6 +10,7 @@ one whole. All randomness is seeded from `cfg.seed`, so a resumed run selects wh
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -47,7 +48,8 @@ def run_loop(cfg: Config) -> LoopResult:
     try:
         result = _rounds(cfg, ds)
     except BaseException:
-        tracking.end_run(cfg, "FAILED")
+        with contextlib.suppress(Exception):  # the run's own error is the one to show
+            tracking.end_run(cfg, "FAILED")
         raise
     tracking.end_run(cfg)
     runs_root = paths.runs_root(cfg.run_root)
