@@ -25,6 +25,7 @@ from raylib import storage
 PIL_MAX_PIXELS = 1 << 30
 Image.MAX_IMAGE_PIXELS = PIL_MAX_PIXELS
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # an image file this big is not a photo of a scene: refused unread
+FIRST_READ_BYTES = 1024 * 1024  # most photos whole, in one read (read_image_bytes)
 DEFAULT_MAX_PIXELS = 40_000_000  # decode_image's limit where the caller gives none (data.max_pixels' default)
 # Header reads: most headers are in the first 64 KiB; a JPEG's EXIF/ICC segments (before its size) may
 # push it further, so a failed parse reads on, up to 1 MiB.
@@ -49,7 +50,11 @@ def read_image_bytes(uri: str, name: str, max_bytes: int = MAX_IMAGE_BYTES) -> b
     try:
         fs, path = storage.resolve(uri)
         with fs.open_input_stream(path) as stream:
-            data = stream.read(max_bytes + 1)
+            # A read allocates what it asks for: from 4 MiB up that cost ~0.2 ms a call here, 7x the read
+            # of a 130 KB JPEG (1 MiB: 0.03 ms). A read stops short only at the end of the file.
+            data = stream.read(min(FIRST_READ_BYTES, max_bytes + 1))
+            if len(data) == FIRST_READ_BYTES:
+                data += stream.read(max_bytes + 1 - len(data))
     except FileNotFoundError as exc:  # local files and S3 keys alike (pyarrow maps NoSuchKey to it)
         raise ImageError(f"image '{name}' is missing at its uri; recorded, skipped") from exc
     except Exception as exc:  # noqa: BLE001 - OSError from S3, permissions, ...
