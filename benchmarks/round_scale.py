@@ -446,7 +446,6 @@ def labelled_set_phase(inputs: Inputs, train_data=None) -> float:
 def evaluation(inputs: Inputs, metrics=None, calibration=None) -> tuple[float, float, int]:
     """(AP50 seconds, calibration matching seconds, detections) of the test split's detections against its
     labels; `metrics`, `calibration`: other modules (baseline). The detections are read first, not timed."""
-    import pandas as pd
     import pyarrow.compute as pc
 
     from raylib import storage
@@ -455,11 +454,10 @@ def evaluation(inputs: Inputs, metrics=None, calibration=None) -> tuple[float, f
         from raylib import calibration, metrics
     labels_uri, _ = _labelled_set(inputs)
     test = storage.read_table(labels_uri).filter(pc.equal(pc.field("split"), "test"))
-    parts = []
-    for batch in storage.iter_parquet_batches(inputs.detections, columns=["image_id", "class_id", "cls_conf",
-                                                                            "loc_conf", "score", "x1", "y1", "x2", "y2"]):
-        parts.append(batch.filter(pc.is_in(batch.column("image_id"), test.column("image_id"))).to_pandas())
-    detections = pd.concat(parts, ignore_index=True)
+    columns = ["image_id", "class_id", "cls_conf", "loc_conf", "score", "x1", "y1", "x2", "y2"]
+    detections = pa.Table.from_batches(
+        [batch.filter(pc.is_in(batch.column("image_id"), test.column("image_id")))
+         for batch in storage.iter_parquet_batches(inputs.detections, columns=columns)]).to_pandas()
     start = time.perf_counter()
     metrics.ap50_per_class(detections, metrics.labels_to_ground_truth(test), len(CLASSES))
     ap_seconds = time.perf_counter() - start
