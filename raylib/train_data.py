@@ -45,6 +45,7 @@ from yolox.data.datasets import Dataset as YoloxDataset
 from raylib import detect, images, labels, storage
 from raylib.config import Config
 from raylib.images import ImageError
+from raylib.model import PAD_VALUE
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class LabelledImages(YoloxDataset):
         self.samples = samples
         self.max_pixels = max_pixels
         self.preproc = None
+        self.undecodable: set[str] = set()  # warned of once
         self.resized = ImageCache(resized_dir) if resized_dir and _fits_on_disk(resized_dir, samples, input_size) else None
 
     def __len__(self) -> int:
@@ -178,9 +180,16 @@ class LabelledImages(YoloxDataset):
 
     def pull_item(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int], int]:
         sample = self.samples[index]
-        return self._resized_image(index), self.load_anno(index), (sample.height, sample.width), index
+        image = self._resized_image(index)
+        if image is None:  # its header read (load_split) but its pixels don't: a blank item without objects
+            ratio = self._ratio(index)
+            blank = np.full((int(sample.height * ratio), int(sample.width * ratio), 3), PAD_VALUE, np.uint8)
+            return blank, np.zeros((0, 5), np.float32), (sample.height, sample.width), index
+        return image, self.load_anno(index), (sample.height, sample.width), index
 
-    def _resized_image(self, index: int) -> np.ndarray:
+    def _resized_image(self, index: int) -> np.ndarray | None:
+        """The image resized to fit `input_dim` (cached), or None when its pixels can't be decoded:
+        training goes on without it (logged once per loader process), the epoch's batches unchanged."""
         import cv2
 
         sample = self.samples[index]
@@ -190,8 +199,11 @@ class LabelledImages(YoloxDataset):
         try:
             image = detect.read_image(sample.path, sample.image_id, self.max_pixels)
         except ImageError as exc:
-            raise ImageError(f"{exc} (a labelled image in training: load_split checked its header only; replace "
-                             "the file or drop the image from the labels, and train again)") from exc
+            if sample.image_id not in self.undecodable:
+                self.undecodable.add(sample.image_id)
+                log.warning("labelled image '%s' (%s) left out of training: %s (its header read, its pixels don't: "
+                            "replace the file)", sample.image_id, sample.path, exc)
+            return None
         ratio = self._ratio(index)
         image = cv2.resize(image, (int(sample.width * ratio), int(sample.height * ratio)),
                            interpolation=cv2.INTER_LINEAR)

@@ -56,6 +56,29 @@ def test_load_split_skips_undecodable_images(tmp_path):
     assert [s.image_id for s in samples] == ["set/000", "set/002"] and split_labels.num_rows == 3
 
 
+def test_an_image_whose_pixels_dont_decode_is_a_blank_item_without_objects_and_one_log_line(tmp_path, caplog):
+    """Its header reads (load_split keeps it: sizes come from headers), its pixels don't: training goes on
+    with a blank item in its place, whose targets are empty, and says so once."""
+    labels, manifest = make_dataset(tmp_path / "data", n_train=3, n_val=0)
+    path = str(tmp_path / "data" / "img_001.jpg")
+    with open(path, "rb") as handle:
+        whole = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(whole[:len(whole) // 2])  # the header and half the scan
+    samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")))
+    assert [s.image_id for s in samples] == ["set/000", "set/001", "set/002"] and len(samples[1].targets)
+    dataset = train_data.LabelledImages(samples, 64)
+    with caplog.at_level(logging.WARNING, logger="raylib.train_data"):
+        for _ in range(2):
+            image, targets, (height, width), index = dataset.pull_item(1)
+            assert index == 1 and (height, width) == (64, 80) and targets.shape == (0, 5)
+            assert image.shape == (51, 64, 3) and (image == 114).all()  # 64 x 80 scaled to fit 64
+    [record] = [r for r in caplog.records if "set/001" in r.getMessage()]
+    assert "left out of training" in record.getMessage()
+    image, targets, _, _ = dataset.pull_item(2)  # the others as they are
+    assert image.shape == (51, 64, 3) and np.array_equal(targets, dataset.load_anno(2))
+
+
 def test_over_limit_labelled_image_is_left_out_of_training_with_a_log_line(tmp_path, caplog):
     labels, manifest = make_dataset(tmp_path / "data", n_train=3, n_val=0)
     big = np.full((64, 200, 3), 110, np.uint8)  # 12,800 pixels; the others are 64 x 80 = 5,120
