@@ -246,6 +246,15 @@ def comparison_dir(runs_root: str) -> str:
     return storage.join(runs_root, "comparison")
 
 
+def mlflow_store(runs_root: str) -> str:
+    """logger=mlflow's default store: one SQLite file for the runs of a sweep (raylib/tracking.py)."""
+    return storage.join(runs_root, "mlflow.db")
+
+
+def mlflow_artifacts(runs_root: str) -> str:
+    return storage.join(runs_root, "mlflow-artifacts")
+
+
 def comparison_file(comparison_root: str) -> str:
     return storage.join(comparison_root, "comparison.md")
 

@@ -31,7 +31,6 @@ Workers on other nodes reach a local store only through a shared disk: on a clus
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -42,6 +41,7 @@ import time
 from typing import Any
 
 from raylib import paths, storage
+from raylib.run_config import flatten
 from raylib.config import Config, ConfigError
 from raylib.paths import RoundPaths
 
@@ -156,7 +156,7 @@ def _selection_scalars(selected_in: RoundPaths, class_names: list[str]) -> dict[
 
 def mlflow_tracking_uri(cfg: Config) -> str:
     """`logger.tracking_uri`, or the SQLite store beside the sweep's runs (`<runs_root>/mlflow.db`)."""
-    return cfg.logger.tracking_uri or f"sqlite:///{storage.join(paths.runs_root(cfg.run_root), 'mlflow.db')}"
+    return cfg.logger.tracking_uri or f"sqlite:///{paths.mlflow_store(paths.runs_root(cfg.run_root))}"
 
 
 class MlflowWriter:
@@ -196,7 +196,7 @@ def mlflow_run_id(cfg: Config, client=None) -> str:
     client = client or _mlflow_client(cfg)
     runs_root = paths.runs_root(cfg.run_root)
     experiment_id = _experiment_id(client, os.path.basename(runs_root) or "raylib",
-                                   None if cfg.logger.tracking_uri else storage.join(runs_root, "mlflow-artifacts"))
+                                   None if cfg.logger.tracking_uri else paths.mlflow_artifacts(runs_root))
     quoted = cfg.run_root.replace("'", "\\'")
     found = client.search_runs([experiment_id], filter_string=f"tags.run_root = '{quoted}'", max_results=1)
     if found:
@@ -204,7 +204,7 @@ def mlflow_run_id(cfg: Config, client=None) -> str:
     run = client.create_run(experiment_id, run_name=os.path.basename(cfg.run_root.rstrip("/")), tags={
         "run_root": cfg.run_root, "strategy": cfg.strategy.name, "seed": str(cfg.seed),
         "data": cfg.data.kind, "model": cfg.model.size})
-    params = [Param(key, str(value)[:6000]) for key, value in _flat(dataclasses.asdict(cfg)).items()]
+    params = [Param(key, str(value)[:6000]) for key, value in flatten(cfg).items()]
     for start in range(0, len(params), MLFLOW_BATCH):
         client.log_batch(run.info.run_id, params=params[start:start + MLFLOW_BATCH])
     return run.info.run_id
@@ -261,13 +261,3 @@ def _experiment_id(client, name: str, artifact_location: str | None) -> str:
         return client.create_experiment(name, artifact_location=artifact_location)
     except MlflowException:  # another point of the sweep created it first
         return client.get_experiment_by_name(name).experiment_id
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
