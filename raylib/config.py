@@ -234,10 +234,14 @@ class EvalConfig:
     """The evaluate stage (AP50 on the performance test set and the labelled `test` split)."""
 
     batch_size: int = 16
-    use_gpu: Optional[bool] = None  # run the model in a Ray task holding a GPU; None: when the cluster has one
+    # Each split is evaluated in a Ray task holding these CPUs (its torch threads) and, with use_gpu
+    # (None: when the cluster has a GPU), one GPU.
+    num_cpus: float = 1
+    use_gpu: Optional[bool] = None
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "eval.batch_size must be > 0")
+        _require(self.num_cpus > 0, "eval.num_cpus must be > 0 (the CPUs of each evaluation task)")
 
 
 @dataclass

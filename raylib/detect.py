@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from raylib import images
-from raylib.metrics import DETECTION_COLUMNS
-from raylib.model import ImageDetections, decode, letterbox, to_input
+from raylib.metrics import BOX, DETECTION_COLUMNS
+from raylib.model import BatchDetections, decode_batch, letterbox, to_input
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,14 @@ def _decode_or_none(item: tuple[str, str], data: bytes | images.ImageError,
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batch: Sequence[np.ndarray], input_size: int,
-            device: torch.device | str = "cpu") -> list[ImageDetections]:
-    """Run `model` (eval mode) on BGR images letterboxed to `input_size`; boxes in original pixels."""
-    if not batch:
-        return []
+            device: torch.device | str = "cpu") -> BatchDetections:
+    """Run `model` (eval mode) on BGR images letterboxed to `input_size`: the batch's detections as flat
+    arrays (`image_index` into `batch`), boxes in original pixels."""
     canvases, ratios = zip(*(letterbox(image, input_size) for image in batch))
     outputs = model(to_input(torch.from_numpy(np.stack(canvases)).to(device)))
-    return decode(outputs, list(ratios), [image.shape[:2] for image in batch],
-                  candidate_conf=EVAL_CANDIDATE_CONF, nms_threshold=EVAL_NMS_THRESHOLD,
-                  max_detections=EVAL_MAX_DETECTIONS)
+    return decode_batch(outputs, list(ratios), [image.shape[:2] for image in batch],
+                        candidate_conf=EVAL_CANDIDATE_CONF, nms_threshold=EVAL_NMS_THRESHOLD,
+                        max_detections=EVAL_MAX_DETECTIONS)
 
 
 def detect_images(model: torch.nn.Module, items: Iterable[tuple[str, str]], input_size: int, max_pixels: int | None,
@@ -81,10 +80,11 @@ def detect_images(model: torch.nn.Module, items: Iterable[tuple[str, str]], inpu
                   read_threads: int = 4) -> tuple[pd.DataFrame, list[str]]:
     """Detections of every (image_id, uri) in `items`, fetching the next batch while one is computed.
 
-    Returns (detections frame with FRAME_COLUMNS, ids of images that failed to read or decode)."""
+    Returns (detections frame with FRAME_COLUMNS, ids of images that failed to read or decode). A batch's
+    detections stay arrays until the end: one frame is built, not one per image."""
     was_training = model.training
     model.eval()
-    frames: list[pd.DataFrame] = []
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in FRAME_COLUMNS}
     failed: list[str] = []
     items = list(items)
     batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
@@ -95,12 +95,25 @@ def detect_images(model: torch.nn.Module, items: Iterable[tuple[str, str]], inpu
             if index + 1 < len(batches):
                 pending = [pool.submit(_read_bytes, item) for item in batches[index + 1]]
             decoded = [_decode_or_none(item, data, max_pixels) for item, data in zip(batch, fetched)]
-            ok = [(image_id, image) for (image_id, _), image in zip(batch, decoded) if image is not None]
             failed += [image_id for (image_id, _), image in zip(batch, decoded) if image is None]
-            results = predict(model, [image for _, image in ok], input_size, device)
-            frames += [_frame(image_id, dets) for (image_id, _), dets in zip(ok, results)]
+            ok = [(image_id, image) for (image_id, _), image in zip(batch, decoded) if image is not None]
+            if ok:
+                _append(columns, np.array([image_id for image_id, _ in ok], dtype=object),
+                        predict(model, [image for _, image in ok], input_size, device))
     model.train(was_training)
-    return concat(frames), failed
+    if not columns["image_id"]:
+        return pd.DataFrame(columns=FRAME_COLUMNS), failed
+    return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()}), failed
+
+
+def _append(columns: dict[str, list[np.ndarray]], image_ids: np.ndarray, dets: BatchDetections) -> None:
+    columns["image_id"].append(image_ids[dets.image_index])
+    columns["class_id"].append(dets.class_id.astype(np.int64))
+    columns["score"].append((dets.cls_conf * dets.loc_conf).astype(np.float64))
+    for i, name in enumerate(BOX):
+        columns[name].append(dets.boxes[:, i])
+    columns["cls_conf"].append(dets.cls_conf.astype(np.float64))
+    columns["loc_conf"].append(dets.loc_conf.astype(np.float64))
 
 
 def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -108,12 +121,3 @@ def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     frames = [frame for frame in frames if len(frame)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRAME_COLUMNS)
 
-
-def _frame(image_id: str, dets: ImageDetections) -> pd.DataFrame:
-    return pd.DataFrame({
-        "image_id": [image_id] * len(dets.class_id),
-        "class_id": dets.class_id.astype(np.int64),
-        "score": (dets.cls_conf * dets.loc_conf).astype(np.float64),
-        "x1": dets.boxes[:, 0], "y1": dets.boxes[:, 1], "x2": dets.boxes[:, 2], "y2": dets.boxes[:, 3],
-        "cls_conf": dets.cls_conf.astype(np.float64), "loc_conf": dets.loc_conf.astype(np.float64),
-    })

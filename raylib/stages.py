@@ -18,7 +18,7 @@ from raylib import diversity, labels, paths, pool, schemas, storage, strategies
 from raylib.calibration import calibrate_split
 from raylib.config import Config, ConfigError
 from raylib.dataset import Dataset
-from raylib.evaluate import evaluate_split
+from raylib.evaluate import evaluate_split, on_device
 from raylib.export import export_preannotations
 from raylib.paths import RoundPaths
 from raylib.stage import init_weights, scoring_weights, takes_all
@@ -42,18 +42,19 @@ def train(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
 def evaluate(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """AP50 on the fixed performance test set (the curve) and on the labelled set's `test` split, and
-    whether loc_conf is a predicted IoU on its `val` split (ground truth known there)."""
+    whether loc_conf is a predicted IoU on its `val` split (ground truth known there): three Ray tasks
+    at once (`evaluate.on_device`)."""
     labels_uri = round_labels(cfg, ds, rp)
     perf_test = labels.perf_test_labels(rp.run_root, ds)
-
-    def on(split: str, labels_of: str, manifest: str, out_uri: str) -> dict:
-        return evaluate_split(cfg.eval, cfg.model, rp.weights, labels_of, manifest, split, out_uri,
-                              ds.class_names, cfg.data.max_pixels)
-
-    perf = on("perf_test", perf_test, ds.test_manifest, rp.metrics)
-    test = on("test", labels_uri, ds.pool_manifest, rp.metrics_test)
-    calib = calibrate_split(cfg.eval, cfg.model, rp.weights, labels_uri, ds.pool_manifest, "val", ds.class_names,
-                            cfg.data.max_pixels, cfg.strategy.min_score, rp.calibration, rp.calibration_summary)
+    model = (cfg.eval, cfg.model, rp.weights)
+    perf, test, calib = on_device(cfg.eval, [
+        (evaluate_split, (*model, perf_test, ds.test_manifest, "perf_test", rp.metrics, ds.class_names,
+                          cfg.data.max_pixels)),
+        (evaluate_split, (*model, labels_uri, ds.pool_manifest, "test", rp.metrics_test, ds.class_names,
+                          cfg.data.max_pixels)),
+        (calibrate_split, (*model, labels_uri, ds.pool_manifest, "val", ds.class_names, cfg.data.max_pixels,
+                           cfg.strategy.min_score, rp.calibration, rp.calibration_summary)),
+    ])
     return {"map50": perf["map50"], "test_map50": test["map50"], "splits": labels.split_counts(labels_uri),
             "val_spearman_loc_conf_true_iou": calib["spearman_loc_conf_true_iou"]}
 

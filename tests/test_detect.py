@@ -83,3 +83,28 @@ def test_detect_images_counts_an_over_limit_image_as_failed(tmp_path):
     assert failed == ["big"] and list(detections.columns) == ["image_id", "class_id", "score", "x1", "y1", "x2",
                                                               "y2", "cls_conf", "loc_conf"]
     assert model.training  # put back as it was
+
+
+def test_detect_images_gives_each_image_its_own_detections_across_batches(tmp_path):
+    # Batched detections are flat arrays with an image index; each row must land on its own image.
+    # Images of different shapes and contents, batches of 2 (the last one short), against each image
+    # detected alone. Biases raised so that an untrained model detects (its priors score ~1e-4).
+    torch.manual_seed(0)
+    model = build_model("nano", 3)
+    for conv in (*model.head.obj_preds, *model.head.cls_preds):
+        torch.nn.init.constant_(conv.bias, 2.0)
+    rng = np.random.default_rng(0)
+    items = []
+    for i, (height, width) in enumerate([(32, 32), (32, 64), (64, 32), (48, 48), (40, 56)]):
+        uri = str(tmp_path / f"im{i}.png")
+        cv2.imwrite(uri, rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        items.append((f"im{i}", uri))
+    batched, failed = detect.detect_images(model, items, 64, None, batch_size=2)
+    assert failed == [] and len(batched) > 0
+    for image_id, uri in items:
+        alone, _ = detect.detect_images(model, [(image_id, uri)], 64, None, batch_size=1)
+        ours = batched[batched["image_id"] == image_id].reset_index(drop=True)
+        assert len(alone) > 0 and len(ours) == len(alone), image_id
+        np.testing.assert_array_equal(ours["class_id"], alone["class_id"])
+        np.testing.assert_allclose(ours[["x1", "y1", "x2", "y2", "score"]], alone[["x1", "y1", "x2", "y2", "score"]],
+                                   rtol=1e-4, atol=1e-3)

@@ -3,14 +3,16 @@ The metric itself is tested in test_metrics.py."""
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
 import pyarrow as pa
+import torch
 
 from raylib import schemas, storage
 from raylib.config import EvalConfig, ModelConfig
-from raylib.evaluate import evaluate_split
+from raylib.evaluate import evaluate_split, on_device
 from raylib.model import build_model, save_weights
 
 
@@ -46,3 +48,18 @@ def test_evaluate_split_writes_metrics_and_counts_undecodable_images(tmp_path):
     assert metrics["n_gt_per_class"] == {"red": 3, "blue": 0}
     assert metrics["ap50_per_class"]["blue"] is None
     assert 0.0 <= metrics["ap50_per_class"]["red"] <= 1.0 and metrics["map50"] == metrics["ap50_per_class"]["red"]
+
+
+def _where(tag: str) -> tuple[str, int, int]:
+    return tag, os.getpid(), torch.get_num_threads()
+
+
+def test_on_device_runs_each_split_in_its_own_ray_task_with_its_cpus_as_threads(ray_session):
+    # The driver gets results only: the work runs in Ray workers (not this process), in call order,
+    # each with eval.num_cpus torch threads (Ray's default in a worker would be floor(num_cpus)).
+    results = on_device(EvalConfig(num_cpus=2), [(_where, ("perf_test",)), (_where, ("test",)), (_where, ("val",))])
+    assert [tag for tag, _, _ in results] == ["perf_test", "test", "val"]
+    assert all(pid != os.getpid() for _, pid, _ in results)
+    assert {threads for _, _, threads in results} == {2}
+    results = on_device(EvalConfig(num_cpus=0.5), [(_where, ("perf_test",))])
+    assert results[0][2] == 1
