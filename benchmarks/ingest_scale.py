@@ -10,7 +10,7 @@ take-all selection of N pool images and the annotators' delivery of those N imag
 Measured, in wall seconds on this machine, in the driver with a local Ray of 2 CPUs (fabrication and
 the baseline run in a child process, so the driver's peak RSS is the new code's):
 - ingest: what the oracle does with an external VOC delivery: the selected ids, their URIs from the
-  manifest, and `annotations.import_delivery` (Ray tasks of VOC_CHUNK files above VOC_TASK_MIN_FILES);
+  manifest, and `annotations.import_delivery` (Ray tasks of TASK_CHUNK files from TASK_MIN_IMAGES);
 - remaining: `pool.write_remaining` of the pool less the labelled set (the labels file's id column).
 The baseline runs the same steps through the code of BASELINE_COMMIT (loaded from a temporary copy:
 a set of ids, `pool.image_uris`' dict, one-thread parsing, `is_in` per batch) at --baseline-images,

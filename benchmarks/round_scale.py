@@ -331,7 +331,7 @@ def _delivery(inputs: Inputs) -> tuple[str, str]:
 
 def ingest_phase(inputs: Inputs) -> float:
     """The oracle's ingestion of the VOC delivery (labels.oracle with loop.oracle=external): the selected
-    ids, their URIs, `annotations.import_delivery` (Ray tasks of VOC_CHUNK files)."""
+    ids, their URIs, `annotations.import_delivery` (Ray tasks of TASK_CHUNK files)."""
     from raylib import annotations, labels, pool
 
     labels_in, _ = _delivery(inputs)

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -47,10 +48,13 @@ MAX_TEXT_BYTES = 16 * 1024 * 1024  # reviewed_empty.txt: a million image ids
 FILE_ERRORS = (ValueError, OSError, TypeError, AttributeError, KeyError, OverflowError, RecursionError)
 READ_THREADS = 16
 SELECTED_FIELDS = pa.schema([pa.field("image_id", pa.string()), pa.field("uri", pa.string())])
-# VOC deliveries: files parsed per chunk (one Ray task each), and how many delivered files make Ray
-# tasks worth their start-up (a few seconds of worker start against ~1 ms of parsing a file).
-VOC_CHUNK = 5_000
-VOC_TASK_MIN_FILES = 20_000
+SIZE_FIELDS = pa.schema([pa.field("image_id", pa.string()), pa.field("width", pa.int64()), pa.field("height", pa.int64())])
+JSON_FORMATS = {"coco": "COCO", "labelstudio": "Label Studio"}
+# Per-image work of an import runs in Ray tasks of TASK_CHUNK images (VOC files parsed, image headers
+# read for the JSON formats' size checks; a JSON delivery: one task per file) when Ray is running and
+# the round has at least TASK_MIN_IMAGES: a few seconds of worker start against ~1 ms an image.
+TASK_CHUNK = 5_000
+TASK_MIN_IMAGES = 20_000
 
 
 def delivery_marker(labels_in: str, round_idx: int) -> str:
@@ -173,9 +177,8 @@ def import_voc(labels_in: str, selected: Mapping[str, str | None] | pa.Table, cl
 
     `selected`: image_id -> uri, or an (image_id, uri) table (the oracle's: no Python dict of a large
     selection). The delivery is listed once; only listed files are opened (no path is built from an
-    id). The files are parsed VOC_CHUNK at a time (`parse_voc_chunk`): in Ray tasks when Ray is running
-    and at least VOC_TASK_MIN_FILES are delivered (parsing is ~1 ms a file of GIL-bound Python), else
-    in this process; the chunks' Arrow tables are merged in selection order as they come back."""
+    id). The files are parsed TASK_CHUNK at a time (`parse_voc_chunk`, by `_in_tasks`: parsing is ~1 ms
+    a file of GIL-bound Python); the chunks' Arrow tables are merged in selection order."""
     root = storage.join(labels_in, "Annotations")
     base = storage.resolve(root)[1].rstrip("/") + "/"
     prefix = ("s3://" if storage.is_s3(labels_in) else "") + base
@@ -184,8 +187,8 @@ def import_voc(labels_in: str, selected: Mapping[str, str | None] | pa.Table, cl
                       pa.string())
     table = _selected_table(selected)
     by_id, by_item = [], []
-    for start in range(0, table.num_rows, VOC_CHUNK):
-        chunk = table.slice(start, VOC_CHUNK)
+    for start in range(0, table.num_rows, TASK_CHUNK):
+        chunk = table.slice(start, TASK_CHUNK)
         names = _voc_candidates(chunk.column("image_id").to_pylist(), chunk.column("uri").to_pylist())
         by_id.append(pa.array(names[0], pa.string()))
         by_item.append(pa.array(names[1], pa.string()))
@@ -198,24 +201,34 @@ def import_voc(labels_in: str, selected: Mapping[str, str | None] | pa.Table, cl
     missing = table.column("image_id").filter(pc.invert(delivered)).to_pylist()
     ids = table.column("image_id").filter(delivered).combine_chunks()
     xml_uris = pc.binary_join_element_wise(prefix, found.filter(delivered), "").combine_chunks()
-    # Compact copies: a slice pickles its parent's whole buffers, so each task's arguments were the whole
-    # selection (at 10^6 files, ~15 GB through the object store, spilled, and 7.9 GiB of driver RSS).
-    chunks = [(pa.concat_arrays([ids.slice(start, VOC_CHUNK)]), pa.concat_arrays([xml_uris.slice(start, VOC_CHUNK)]))
-              for start in range(0, len(ids), VOC_CHUNK)]
-    import ray  # here, not at the top: the dataset checks import this module without Ray
-
-    if ray.is_initialized() and len(ids) >= VOC_TASK_MIN_FILES:
-        parse = ray.remote(num_cpus=1)(parse_voc_chunk)
-        names_ref = ray.put(class_names)
-        results = (ray.get(ref) for ref in [parse.remote(chunk_ids, chunk_uris, names_ref) for chunk_ids, chunk_uris in chunks])
-    else:
-        results = (parse_voc_chunk(chunk_ids, chunk_uris, class_names) for chunk_ids, chunk_uris in chunks)
+    results = _in_tasks(parse_voc_chunk, list(zip(_chunks(ids), _chunks(xml_uris))), len(ids), class_names)
     tables, errors = [], []
     for chunk_table, chunk_errors in results:
         tables.append(chunk_table)
         errors += chunk_errors
     labels = pa.concat_tables(tables) if tables else schemas.LABEL_FIELDS.empty_table()
     return _finish(labels_in, selected, labels, errors, missing)
+
+
+def _chunks(values: pa.Array | pa.Table) -> list[pa.Array | pa.Table]:
+    """`values` in TASK_CHUNK pieces, each a compact copy: a slice pickles its parent's whole buffers, so
+    each task's arguments were the whole selection (VOC at 10^6 files: ~15 GB through the object store,
+    spilled, 7.9 GiB of driver RSS)."""
+    concat = pa.concat_tables if isinstance(values, pa.Table) else pa.concat_arrays
+    return [concat([values.slice(start, TASK_CHUNK)]) for start in range(0, len(values), TASK_CHUNK)]
+
+
+def _in_tasks(fn: Callable, calls: list[tuple], n_images: int, *shared: object) -> Iterator:
+    """`fn(*args, *shared)` for the `args` of every call, in order: in Ray tasks (`shared` put in the
+    object store once) when Ray is running and the round has TASK_MIN_IMAGES images, else here."""
+    import ray  # here, not at the top: the dataset checks import this module without Ray
+
+    if not (ray.is_initialized() and n_images >= TASK_MIN_IMAGES):
+        return (fn(*args, *shared) for args in calls)
+    task = ray.remote(num_cpus=1)(fn)
+    shared_refs = [ray.put(value) for value in shared]
+    refs = [task.remote(*args, *shared_refs) for args in calls]
+    return (ray.get(ref) for ref in refs)
 
 
 def _read_capped(uri: str, max_bytes: int, what: str) -> bytes:
@@ -239,96 +252,134 @@ def read_json(uri: str) -> object:
         raise ValueError(f"'{uri}' is not valid JSON: {exc}") from None
 
 
-def _header_sizes(selected: Mapping[str, str | None]) -> dict[str, tuple[int, int]]:
-    """image_id -> (width, height) from each selected image's header, for the images that can be read:
-    boxes are checked against the image itself, whatever size the delivery states (or omits)."""
+def _header_sizes_chunk(selected: pa.Table) -> pa.Table:
+    """(image_id, width, height) from the headers of the selected images that can be read (threads on
+    S3): boxes are checked against the image itself, whatever size the delivery states (or omits)."""
     from raylib import images  # torch comes with it: only when there is a JSON delivery to check
 
-    def one(item: tuple[str, str | None]) -> tuple[str, tuple[int, int] | None]:
-        image_id, uri = item
+    ids, uris = selected.column("image_id").to_pylist(), selected.column("uri").to_pylist()
+
+    def one(index: int) -> tuple[int, int] | None:
         try:
-            return image_id, images.header_size_of(uri, image_id) if uri else None
+            return images.header_size_of(uris[index], ids[index]) if uris[index] else None
         except (images.ImageError, OSError, ValueError):
-            return image_id, None  # unreadable here: the delivery's size is used
+            return None  # unreadable here: the delivery's size is used
 
-    items = sorted(selected.items())
-    threads = READ_THREADS if any(storage.is_s3(uri or "") for _, uri in items) else 1
-    with ThreadPoolExecutor(max_workers=threads) as executor:
-        return {image_id: size for image_id, size in executor.map(one, items) if size is not None}
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as executor:
+        on_s3 = any(storage.is_s3(uri or "") for uri in uris)
+        sizes = list(executor.map(one, range(len(ids))) if on_s3 else map(one, range(len(ids))))
+    kept = [index for index, size in enumerate(sizes) if size is not None]
+    return pa.table({"image_id": selected.column("image_id").take(pa.array(kept, pa.int64())),
+                     "width": pa.array([sizes[i][0] for i in kept], pa.int64()),
+                     "height": pa.array([sizes[i][1] for i in kept], pa.int64())}, schema=SIZE_FIELDS)
 
 
-def _import_json_files(labels_in: str, selected: Mapping[str, str | None], what: str,
-                       parse: Callable[[object, Mapping], tuple[pa.Table, list[tuple[str, str]]]],
-                       sizes: Mapping[str, tuple[int, int]] | None) -> Delivery:
-    """Every *.json under `labels_in` through `parse(document, image sizes)`; a file that can't be
-    parsed is an error naming it (the others are still read); the same image delivered twice with
-    different labels is an error for that image. `sizes` None: read from the images' headers.
+def _sizes_table(sizes: Mapping[str, tuple[int, int]]) -> pa.Table:
+    ids = sorted(sizes)
+    return pa.table({"image_id": pa.array(ids, pa.string()), "width": pa.array([sizes[i][0] for i in ids], pa.int64()),
+                     "height": pa.array([sizes[i][1] for i in ids], pa.int64())}, schema=SIZE_FIELDS)
 
-    Each file is parsed whole, in this process: no streaming JSON parser is installed, and the files
-    are capped at MAX_JSON_BYTES (~8x that in memory). A delivery larger than that comes as several
-    files (per-part exports), each read in turn; only the labels table outlives a file."""
-    rows: dict[str, list[dict]] = {}
-    errors: list[tuple[str, str]] = []
-    failed: set[str] = set()
-    source: dict[str, str] = {}
+
+def parse_json_file(uri: str, labels_format: str, class_names: list[str], selected: pa.Table, sizes: pa.Table,
+                    document_root: str | None) -> tuple[pa.Table, list[tuple[str, str]], str | None]:
+    """One COCO or Label Studio file of a delivery -> (image_id, objects) of the selected images in it,
+    (image_id, reason) for its unusable ones, and the reason the file itself can't be read (None when it
+    can). Run in a Ray task per file by `_import_json_files`, or in its process."""
+    what = JSON_FORMATS[labels_format]
+    mapping = _as_mapping(selected)
+    size_of = dict(zip(sizes.column("image_id").to_pylist(),
+                       zip(sizes.column("width").to_pylist(), sizes.column("height").to_pylist())))
+    try:
+        document = read_json(uri)
+        if labels_format == "coco":
+            table, errors = coco.coco_to_labels(document, class_names, image_ids=name_index(mapping), sizes=size_of)
+        elif isinstance(document, list):
+            table, errors = labelstudio.tasks_to_labels(document, class_names, mapping, size_of, document_root)
+        else:
+            raise ValueError("not a Label Studio JSON export (a list of tasks)")
+    except FILE_ERRORS as exc:
+        return schemas.LABEL_FIELDS.empty_table(), [], f"{what} file '{uri}' could not be read: {exc}"
+    return table, [(image_id, f"{reason} (in '{uri}')") for image_id, reason in errors], None
+
+
+def _import_json_files(labels_in: str, labels_format: str, selected: Mapping[str, str | None] | pa.Table,
+                       class_names: list[str], sizes: Mapping[str, tuple[int, int]] | None,
+                       document_root: str | None = None) -> Delivery:
+    """Every *.json under `labels_in` through `parse_json_file`, one Ray task a file (`_in_tasks`); a file
+    that can't be parsed is an error naming it (the others are still read); the same image delivered
+    twice with different labels is an error for that image. `sizes` None: read from the images' headers,
+    TASK_CHUNK images a task.
+
+    Each file is parsed whole: no streaming JSON parser is installed, and the files are capped at
+    MAX_JSON_BYTES (~8x that in memory). A delivery larger than that comes as several files (per-part
+    exports). Only Arrow tables come back to this process."""
+    what = JSON_FORMATS[labels_format]
+    table = _selected_table(selected)
     files = storage.list_files(labels_in, ".json")
-    if sizes is None:
-        sizes = _header_sizes(selected) if files else {}
-    for uri in files:
-        try:
-            table, file_errors = parse(read_json(uri), sizes)
-        except FILE_ERRORS as exc:
-            errors.append((f"<{uri}>", f"{what} file '{uri}' could not be read: {exc}"))
+    if sizes is not None:
+        size_table = _sizes_table(sizes)
+    elif files:
+        parts = list(_in_tasks(_header_sizes_chunk, [(chunk,) for chunk in _chunks(table)], table.num_rows))
+        size_table = pa.concat_tables(parts) if parts else SIZE_FIELDS.empty_table()
+    else:
+        size_table = SIZE_FIELDS.empty_table()
+    results = _in_tasks(parse_json_file, [(uri,) for uri in files], table.num_rows,
+                        labels_format, class_names, table, size_table, document_root)
+    parts, errors, failed = [], [], set()
+    for index, (uri, (part, image_errors, file_error)) in enumerate(zip(files, results)):
+        if file_error:
+            errors.append((f"<{uri}>", file_error))
             continue
-        for image_id, reason in file_errors:
-            errors.append((image_id, f"{reason} (in '{uri}')"))
+        errors += image_errors
+        failed.update(image_id for image_id, _ in image_errors)
+        parts.append(part.append_column("file", pa.array(np.full(part.num_rows, index, np.int32))))
+    labels = pa.concat_tables(parts) if parts else schemas.LABEL_FIELDS.append(pa.field("file", pa.int32())).empty_table()
+    errors += _conflicts(labels, files, what, failed)
+    labels = labels.filter(pc.invert(pc.is_in(labels.column("image_id"), pa.array(sorted(failed), pa.string()))))
+    labels = labels.take(pc.sort_indices(labels, [("image_id", "ascending"), ("file", "ascending")]))
+    if labels.num_rows > 1:  # an image delivered in several files with the same labels: once
+        ids = labels.column("image_id").combine_chunks()
+        labels = labels.filter(pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))]))
+    answered = pa.concat_arrays([labels.column("image_id").combine_chunks(), pa.array(sorted(failed), pa.string())])
+    missing = table.column("image_id").filter(pc.invert(pc.is_in(table.column("image_id"), value_set=answered)))
+    return _finish(labels_in, selected, labels.drop_columns(["file"]).combine_chunks(), errors, missing.to_pylist())
+
+
+def _conflicts(labels: pa.Table, files: list[str], what: str, failed: set[str]) -> list[tuple[str, str]]:
+    """Errors for the images delivered in several rows with different labels (added to `failed`); only
+    the repeated images' rows become Python objects."""
+    counts = pc.value_counts(labels.column("image_id"))
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if not len(repeated):
+        return []
+    rows = labels.filter(pc.is_in(labels.column("image_id"), value_set=repeated))
+    rows = rows.take(pc.sort_indices(rows, [("file", "ascending")])).to_pylist()  # stable: file order, then row order
+    errors, last = [], {}
+    for row in rows:
+        image_id = row["image_id"]
+        if image_id in last and last[image_id]["objects"] != row["objects"]:
+            errors.append((image_id, f"{what}: '{image_id}' is delivered twice with different labels, in "
+                                     f"'{files[last[image_id]['file']]}' and '{files[row['file']]}'; keep one"))
             failed.add(image_id)
-        for row in table.to_pylist():
-            image_id = row["image_id"]
-            if image_id in rows and rows[image_id] != row["objects"]:
-                errors.append((image_id, f"{what}: '{image_id}' is delivered twice with different labels, in "
-                                         f"'{source[image_id]}' and '{uri}'; keep one"))
-                failed.add(image_id)
-            rows[image_id], source[image_id] = row["objects"], uri
-    rows = {image_id: objects for image_id, objects in rows.items() if image_id not in failed}
-    missing = [i for i in sorted(selected) if i not in rows and i not in failed]
-    ids = [image_id for image_id in sorted(selected) if image_id in rows]
-    table = pa.table({"image_id": pa.array(ids, pa.string()),
-                      "objects": pa.array([rows[i] for i in ids], pa.list_(schemas.OBJECT))}, schema=schemas.LABEL_FIELDS)
-    return _finish(labels_in, selected, table, errors, missing)
+        last[image_id] = row
+    return errors
 
 
-def import_coco(labels_in: str, selected: Mapping[str, str | None], class_names: list[str],
+def import_coco(labels_in: str, selected: Mapping[str, str | None] | pa.Table, class_names: list[str],
                 sizes: Mapping[str, tuple[int, int]] | None = None) -> Delivery:
     """Every *.json under `labels_in` as a COCO dataset; an image listed without annotations is empty.
     `sizes`: image_id -> (width, height) when known (default: read from each selected image's header)."""
-    names = name_index(selected)
-
-    def parse(document: object, sizes: Mapping) -> tuple[pa.Table, list[tuple[str, str]]]:
-        return coco.coco_to_labels(document, class_names, image_ids=names, sizes=sizes)
-
-    return _import_json_files(labels_in, selected, "COCO", parse, sizes)
+    return _import_json_files(labels_in, "coco", selected, class_names, sizes)
 
 
-def import_labelstudio(labels_in: str, selected: Mapping[str, str | None], class_names: list[str],
+def import_labelstudio(labels_in: str, selected: Mapping[str, str | None] | pa.Table, class_names: list[str],
                        document_root: str | None = None, sizes: Mapping[str, tuple[int, int]] | None = None
                        ) -> Delivery:
     """Every *.json under `labels_in` as a Label Studio JSON export; an annotation with no regions is
     an empty image, a task without a (non-skipped) annotation is missing. `document_root`: Label
     Studio's LOCAL_FILES_DOCUMENT_ROOT (`loop.labelstudio_document_root`), for local-files URLs;
     `sizes` as for `import_coco`."""
-
-    def parse(document: object, sizes: Mapping) -> tuple[pa.Table, list[tuple[str, str]]]:
-        if not isinstance(document, list):
-            raise ValueError("not a Label Studio JSON export (a list of tasks)")
-        return labelstudio.tasks_to_labels(document, class_names, selected, sizes, document_root)
-
-    return _import_json_files(labels_in, selected, "Label Studio", parse, sizes)
-
-
-IMPORTERS: dict[str, Callable[[str, Mapping[str, str | None], list[str]], Delivery]] = {
-    "voc": import_voc, "coco": import_coco, "labelstudio": import_labelstudio,
-}
+    return _import_json_files(labels_in, "labelstudio", selected, class_names, sizes, document_root)
 
 
 def import_delivery(labels_format: str, labels_in: str, selected: Mapping[str, str | None] | pa.Table,
@@ -336,14 +387,11 @@ def import_delivery(labels_format: str, labels_in: str, selected: Mapping[str, s
     """The delivery in `labels_in` for the `selected` images (image_id -> uri, or an (image_id, uri)
     table) in `labels_format`;
     `document_root` is Label Studio's (local-files URLs)."""
-    if labels_format not in IMPORTERS:
+    if labels_format not in FORMATS:
         raise ValueError(f"loop.labels_format '{labels_format}' is not one of {', '.join(FORMATS)}")
     if labels_format == "voc":
         return import_voc(labels_in, selected, class_names)
-    selected = _as_mapping(selected)  # the JSON formats match names through a dict (name_index)
-    if labels_format == "labelstudio":
-        return import_labelstudio(labels_in, selected, class_names, document_root)
-    return IMPORTERS[labels_format](labels_in, selected, class_names)
+    return _import_json_files(labels_in, labels_format, selected, class_names, None, document_root)
 
 
 # ----------------------------------------------------------------------------------- reviewed empty

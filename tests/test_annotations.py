@@ -7,6 +7,7 @@ import os
 
 import pyarrow as pa
 import pytest
+from PIL import Image
 
 from raylib import annotations, schemas
 from raylib.annotations import (check_delivery, delivery_marker, import_coco, import_delivery, import_labelstudio,
@@ -116,8 +117,8 @@ def test_voc_chunks_in_ray_tasks_give_the_same_delivery_as_one_process(ray_sessi
     given as an (image_id, uri) table is the same selection."""
     selected = _voc_delivery_of_every_kind(tmp_path)
     in_process = import_voc(str(tmp_path), selected, CLASSES)
-    monkeypatch.setattr(annotations, "VOC_CHUNK", 4)
-    monkeypatch.setattr(annotations, "VOC_TASK_MIN_FILES", 1)
+    monkeypatch.setattr(annotations, "TASK_CHUNK", 4)
+    monkeypatch.setattr(annotations, "TASK_MIN_IMAGES", 1)
     driver, parse = os.getpid(), annotations.parse_voc_chunk
 
     def parse_elsewhere(*args):  # shipped to the tasks by value; raises if a chunk is parsed here
@@ -304,3 +305,54 @@ def test_round_trip_labelstudio(exported, tmp_path):
         for got, want in zip(row["objects"], expected["objects"]):
             assert [got[k] for k in ("x1", "y1", "x2", "y2")] == pytest.approx(
                 [want[k] for k in ("x1", "y1", "x2", "y2")], abs=1e-3)  # percent and back, in float32
+
+
+def _json_delivery_of_every_kind(tmp_path) -> dict[str, str]:
+    """Selected images on disk (sizes from their headers), COCO files with: a box outside its image's real
+    size, an image delivered twice alike and one twice differently (in two files), an unreadable file."""
+    selected = {}
+    for n in range(9):
+        image = tmp_path / "pool" / f"img{n}.png"
+        image.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (100, 80)).save(image)
+        selected[f"img{n}"] = str(image)
+    selected["gone"] = str(tmp_path / "pool" / "gone.png")  # nothing delivered; no file either
+    images = [{"id": n, "file_name": f"img{n}.png", "width": 1000, "height": 1000} for n in range(8)]
+    anns = [{"id": n, "image_id": n, "category_id": 1 + n % 2, "bbox": [n, n, 10, 10], "iscrowd": 0} for n in range(8)]
+    anns[3]["bbox"] = [500, 500, 10, 10]  # inside the stated 1000x1000, outside the real 100x80
+    write(tmp_path / "in" / "a.json", coco_doc(images[:6], anns[:6]))
+    again = [{**anns[4]}, {**anns[5], "category_id": 1 + (1 + 5) % 2}]  # img4 the same, img5 another class
+    write(tmp_path / "in" / "b.json", coco_doc(images[4:8], again + anns[6:8]))
+    write(tmp_path / "in" / "c.json", "{not json")
+    return selected
+
+
+def test_json_deliveries_in_ray_tasks_give_the_same_delivery_as_one_process(ray_session, tmp_path, monkeypatch):
+    """One Ray task per COCO file and per chunk of 3 image headers (the threshold lowered to force it):
+    the same labels, errors and missing images as parsing them here."""
+    selected = _json_delivery_of_every_kind(tmp_path)
+    in_process = import_coco(str(tmp_path / "in"), selected, CLASSES)
+    monkeypatch.setattr(annotations, "TASK_CHUNK", 3)
+    monkeypatch.setattr(annotations, "TASK_MIN_IMAGES", 1)
+    driver, parse, sizes = os.getpid(), annotations.parse_json_file, annotations._header_sizes_chunk
+
+    def elsewhere(fn):  # shipped to the tasks by value; raises if the work is done here
+        def run(*args):
+            assert os.getpid() != driver, f"{fn.__name__} ran in the driver"
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(annotations, "parse_json_file", elsewhere(parse))
+    monkeypatch.setattr(annotations, "_header_sizes_chunk", elsewhere(sizes))
+    table = pa.table({"image_id": list(selected)[::-1], "uri": list(selected.values())[::-1]})
+    in_tasks = import_coco(str(tmp_path / "in"), table, CLASSES)
+    monkeypatch.undo()
+
+    assert in_tasks.labels.equals(in_process.labels)
+    assert in_process.labels.column("image_id").to_pylist() == ["img0", "img1", "img2", "img4", "img6", "img7"]
+    assert in_process.labels.to_pylist()[0]["objects"] == [box(0, 0, 0, 10, 10)]
+    assert sorted(in_tasks.errors) == sorted(in_process.errors)
+    reasons = dict(in_process.errors)
+    assert sorted(reasons) == [f"<{tmp_path / 'in' / 'c.json'}>", "img3", "img5"]
+    assert "outside the 100x80 image" in reasons["img3"] and "twice with different labels" in reasons["img5"]
+    assert in_tasks.missing == in_process.missing == ["gone", "img8"]
