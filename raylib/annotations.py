@@ -104,9 +104,12 @@ def _class_ids(class_names: list[str]) -> dict[str, int]:
 
 
 def _selected_table(selected: Mapping[str, str | None] | pa.Table) -> pa.Table:
-    """The selection as an (image_id, uri) table sorted by image_id, each id once."""
+    """The selection as an (image_id, uri) table sorted by image_id, each id once; with the width and
+    height columns of a table that has them."""
     if isinstance(selected, pa.Table):
-        table = selected.select(["image_id", "uri"]).cast(SELECTED_FIELDS)
+        sized = "width" in selected.column_names and "height" in selected.column_names
+        fields = [*SELECTED_FIELDS, *SIZE_FIELDS.remove(0)] if sized else list(SELECTED_FIELDS)
+        table = selected.select([f.name for f in fields]).cast(pa.schema(fields))
         table = table.take(pc.sort_indices(table, [("image_id", "ascending")]))
         if table.num_rows > 1:  # drop repeated ids (kept: the first of each run)
             ids = table.column("image_id").combine_chunks()
@@ -274,6 +277,15 @@ def _header_sizes_chunk(selected: pa.Table) -> pa.Table:
                      "height": pa.array([sizes[i][1] for i in kept], pa.int64())}, schema=SIZE_FIELDS)
 
 
+def _known_sizes(selected: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(sizes the selection carries (scoring read them from the headers), the selected images without)."""
+    if "width" not in selected.column_names:
+        return SIZE_FIELDS.empty_table(), selected
+    known = pc.and_(pc.is_valid(selected.column("width")), pc.is_valid(selected.column("height")))
+    return (selected.filter(known).select(SIZE_FIELDS.names).cast(SIZE_FIELDS),
+            selected.filter(pc.invert(known)).select(SELECTED_FIELDS.names))
+
+
 def _sizes_table(sizes: Mapping[str, tuple[int, int]]) -> pa.Table:
     ids = sorted(sizes)
     return pa.table({"image_id": pa.array(ids, pa.string()), "width": pa.array([sizes[i][0] for i in ids], pa.int64()),
@@ -307,7 +319,8 @@ def _import_json_files(labels_in: str, labels_format: str, selected: Mapping[str
                        document_root: str | None = None) -> Delivery:
     """Every *.json under `labels_in` through `parse_json_file`, one Ray task a file (`_in_tasks`); a file
     that can't be parsed is an error naming it (the others are still read); the same image delivered
-    twice with different labels is an error for that image. `sizes` None: read from the images' headers,
+    twice with different labels is an error for that image. `sizes` None: the sizes `selected` carries
+    (width and height columns: scoring read them from the headers), else read from the images' headers,
     TASK_CHUNK images a task.
 
     Each file is parsed whole: no streaming JSON parser is installed, and the files are capped at
@@ -319,10 +332,12 @@ def _import_json_files(labels_in: str, labels_format: str, selected: Mapping[str
     if sizes is not None:
         size_table = _sizes_table(sizes)
     elif files:
-        parts = list(_in_tasks(_header_sizes_chunk, [(chunk,) for chunk in _chunks(table)], table.num_rows))
-        size_table = pa.concat_tables(parts) if parts else SIZE_FIELDS.empty_table()
+        size_table, unknown = _known_sizes(table)
+        parts = list(_in_tasks(_header_sizes_chunk, [(chunk,) for chunk in _chunks(unknown)], unknown.num_rows))
+        size_table = pa.concat_tables([size_table, *parts])
     else:
         size_table = SIZE_FIELDS.empty_table()
+    table = table.select(list(SELECTED_FIELDS.names))
     results = _in_tasks(parse_json_file, [(uri,) for uri in files], table.num_rows,
                         labels_format, class_names, table, size_table, document_root)
     parts, errors, failed = [], [], set()

@@ -190,6 +190,8 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
         storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
     else:
         uris = pool.uris_of(pool.round_pool(rp, ds.pool_manifest), selected)
+        if storage.exists(rp.image_status):  # scored: boxes are checked against the sizes scoring read
+            uris = pool.with_sizes(uris, rp.image_status)
         delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names,
                                                loop.labelstudio_document_root)
         errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}

@@ -299,6 +299,15 @@ def uris_of(manifest_uri: str, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
     return _rows_in(manifest_uri, pa.table({"image_id": ids}), ["image_id", "uri"]).select(["image_id", "uri"])
 
 
+def with_sizes(items: pa.Table, image_status_uri: str) -> pa.Table:
+    """`items` (image_id, uri) with the width and height scoring read from each image's header
+    (`image_status`; null where it has none): one join, no image opened again."""
+    sizes = _rows_in(image_status_uri, items, ["image_id", "width", "height"])
+    found = pc.index_in(items.column("image_id"), value_set=sizes.column("image_id").combine_chunks())
+    return items.append_column("width", sizes.column("width").take(found)).append_column(
+        "height", sizes.column("height").take(found))
+
+
 def round_pool(rp: paths.RoundPaths, pool_manifest: str) -> str:
     """What a round scores: its unlabelled manifest when the loop wrote one, else the whole pool
     (single-stage jobs run outside the loop)."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zlib
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -107,6 +108,14 @@ def test_coco_box_is_checked_against_the_image_header_not_the_stated_size(tmp_pa
     delivery = import_coco(str(tmp_path / "in"), selected, CLASSES)
     assert "outside the 100x80 image" in errors_of(delivery)["x"]
     write(tmp_path / "in" / "a.json", coco_doc([{"id": 1, "file_name": "x.png"}], [ann(1, 1, [90, 70, 20, 20])]))
+    assert "outside the 100x80 image" in errors_of(import_coco(str(tmp_path / "in"), selected, CLASSES))["x"]
+
+
+def test_coco_box_is_checked_against_the_size_scoring_read_without_opening_the_image(tmp_path):
+    # The oracle's selection carries the sizes scoring read (image_status); there is no image file here.
+    selected = pa.table({"image_id": ["x"], "uri": [str(tmp_path / "nowhere" / "x.png")],
+                         "width": pa.array([100], pa.int32()), "height": pa.array([80], pa.int32())})
+    write(tmp_path / "in" / "a.json", coco_doc([coco_image(1, "x.png", 1000, 1000)], [ann(1, 1, [500, 500, 10, 10])]))
     assert "outside the 100x80 image" in errors_of(import_coco(str(tmp_path / "in"), selected, CLASSES))["x"]
 
 

@@ -317,3 +317,21 @@ def test_round_pool_is_the_unlabelled_manifest_when_the_loop_wrote_one(tmp_path)
     storage.write_table(schemas.empty(schemas.POOL), rp.unlabelled)
     assert pool.round_pool(rp, "/whole/pool.parquet") == rp.unlabelled
 
+
+
+def test_with_sizes_takes_each_images_size_from_the_scoring_parts(tmp_path):
+    # image_status in two parts, as scoring writes it; an image it lacks, and one whose header failed (null).
+    folder = tmp_path / "image_status"
+    folder.mkdir()
+    for part, (ids, widths, heights) in enumerate([(["b", "a"], [20, 10], [21, 11]), (["c"], [None], [None])]):
+        n = len(ids)
+        storage.write_table(pa.table({
+            "round": pa.array([0] * n, pa.int16()), "image_id": ids, "status": ["ok"] * n, "error": [None] * n,
+            "n_detections": pa.array([0] * n, pa.int32()), "width": pa.array(widths, pa.int32()),
+            "height": pa.array(heights, pa.int32()), "uri": [f"/{i}.jpg" for i in ids]}, schema=schemas.IMAGE_STATUS),
+            str(folder / f"part-{part:05d}.parquet"))
+    items = pa.table({"image_id": ["a", "c", "d", "b"], "uri": ["/a.jpg", "/c.jpg", "/d.jpg", "/b.jpg"]})
+    sized = pool.with_sizes(items, str(folder))
+    assert sized.column("image_id").to_pylist() == ["a", "c", "d", "b"]
+    assert sized.column("width").to_pylist() == [10, None, None, 20]
+    assert sized.column("height").to_pylist() == [11, None, None, 21]
