@@ -9,7 +9,9 @@ manifest, scoring's detections (10 per image over 20 classes) and image_status (
 with a local Ray of `--cpus` CPUs, as the loop runs), each phase of the round, timed in wall seconds:
 
   export        raylib.export.export_preannotations, every format (VOC XML, COCO, Label Studio, URIs, CVAT)
-  ingest        the oracle's ingestion of the selection's VOC delivery (written by a child, not timed)
+  ingest        the oracle's ingestion of the selection's VOC delivery (written by a child, not timed);
+                with --coco, printed apart: the same as COCO files of --part-size images, every box
+                checked against its image's size in image_status, as labels.oracle does
   remaining     raylib.pool.write_remaining of the pool less a labelled set of 90% of it
   labelled-set  the training stage's reading of the labelled set's train split: every rank's shard of
                 TRAIN_WORKERS (URIs, targets, image sizes: train_data.load_split) on a labelled set of the
@@ -233,6 +235,8 @@ def main() -> None:
     parser.add_argument("--phases", default=",".join(PHASES), help="the phases to run, comma-separated "
                         f"(default: all of {','.join(PHASES)}); the others print -")
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one, removed)")
+    parser.add_argument("--coco", action="store_true", help="also ingest the delivery as COCO files of "
+                        "--part-size images (printed apart from the last line)")
     parser.add_argument("--make", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -275,6 +279,10 @@ def main() -> None:
                 _print_ratio("AP50", ap_seconds / n_detections, baseline["ap"] / evaluated, "detection")
                 _print_ratio("calibration matching", matching_seconds / n_detections,
                              baseline["matching"] / evaluated, "detection")
+        if args.coco:
+            coco_seconds, n_files = ingest_coco(inputs, args.part_size)
+            print(f"ingest (COCO, {n_files} files, boxes checked against image_status's sizes): {coco_seconds:.1f} s "
+                  f"({1000 * coco_seconds / args.images:.3f} ms an image)", flush=True)
         times = ", ".join(f"{name} {'-' if s is None else f'{s:.1f}'} s" for name, s in seconds.items())
         print(f"round_scale: {args.images} images: {times}; driver peak RSS {peak_rss_gib():.2f} GiB")
     finally:
@@ -355,6 +363,49 @@ def remaining_phase(inputs: Inputs) -> float:
     seconds = time.perf_counter() - start
     assert n == inputs.images - pq.read_metadata(labels_uri).num_rows, n
     return seconds
+
+
+def _write_coco_delivery(inputs: Inputs, labels_in: str, part_size: int) -> None:
+    """In a child process: the same kind of delivery as COCO, one file per `part_size` selected images (as
+    the export writes them at scale, and as CVAT exports per task), 3 boxes an image."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    categories = [{"id": n + 1, "name": name} for n, name in enumerate(CLASSES)]
+    os.makedirs(labels_in, exist_ok=True)
+    for part, batch in enumerate(pq.ParquetFile(inputs.selection).iter_batches(batch_size=part_size, columns=["image_id"])):
+        images, annotations = [], []
+        for image_id in batch.column(0).to_pylist():
+            images.append({"id": len(images) + 1, "file_name": image_id + ".jpg", "width": 640, "height": 480})
+            for c, x, y in zip(rng.integers(0, len(CLASSES), 3), rng.integers(0, 200, 3), rng.integers(0, 150, 3)):
+                annotations.append({"id": len(annotations) + 1, "image_id": len(images), "category_id": int(c) + 1,
+                                    "bbox": [int(x), int(y), 50, 40], "area": 2000, "iscrowd": 0})
+        with open(os.path.join(labels_in, f"part-{part:05d}.json"), "w") as handle:
+            json.dump({"images": images, "annotations": annotations, "categories": categories}, handle)
+
+
+def ingest_coco(inputs: Inputs, part_size: int) -> tuple[float, int]:
+    """(seconds, files) of ingesting the COCO delivery of the take-all selection as labels.oracle does:
+    URIs from the pool, image sizes from image_status (one join; boxes are checked against them), one Ray
+    task per file for the parsing."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from raylib import annotations, labels, pool
+
+    labels_in = inputs.out("delivery_coco")
+    if not os.path.isdir(labels_in):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            child.submit(_write_coco_delivery, inputs, labels_in, part_size).result()
+    start = time.perf_counter()
+    selected = labels.selected_ids(inputs.selection)
+    items = pool.with_sizes(pool.uris_of(inputs.pool, selected), inputs.image_status)
+    delivery = annotations.import_delivery("coco", labels_in, items, CLASSES)
+    seconds = time.perf_counter() - start
+    assert delivery.labels.num_rows == inputs.images, (delivery.labels.num_rows, delivery.errors[:3])
+    return seconds, len(os.listdir(labels_in))
 
 
 PHASES.update({"ingest": ingest_phase, "remaining": remaining_phase})
