@@ -47,7 +47,9 @@ same way, no fashion label), with the class head dropped, as the seed starts fro
 dataset. The pretrained weights are built once by `jobs/loop.py` (one round, every image labelled) and
 cached under `<out>/pretrain/`. `--init none` trains from scratch; `--init PATH` uses your weights.
 
-Runs resume: rerunning the same command skips finished runs and committed stages. The tables are printed
+Runs resume: rerunning the same command skips finished runs and committed stages. Each finished run's curve
+is also appended to a ledger committed beside the results (`<results>_runs.jsonl`), so a fresh checkout,
+which has no `outputs/`, resumes where the last one stopped instead of rerunning hours of seeds. The tables are printed
 and written (after every seed: a run cut short leaves its partial result) with the machine description to
 benchmarks/results/label_efficiency.md, with the loop's comparison PNG and our own plot beside it.
 """
@@ -259,8 +261,42 @@ class Curve:
     labelled: list[int]
     map50: list[float]
     ap50: list[list[float | None]]
-    objects_per_class: list[list[int]]
+    objects_per_class: list[list[int]] | None  # None: a ledger line that kept mAP50 only (see migrated_from)
     seconds: float
+    ap50_kept: bool = True
+
+
+# ------------------------------------------------------------------------------------------ ledger
+# One JSON line per finished run, committed beside the results markdown: outputs/ is not in git, so without
+# it a fresh checkout would rerun every finished seed. A line is written once its run finished; the first
+# line for a (strategy, seed) wins.
+
+
+def ledger_path(results: str) -> str:
+    return os.path.splitext(results)[0] + "_runs.jsonl"
+
+
+def load_ledger(path: str) -> dict[tuple[str, int], Curve]:
+    curves: dict[tuple[str, int], Curve] = {}
+    if not os.path.exists(path):
+        return curves
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                curve = Curve(row["strategy"], row["seed"], row["labelled"], row["map50"], row["ap50"],
+                              row["objects_per_class"], row["seconds"], row["ap50"] is not None)
+                curves.setdefault((curve.strategy, curve.seed), curve)
+    return curves
+
+
+def record(path: str, curve: Curve, overrides: list[str] | None = None) -> None:
+    row = {"strategy": curve.strategy, "seed": curve.seed, "labelled": [int(n) for n in curve.labelled],
+           "map50": [float(m) for m in curve.map50], "ap50": curve.ap50, "objects_per_class": curve.objects_per_class,
+           "seconds": round(curve.seconds, 1), "overrides": overrides}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 # Identical for every strategy of a seed. Not "score": its rows carry the strategy's per-detection score
@@ -294,8 +330,8 @@ def share_round0(src_run: str, dst_run: str) -> bool:
     return True
 
 
-def run_all(setup: Setup, out: str, init: str | None) -> list[Curve]:
-    curves = []
+def run_all(setup: Setup, out: str, init: str | None, ledger: str) -> list[Curve]:
+    curves, kept = [], load_ledger(ledger)
     for seed in setup.seeds:
         first_run = None
         for strategy in setup.strategies:
@@ -305,6 +341,12 @@ def run_all(setup: Setup, out: str, init: str | None) -> list[Curve]:
                          + [f"strategy={strategy}", f"seed={seed}", f"run_root={run_root}"]
                          + ([f"model.weights={init}"] if init else []))
             timing = os.path.join(run_root, "benchmark_seconds.json")
+            if (strategy, seed) in kept and not os.path.exists(timing):
+                curve = kept[(strategy, seed)]
+                print(f"{name}: done before (ledger {os.path.basename(ledger)}); mAP50 "
+                      f"{[round(m, 4) for m in curve.map50]}", flush=True)
+                curves.append(curve)
+                continue
             if os.path.exists(timing):
                 with open(timing) as f:
                     seconds = json.load(f)["seconds"]
@@ -319,17 +361,23 @@ def run_all(setup: Setup, out: str, init: str | None) -> list[Curve]:
                     json.dump({"seconds": seconds, "overrides": overrides}, f, indent=1)
             first_run = first_run or run_root
             history = report.load_history(run_root)
-            curves.append(Curve(strategy, seed, history.labelled, history.map50, history.ap50,
-                                history.objects_per_class, seconds))
+            curve = Curve(strategy, seed, history.labelled, history.map50, history.ap50, history.objects_per_class,
+                          seconds)
+            if (strategy, seed) not in kept:
+                record(ledger, curve, overrides)
+            curves.append(curve)
             print(f"{name}: {seconds:.0f} s; labelled {history.labelled}; mAP50 "
                   f"{[round(m, 4) for m in history.map50]}", flush=True)
     return curves
 
 
-def take_all(setup: Setup, out: str, init: str | None, seed: int = 0) -> dict | None:
+def take_all(setup: Setup, out: str, init: str | None, ledger: str, seed: int = 0) -> dict | None:
     """The reference: one round trained on every pool image (same split fractions and training), seed 0."""
     run_root = os.path.join(out, "take_all", f"seed{seed}")
     timing = os.path.join(run_root, "benchmark_seconds.json")
+    kept = load_ledger(ledger).get(("take_all", seed))
+    if kept and not os.path.exists(timing):
+        return {"labelled": kept.labelled[0], "map50": kept.map50[0], "seconds": kept.seconds, "seed": seed}
     if not os.path.exists(timing):
         loop = {**setup.loop, "loop.rounds": 1, "loop.seed_size": setup.n_pool}
         overrides = (pool_overrides(setup, out) + _overrides(loop)
@@ -342,6 +390,9 @@ def take_all(setup: Setup, out: str, init: str | None, seed: int = 0) -> dict | 
     with open(timing) as f:
         seconds = json.load(f)["seconds"]
     history = report.load_history(run_root)
+    if not kept:
+        record(ledger, Curve("take_all", seed, history.labelled, history.map50, history.ap50,
+                             history.objects_per_class, seconds))
     return {"labelled": history.labelled[0], "map50": history.map50[0], "seconds": seconds, "seed": seed}
 
 
@@ -467,13 +518,16 @@ def tables(summary: dict, curves: list[Curve], classes: list[str], reference: di
     for c, name in enumerate(classes):
         aps, objs = [], []
         for strategy in stats:
-            runs = [x for x in curves if x.strategy == strategy]
+            runs = [x for x in curves if x.strategy == strategy and x.ap50_kept]
             values = [x.ap50[last][c] for x in runs if x.ap50[last][c] is not None]
             aps.append(f"{np.mean(values):.3f}" if values else "n/a")
-            objs.append(f"{np.mean([x.objects_per_class[last][c] for x in runs]):.1f}")
+            objs.append(f"{np.mean([x.objects_per_class[last][c] for x in runs]):.1f}" if runs else "n/a")
         rows.append([name] + aps + objs)
+    partial = sum(not x.ap50_kept for x in curves)
+    note = (f"Left out: {partial} of {len(curves)} runs whose ledger line kept mAP50 only (they finished before the "
+            "ledger).\n\n" if partial else "")
     text += (f"\n\n### Last round (round {last}): AP50 per class and labelled objects per class (means over seeds)\n\n"
-             + _table(header, rows))
+             + note + _table(header, rows))
     return text
 
 
@@ -658,7 +712,7 @@ def command_of(args) -> str:
 def report_only(setup: Setup, out: str, results: str, dataset: dict, command: str, init: str, start: float,
                 load_start: float, want_reference: bool = True) -> None:
     """Results of the finished (strategy, seed) runs and of the take-all reference if it finished."""
-    curves, done = [], []
+    curves, done, kept, ledger = [], [], load_ledger(ledger_path(results)), ledger_path(results)
     for seed in setup.seeds:
         for strategy in setup.strategies:
             run_root = os.path.join(out, "runs", f"{strategy}_seed{seed}")
@@ -669,7 +723,11 @@ def report_only(setup: Setup, out: str, results: str, dataset: dict, command: st
                 history = report.load_history(run_root)
                 curves.append(Curve(strategy, seed, history.labelled, history.map50, history.ap50,
                                     history.objects_per_class, seconds))
-                done.append(f"{strategy}/seed{seed}")
+            elif (strategy, seed) in kept:
+                curves.append(kept[(strategy, seed)])
+            else:
+                continue
+            done.append(f"{strategy}/seed{seed}")
     pre, reference = None, None
     timing = os.path.join(out, "pretrain", "benchmark_seconds.json")
     if init == "digits" and os.path.exists(timing):  # a cached pretraining describes only runs started from it
@@ -677,8 +735,8 @@ def report_only(setup: Setup, out: str, results: str, dataset: dict, command: st
             seconds = json.load(f)["seconds"]
         with open(os.path.join(out, "pretrain", "digits", "round=00", "metrics.json")) as f:
             pre = {"images": setup.pretrain_images, "digits_test_map50": json.load(f)["map50"], "seconds": seconds}
-    if os.path.exists(os.path.join(out, "take_all", "seed0", "benchmark_seconds.json")):
-        reference = take_all(setup, out, None)
+    if os.path.exists(os.path.join(out, "take_all", "seed0", "benchmark_seconds.json")) or ("take_all", 0) in kept:
+        reference = take_all(setup, out, None, ledger)
     expected = len(setup.seeds) * len(setup.strategies)
     status = "" if len(done) == expected and (reference or not want_reference) else (
         f"**Partial: {len(done)} of {expected} runs finished ({', '.join(done)}); take-all reference "
@@ -755,12 +813,12 @@ def main() -> None:
     # Seed by seed, the results file rewritten after each: a run cut short leaves its partial result.
     for i, seed in enumerate(all_seeds):
         setup.seeds = [seed]
-        curves += run_all(setup, out, init)
+        curves += run_all(setup, out, init, ledger_path(results))
         setup.seeds = all_seeds[:i + 1]
         if i + 1 < len(all_seeds) or not args.no_take_all:
             write(f"**Partial: seeds {setup.seeds} of {all_seeds} done** (rerun the command to resume).")
     if not args.no_take_all:
-        reference = take_all(setup, out, init)
+        reference = take_all(setup, out, init, ledger_path(results))
     summary = write()
     print(tables(summary, curves, dataset["classes"], reference))
     print(verdict(summary))
