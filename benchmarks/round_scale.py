@@ -330,7 +330,9 @@ def _delivery(inputs: Inputs) -> tuple[str, str]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    labels_in, labels_uri = inputs.out("delivery"), inputs.out("labels.parquet")
+    # Not "labels.parquet" nor "unlabelled.parquet": those are the round's own (RoundPaths), which the
+    # ingest phase's oracle writes and reads.
+    labels_in, labels_uri = inputs.out("delivery"), inputs.out("labelled_90pct.parquet")
     if not os.path.exists(labels_uri):
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
             child.submit(_write_delivery, inputs, labels_in, labels_uri).result()
@@ -338,17 +340,57 @@ def _delivery(inputs: Inputs) -> tuple[str, str]:
 
 
 def ingest_phase(inputs: Inputs) -> float:
-    """The oracle's ingestion of the VOC delivery (labels.oracle with loop.oracle=external): the selected
-    ids, their URIs, `annotations.import_delivery` (Ray tasks of TASK_CHUNK files)."""
-    from raylib import annotations, labels, pool
+    """The oracle as the loop runs it with loop.oracle=external (labels.oracle: one Ray task, the parsing in
+    Ray tasks of TASK_CHUNK files): the selected ids, their URIs and sizes, the VOC delivery, the splits,
+    the labelled set written. The oracle task's peak RSS is printed apart (it is not the driver's)."""
+    from raylib import labels
+    from raylib.config import LoopConfig
+    from raylib.dataset import Dataset
+    from raylib.paths import RoundPaths
 
     labels_in, _ = _delivery(inputs)
-    start = time.perf_counter()
-    selected = labels.selected_ids(inputs.selection)
-    delivery = annotations.import_delivery("voc", labels_in, pool.uris_of(inputs.pool, selected), CLASSES)
-    seconds = time.perf_counter() - start
-    assert delivery.labels.num_rows == inputs.images, (delivery.labels.num_rows, delivery.errors[:3])
+    rp = RoundPaths(inputs.root, ROUND)
+    assert rp.selection == inputs.selection and rp.image_status == inputs.image_status
+    ds = Dataset(pool_manifest=inputs.pool, test_manifest="", class_names=CLASSES)
+    loop = LoopConfig(oracle="external", labels_in=labels_in, labels_format="voc")
+    with _TaskMemory("ray::_answer") as task:
+        start = time.perf_counter()
+        counts = labels.oracle(rp, ds, loop, seed=0, labels_uri=None)
+        seconds = time.perf_counter() - start
+    assert counts["n_labelled"] == inputs.images, counts
+    print(f"ingest: the oracle task's peak RSS {task.peak_gib:.2f} GiB (sampled every {task.interval} s)", flush=True)
     return seconds
+
+
+class _TaskMemory:
+    """The peak RSS of the processes running a Ray task, by its process title, sampled in a thread."""
+
+    def __init__(self, title: str, interval: float = 0.25):
+        self.title, self.interval, self.peak_gib = title, interval, 0.0
+        self._stop = None
+
+    def __enter__(self) -> "_TaskMemory":
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.interval):
+            for process in psutil.process_iter(["cmdline"]):
+                try:
+                    if self.title in " ".join(process.info["cmdline"] or ()):
+                        self.peak_gib = max(self.peak_gib, process.memory_info().rss / 2**30)
+                except psutil.Error:
+                    pass
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def remaining_phase(inputs: Inputs) -> float:
@@ -359,7 +401,7 @@ def remaining_phase(inputs: Inputs) -> float:
 
     _, labels_uri = _delivery(inputs)
     start = time.perf_counter()
-    n = pool.write_remaining(inputs.pool, labels_uri, inputs.out("unlabelled.parquet"))
+    n = pool.write_remaining(inputs.pool, labels_uri, inputs.out("remaining.parquet"))
     seconds = time.perf_counter() - start
     assert n == inputs.images - pq.read_metadata(labels_uri).num_rows, n
     return seconds

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -183,11 +183,9 @@ def import_voc(labels_in: str, selected: Mapping[str, str | None] | pa.Table, cl
     id). The files are parsed TASK_CHUNK at a time (`parse_voc_chunk`, by `_in_tasks`: parsing is ~1 ms
     a file of GIL-bound Python); the chunks' Arrow tables are merged in selection order."""
     root = storage.join(labels_in, "Annotations")
-    base = storage.resolve(root)[1].rstrip("/") + "/"
-    prefix = ("s3://" if storage.is_s3(labels_in) else "") + base
-    # Relative paths of the files delivered, as one Arrow array (not a Python dict of a million names).
-    listed = pa.array([uri[uri.index(base) + len(base):] for uri in storage.list_files(root, ".xml") if base in uri],
-                      pa.string())
+    prefix = ("s3://" if storage.is_s3(labels_in) else "") + storage.resolve(root)[1].rstrip("/") + "/"
+    # Relative paths of the files delivered, streamed into Arrow (no Python object per file delivered).
+    listed = _string_array(storage.iter_files(root, ".xml"))
     table = _selected_table(selected)
     by_id, by_item = [], []
     for start in range(0, table.num_rows, TASK_CHUNK):
@@ -211,6 +209,18 @@ def import_voc(labels_in: str, selected: Mapping[str, str | None] | pa.Table, cl
         errors += chunk_errors
     labels = pa.concat_tables(tables) if tables else schemas.LABEL_FIELDS.empty_table()
     return _finish(labels_in, selected, labels, errors, missing)
+
+
+def _string_array(strings: Iterable[str], chunk: int = 65_536) -> pa.Array:
+    """`strings` as one Arrow array, built `chunk` at a time: a million names never sit in a Python list."""
+    chunks, pending = [], []
+    for value in strings:
+        pending.append(value)
+        if len(pending) == chunk:
+            chunks.append(pa.array(pending, pa.string()))
+            pending = []
+    chunks.append(pa.array(pending, pa.string()))
+    return pa.concat_arrays(chunks)
 
 
 def _chunks(values: pa.Array | pa.Table) -> list[pa.Array | pa.Table]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib import annotations, paths, pool, schemas, storage
+from raylib import annotations, paths, pool, runtime, schemas, storage
 from raylib.config import LoopConfig
 from raylib.dataset import Dataset, ground_truth
 from raylib.paths import RoundPaths
@@ -39,52 +40,53 @@ class LabelsPending(Exception):
 # ------------------------------------------------------------------------------------ building
 
 
-def as_labels(table: pa.Table, split: str | list[str], round_added: int) -> pa.Table:
-    """(image_id, objects) rows of `voc.read_voc_labels` -> a LABELS table."""
-    splits = [split] * table.num_rows if isinstance(split, str) else split
+def as_labels(table: pa.Table, split: str | pa.Array, round_added: int) -> pa.Table:
+    """(image_id, objects) rows of `voc.read_voc_labels` -> a LABELS table; `split` one name or one per row."""
+    splits = pa.array([split] * table.num_rows, pa.string()) if isinstance(split, str) else split
     return schemas.check(
-        pa.table({"image_id": table.column("image_id"), "split": pa.array(splits, pa.string()),
-                  "round_added": pa.array([round_added] * table.num_rows, pa.int16()),
+        pa.table({"image_id": table.column("image_id"), "split": splits,
+                  "round_added": pa.array(np.full(table.num_rows, round_added, np.int16)),
                   "objects": table.column("objects")}),
         schemas.LABELS, "labels",
     )
 
 
 def assign_splits(table: pa.Table, fractions: tuple[float, float, float], seed: int, round_added: int) -> pa.Table:
-    """Labels for newly labelled images, split train/val/test per stratum (the class an image is
-    rarest in: small classes then reach every split), seeded by (seed, round)."""
-    strata = []
-    for objects in table.column("objects").to_pylist():
-        classes = sorted({obj["class_id"] for obj in objects})
-        strata.append(str(max(classes)) if classes else "empty")
-    splits = stratified_split(table.column("image_id").to_pylist(), strata, tuple(fractions),
-                              seed=seed * 1000 + round_added)
+    """Labels for newly labelled images (one row each), split train/val/test per stratum (the class an
+    image is rarest in, its largest class id: small classes then reach every split), seeded by (seed,
+    round). In Arrow and numpy: no Python object per image or per box (a take-all round is 10^6 images)."""
+    objects = table.column("objects").combine_chunks() if table.num_rows else pa.array([], table.schema.field("objects").type)
+    rarest = np.full(table.num_rows, -1, np.int64)
+    np.maximum.at(rarest, pc.list_parent_indices(objects).to_numpy(),
+                  pc.list_flatten(objects).field("class_id").to_numpy(zero_copy_only=False).astype(np.int64))
+    strata = np.where(rarest < 0, "empty", rarest.astype(str))
+    splits = stratified_split(table.column("image_id"), strata, tuple(fractions), seed=seed * 1000 + round_added)
     return as_labels(table, splits, round_added)
 
 
-def stratified_split(image_ids: list[str], strata: list[str], fractions: tuple[float, float, float],
-                     seed: int) -> list[str]:
-    """Assign train/val/test per stratum in the given fractions (seed 6.6: stratified 70/15/15).
+def stratified_split(image_ids: list[str] | pa.Array | pa.ChunkedArray, strata, fractions: tuple[float, float, float],
+                     seed: int) -> pa.Array:
+    """The split name (train/val/test) of each image, per stratum in the given fractions (seed 6.6:
+    stratified 70/15/15); `image_ids` unique, `strata` one name per image.
 
-    Within a stratum ids are shuffled with `seed`; counts use the largest remainder, so a stratum of
-    n images gets round(n * fraction) of each split, with leftovers going to the largest fractions.
-    """
+    Strata are taken in name order; within one its ids are sorted, then shuffled with `seed`; counts use
+    the largest remainder, so a stratum of n images gets round(n * fraction) of each split, with leftovers
+    going to the largest fractions. Vectorised: the same splits as shuffling each stratum's id list."""
+    ids = image_ids if isinstance(image_ids, (pa.Array, pa.ChunkedArray)) else pa.array(image_ids, pa.string())
+    names, codes = np.unique(np.asarray(strata, dtype=str), return_inverse=True)
     rng = np.random.default_rng(seed)
-    assigned: dict[str, str] = {}
-    by_stratum: dict[str, list[str]] = {}
-    for image_id, stratum in zip(image_ids, strata):
-        by_stratum.setdefault(stratum, []).append(image_id)
-    for stratum in sorted(by_stratum):
-        members = sorted(by_stratum[stratum])
-        rng.shuffle(members)
+    split_of = np.zeros(len(ids), np.int64)
+    for code in range(len(names)):
+        members = np.flatnonzero(codes == code)
+        members = members[pc.sort_indices(ids.take(pa.array(members))).to_numpy()]  # sorted by id
+        order = np.arange(len(members))
+        rng.shuffle(order)  # the same draws as shuffling the sorted id list itself
         exact = np.asarray(fractions) * len(members)
         counts = np.floor(exact).astype(int)
         for idx in np.argsort(-(exact - counts), kind="stable")[: len(members) - counts.sum()]:
             counts[idx] += 1
-        bounds = np.cumsum(counts)
-        for position, image_id in enumerate(members):
-            assigned[image_id] = SPLIT_NAMES[int(np.searchsorted(bounds, position, side="right"))]
-    return [assigned[image_id] for image_id in image_ids]
+        split_of[members[order]] = np.searchsorted(np.cumsum(counts), np.arange(len(members)), side="right")
+    return pa.array(SPLIT_NAMES, pa.string()).take(pa.array(split_of))
 
 
 def sample_ids(manifest_uri: str, n: int, seed: int) -> list[str]:
@@ -183,8 +185,23 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
     image labelled, the annotators' `_complete/round=NN` marker, or loop.accept_partial_delivery) raises
     `LabelsPending` before anything is committed: the loop stops there and says how many images are
     missing, and running the same command again resumes at this stage (a Ray job should not hold a
-    cluster while people annotate)."""
+    cluster while people annotate).
+
+    The work runs in one Ray task (`_answer`; here without Ray): a take-all round's selection, delivery
+    and labelled set are millions of rows, and none of them reaches the driver. The task takes no CPU
+    of its own: it waits on the parse tasks it fans out, as the driver did."""
+    answer = runtime.in_task(_answer, rp, ds, loop, seed, labels_uri)
+    if "pending" in answer:
+        raise LabelsPending(answer["pending"])
+    if "message" in answer:
+        log.info(answer.pop("message"))
+    return answer
+
+
+def _answer(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str | None) -> dict:
+    """`oracle`'s work; returns its counts, {"pending": message} while the delivery is incomplete."""
     selected = selected_ids(rp.selection)
+    message = None
     if loop.oracle == "simulate":
         table, errors = ground_truth(ds, selected.to_pylist(), "pool")
         storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
@@ -194,26 +211,33 @@ def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri:
             uris = pool.with_sizes(uris, rp.image_status)
         delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names,
                                                loop.labelstudio_document_root)
+        del uris
         errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}
         storage.write_text(rp.oracle_errors, json.dumps(errors, indent=1))
         status = annotations.check_delivery(delivery, loop.labels_in, rp.round_idx, len(selected),
                                             accept_partial=loop.accept_partial_delivery)
         if not status.complete:
-            raise LabelsPending(f"{status.message} (pre-annotations to correct: '{rp.preannotations}'; reasons "
-                                f"per image: '{rp.oracle_errors}'). Run the same command again when they are in.")
-        log.info(status.message)
+            return {"pending": f"{status.message} (pre-annotations to correct: '{rp.preannotations}'; reasons "
+                               f"per image: '{rp.oracle_errors}'). Run the same command again when they are in."}
+        message = status.message
         table = delivery.labels
-    previous = storage.read_table(labels_uri, schema=schemas.LABELS) if labels_uri else schemas.empty(schemas.LABELS)
     new = assign_splits(table, loop.split, seed, round_added=rp.round_idx + 1)
-    new = new.filter(pc.invert(pc.is_in(new.column("image_id"), previous.column("image_id"))))
-    storage.write_table(pa.concat_tables([previous, new]), rp.labels)
-    return {"n_selected": len(selected), "n_labelled": new.num_rows, "n_missing": len(errors)}
+    if labels_uri:  # earlier labels keep their split: an image labelled before is not added again
+        before = storage.read_table(labels_uri, columns=["image_id"]).column("image_id")
+        new = new.filter(pc.invert(pc.is_in(new.column("image_id"), value_set=before.combine_chunks())))
+    previous = (pa.Table.from_batches([batch]).cast(schemas.LABELS).to_batches()
+                for batch in (storage.iter_parquet_batches(labels_uri) if labels_uri else ()))
+    storage.write_batches(itertools.chain(itertools.chain.from_iterable(previous), new.to_batches()), rp.labels,
+                          schemas.LABELS)
+    counts = {"n_selected": len(selected), "n_labelled": new.num_rows, "n_missing": len(errors)}
+    return {**counts, "message": message} if message else counts
 
 
 def selected_ids(selection_uri: str) -> pa.Array:
     """The image ids of a selection, each once, sorted: an Arrow array (the take-all round selects the
-    whole pool; no Python string per id)."""
-    ids = pc.unique(storage.read_table(selection_uri, columns=["image_id"]).column("image_id"))
+    whole pool; no Python string per id), read batch by batch (a selection has a row per detection)."""
+    unique = [pc.unique(batch.column(0)) for batch in storage.iter_parquet_batches(selection_uri, ["image_id"])]
+    ids = pc.unique(pa.chunked_array(unique)) if unique else pa.array([], pa.string())
     return ids.take(pc.sort_indices(ids)).cast(pa.string())
 
 

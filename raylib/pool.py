@@ -244,22 +244,13 @@ def iter_folder(root_uri: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -
         yield _pool_batch(ids, [storage.join(base, rel) for rel in ids])
 
 
-def _first_keys_s3(root_uri: str) -> Iterator[str]:
-    """Keys under an s3:// prefix, relative, page by page (one paginator: the first pages come at once)."""
-    import boto3
-
-    bucket, _, prefix = root_uri[len("s3://"):].partition("/")
-    prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-    for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        yield from (item["Key"][len(prefix):] for item in page.get("Contents", []))
-
-
 def first_images(root_uri: str, n: int, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
     """Up to `n` image ids under a folder or prefix, stopping there (a dry run's look, not an index);
     [] for a folder that does not exist."""
     if not storage.is_s3(root_uri) and not os.path.isdir(root_uri):
         return []
-    walk = _first_keys_s3(root_uri) if storage.is_s3(root_uri) else _walk_local(os.path.abspath(root_uri))
+    # S3: page by page as listed (the first pages come at once); a folder: in S3's order.
+    walk = storage.iter_files(root_uri) if storage.is_s3(root_uri) else _walk_local(os.path.abspath(root_uri))
     found = []
     for rel in walk:
         if _is_image(rel, tuple(ext.lower() for ext in extensions)):

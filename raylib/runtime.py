@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from raylib import console, storage
@@ -21,6 +22,22 @@ log = logging.getLogger(__name__)
 # training does) made every epoch last at least 2 s: the demo's epochs take 1.5 s. Clusters keep Ray's
 # defaults (their epochs take minutes).
 LOCAL_RAY_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def in_task(fn: Callable[..., Any], *args: Any, num_cpus: float = 0) -> Any:
+    """`fn(*args)` in one Ray task when Ray is running (here otherwise): a stage's work on the cluster, so
+    that what it reads (a take-all round's millions of rows) never reaches the driver. An error of `fn`
+    is raised as itself (a ConfigError stays one line on the screen), with Ray's traceback as its cause."""
+    import ray
+
+    if not ray.is_initialized():
+        return fn(*args)
+    try:
+        return ray.get(ray.remote(num_cpus=num_cpus)(fn).remote(*args))
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, Exception):
+            raise error.cause from error
+        raise
 
 
 def cpu_threads(num_cpus: float, torch_threads: int | None) -> int:

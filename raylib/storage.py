@@ -217,6 +217,39 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     )
 
 
+def iter_files(uri: str, suffix: str = "") -> Iterator[str]:
+    """Paths relative to `uri` ('/'-separated) of the files under it ending in `suffix`, as they are
+    listed (no order), streaming: one directory handle at a time on disk, one page of 1,000 keys on S3
+    (boto3's paginator). For folders of millions of files, where `list_files` holds a Python object per
+    file. Hidden local entries are skipped, symlinked directories not followed; none under a missing `uri`."""
+    if is_s3(uri):
+        import boto3
+
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                if key.endswith(suffix) and not key.endswith("/"):  # "/": a folder marker object
+                    yield key[len(prefix):]
+        return
+    root = resolve(uri)[1]
+    if not os.path.isdir(root):
+        return
+    folders = [""]
+    while folders:
+        rel_dir = folders.pop()
+        with os.scandir(os.path.join(root, rel_dir)) as scan:
+            for entry in scan:
+                if entry.name.startswith("."):
+                    continue
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(rel)
+                elif entry.is_file() and entry.name.endswith(suffix):
+                    yield rel
+
+
 def iter_parquet_batches(uri: str, columns: list[str] | None = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
     """Stream record batches from a Parquet file, or from every `.parquet` file under a folder (in
     name order; stray temporary siblings of an interrupted write are not read)."""

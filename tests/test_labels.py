@@ -18,7 +18,7 @@ from tests.helpers import labels_table, write_manifest
 def test_stratified_split_keeps_fractions_within_each_stratum():
     ids = [f"img{i:04d}" for i in range(1000)]
     strata = ["a" if i % 10 < 7 else ("b" if i % 10 < 9 else "c") for i in range(1000)]  # 700 / 200 / 100
-    splits = stratified_split(ids, strata, (0.7, 0.15, 0.15), seed=3)
+    splits = stratified_split(ids, strata, (0.7, 0.15, 0.15), seed=3).to_pylist()
     for stratum, size in (("a", 700), ("b", 200), ("c", 100)):
         counts = Counter(s for s, st in zip(splits, strata) if st == stratum)
         assert counts["train"] == round(0.7 * size)
@@ -29,15 +29,59 @@ def test_stratified_split_keeps_fractions_within_each_stratum():
 def test_stratified_split_is_deterministic_and_seed_dependent():
     ids = [f"img{i}" for i in range(200)]
     strata = [str(i % 3) for i in range(200)]
-    first = stratified_split(ids, strata, (0.7, 0.15, 0.15), seed=1)
-    assert first == stratified_split(list(reversed(ids)), list(reversed(strata)), (0.7, 0.15, 0.15), seed=1)[::-1]
-    assert first != stratified_split(ids, strata, (0.7, 0.15, 0.15), seed=2)
+    first = stratified_split(ids, strata, (0.7, 0.15, 0.15), seed=1).to_pylist()
+    reverse = stratified_split(list(reversed(ids)), list(reversed(strata)), (0.7, 0.15, 0.15), seed=1).to_pylist()
+    assert first == reverse[::-1]
+    assert first != stratified_split(ids, strata, (0.7, 0.15, 0.15), seed=2).to_pylist()
 
 
 def test_stratified_split_small_stratum_counts_add_up():
-    splits = stratified_split(["x", "y"], ["s", "s"], (0.7, 0.15, 0.15), seed=0)
+    splits = stratified_split(["x", "y"], ["s", "s"], (0.7, 0.15, 0.15), seed=0).to_pylist()
     assert sorted(splits) == ["train", "train"] or sorted(splits).count("train") == 1
     assert len(splits) == 2
+
+
+def _splits_one_image_at_a_time(ids, objects, fractions, seed):
+    """The per-image rule of seed 6.6 as the labelled set assigned it before it was vectorised: stratum =
+    the image's largest class id ("empty" without boxes); strata in name order; each stratum's ids sorted,
+    shuffled as a list, then cut by largest-remainder counts."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    by_stratum: dict[str, list[str]] = {}
+    for image_id, boxes in zip(ids, objects):
+        classes = {box["class_id"] for box in boxes}
+        by_stratum.setdefault(str(max(classes)) if classes else "empty", []).append(image_id)
+    assigned = {}
+    for stratum in sorted(by_stratum):
+        members = sorted(by_stratum[stratum])
+        rng.shuffle(members)
+        exact = np.asarray(fractions) * len(members)
+        counts = np.floor(exact).astype(int)
+        for idx in np.argsort(-(exact - counts), kind="stable")[: len(members) - counts.sum()]:
+            counts[idx] += 1
+        bounds = np.cumsum(counts)
+        for position, image_id in enumerate(members):
+            assigned[image_id] = ("train", "val", "test")[int(np.searchsorted(bounds, position, side="right"))]
+    return [assigned[image_id] for image_id in ids]
+
+
+def test_assign_splits_gives_the_splits_of_the_per_image_rule():
+    import random
+
+    rnd = random.Random(5)
+    ids = [f"site{rnd.randint(0, 3)}/img_{i:05d}" for i in rnd.sample(range(100000), 3000)]
+    objects = [[{"class_id": rnd.choice([0, 1, 2, 3, 11, 12]), "x1": 1.0, "y1": 1.0, "x2": 5.0, "y2": 5.0,
+                 "difficult": False} for _ in range(rnd.choice([0, 0, 1, 2, 5]))] for _ in ids]
+    table = labels_table([(i, "train", boxes) for i, boxes in zip(ids, objects)]).select(["image_id", "objects"])
+    # Two chunks, the second a slice: the list offsets of a chunked, sliced column must line up.
+    table = pa.concat_tables([table.slice(0, 1000), table.slice(1000)])
+    got = labels.assign_splits(table, (0.7, 0.15, 0.15), seed=4, round_added=3)
+    want = _splits_one_image_at_a_time(ids, objects, (0.7, 0.15, 0.15), seed=4 * 1000 + 3)
+    assert got.column("split").to_pylist() == want
+    assert got.column("image_id").to_pylist() == ids
+    assert set(got.column("round_added").to_pylist()) == {3}
+    assert Counter(want)["val"] > 300  # every split is in play
 
 
 def _manifest(tmp_path, ids, name="pool.parquet"):

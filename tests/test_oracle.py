@@ -168,3 +168,29 @@ def test_hostile_entries_cost_their_images_only(round0, tmp_path, fmt):
     assert "hostile.json" in errors["b"]
     assert "nested too deeply" in errors[f"<{labels_in / 'deep.json'}>"]
     assert "line(s) 2 of" in errors[f"<{labels_in / 'reviewed_empty.txt'}>"]
+
+
+def test_oracle_under_ray_answers_in_a_task_as_in_process(round0, tmp_path, ray_session):
+    """With Ray running, the oracle's work is one task (runtime.in_task): the driver gets its counts, a
+    pending delivery still stops the round with the message, and the labelled set is the in-process one."""
+    ds, rp, labels_uri = round0
+    labels_in = tmp_path / "delivered"
+    loop = LoopConfig(oracle="external", labels_in=str(labels_in), labels_format="voc")
+    deliver("voc", labels_in, ["a", "c"])
+    with pytest.raises(labels.LabelsPending, match="2 of 3 selected images labelled, 1 missing") as pending:
+        labels.oracle(rp, ds, loop, 0, labels_uri)
+    assert "Traceback" not in str(pending.value)
+    deliver("voc", labels_in, ["b"])
+    assert labels.oracle(rp, ds, loop, 0, labels_uri) == {"n_selected": 3, "n_labelled": 3, "n_missing": 0}
+    in_task = storage.read_table(rp.labels)
+
+    ray_session.shutdown()
+    try:
+        in_process_rp = RoundPaths(str(tmp_path / "in_process"), 0)
+        for name in ("unlabelled", "selection"):
+            storage.write_bytes(getattr(in_process_rp, name), storage.read_bytes(getattr(rp, name)))
+        labels.oracle(in_process_rp, ds, loop, 0, labels_uri)
+        assert storage.read_table(in_process_rp.labels).equals(in_task)
+    finally:
+        ray_session.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert in_task.column("image_id").to_pylist() == ["s", "a", "b", "c"]  # the seed set first, kept as it was

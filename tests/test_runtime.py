@@ -6,6 +6,7 @@ import logging
 import re
 
 import numpy as np
+import pytest
 
 from raylib import runtime
 
@@ -56,3 +57,27 @@ def test_a_local_ray_tells_its_workers_its_own_dashboard():
     assert local["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"] == "http://127.0.0.1:18265"
     joined = runtime.init_kwargs(Config(cluster=ClusterConfig(address="auto")), dashboard_port=None)
     assert "dashboard_port" not in joined and "RAY_API_SERVER_ADDRESS" not in (joined["runtime_env"] or {}).get("env_vars", {})
+
+
+def test_in_task_runs_in_another_process_and_raises_the_tasks_error_as_itself(ray_session):
+    import os
+
+    from raylib import runtime
+    from raylib.config import ConfigError
+
+    assert runtime.in_task(_pid) != os.getpid()
+    with pytest.raises(ConfigError) as error:
+        runtime.in_task(_refuse, "loop.labels_in")
+    assert str(error.value) == "loop.labels_in: refused" and type(error.value) is ConfigError
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _refuse(key: str) -> None:
+    from raylib.config import ConfigError
+
+    raise ConfigError(f"{key}: refused")

@@ -164,3 +164,17 @@ def test_s3_env_passes_settings_but_never_credentials(monkeypatch):
     assert os.environ["AWS_SECRET_ACCESS_KEY"] and os.environ["AWS_ACCESS_KEY_ID"]
     for secret in ("UNRELATED_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         assert secret not in env
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_iter_files_streams_relative_paths_with_the_suffix(where, tmp_path, request):
+    root = str(tmp_path / "d") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/deliveries/d"
+    for name in ("a.xml", "b.jpg", "sub/c.xml", "sub/deeper/d.xml"):
+        storage.write_bytes(storage.join(root, name), b"x")
+    storage.write_bytes(storage.join(root + "-sibling", "e.xml"), b"x")  # shares the prefix, not the folder
+    if where == "local":
+        storage.write_bytes(storage.join(root, ".hidden", "f.xml"), b"x")
+    listed = storage.iter_files(root, ".xml")
+    assert not isinstance(listed, list)  # a generator: a folder of millions is not held
+    assert sorted(listed) == ["a.xml", "sub/c.xml", "sub/deeper/d.xml"]
+    assert list(storage.iter_files(storage.join(root, "missing"), ".xml")) == []
