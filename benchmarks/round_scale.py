@@ -9,9 +9,10 @@ manifest, scoring's detections (10 per image over 20 classes) and image_status (
 with a local Ray of `--cpus` CPUs, as the loop runs), each phase of the round, timed in wall seconds:
 
   export        raylib.export.export_preannotations, every format (VOC XML, COCO, Label Studio, URIs, CVAT)
-  ingest        the oracle's ingestion of the selection's VOC delivery (written by a child, not timed);
-                with --coco, printed apart: the same as COCO files of --part-size images, every box
-                checked against its image's size in image_status, as labels.oracle does
+  ingest        the oracle (labels.oracle, as the loop runs it: one Ray task) on the selection's VOC
+                delivery (written by a child, not timed): ids, URIs and sizes, parsing, splits, the labelled
+                set written; the oracle task's peak RSS printed apart. With --coco, printed apart: the same
+                as COCO files of --part-size images, every box checked against its image's size in image_status
   remaining     raylib.pool.write_remaining of the pool less a labelled set of 90% of it
   labelled-set  the training stage's reading of the labelled set's train split: every rank's shard of
                 TRAIN_WORKERS (URIs, targets, image sizes: train_data.load_split) on a labelled set of the
@@ -429,24 +430,27 @@ def _write_coco_delivery(inputs: Inputs, labels_in: str, part_size: int) -> None
 
 
 def ingest_coco(inputs: Inputs, part_size: int) -> tuple[float, int]:
-    """(seconds, files) of ingesting the COCO delivery of the take-all selection as labels.oracle does:
-    URIs from the pool, image sizes from image_status (one join; boxes are checked against them), one Ray
-    task per file for the parsing."""
+    """(seconds, files) of the oracle (labels.oracle, as `ingest_phase`) on the COCO delivery of the
+    take-all selection: URIs from the pool, image sizes from image_status (one join; boxes are checked
+    against them), one Ray task per file for the parsing."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from raylib import annotations, labels, pool
+    from raylib import labels
+    from raylib.config import LoopConfig
+    from raylib.dataset import Dataset
+    from raylib.paths import RoundPaths
 
     labels_in = inputs.out("delivery_coco")
     if not os.path.isdir(labels_in):
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
             child.submit(_write_coco_delivery, inputs, labels_in, part_size).result()
+    ds = Dataset(pool_manifest=inputs.pool, test_manifest="", class_names=CLASSES)
     start = time.perf_counter()
-    selected = labels.selected_ids(inputs.selection)
-    items = pool.with_sizes(pool.uris_of(inputs.pool, selected), inputs.image_status)
-    delivery = annotations.import_delivery("coco", labels_in, items, CLASSES)
+    counts = labels.oracle(RoundPaths(inputs.root, ROUND), ds,
+                           LoopConfig(oracle="external", labels_in=labels_in, labels_format="coco"), 0, None)
     seconds = time.perf_counter() - start
-    assert delivery.labels.num_rows == inputs.images, (delivery.labels.num_rows, delivery.errors[:3])
+    assert counts["n_labelled"] == inputs.images, counts
     return seconds, len(os.listdir(labels_in))
 
 
