@@ -264,6 +264,7 @@ class Curve:
     objects_per_class: list[list[int]] | None  # None: a ledger line that kept mAP50 only (see migrated_from)
     seconds: float
     ap50_kept: bool = True
+    start: str = ""  # which start weights (a rebuilt pretraining is not bit-identical: threads, load)
 
 
 # ------------------------------------------------------------------------------------------ ledger
@@ -285,7 +286,7 @@ def load_ledger(path: str) -> dict[tuple[str, int], Curve]:
             if line.strip():
                 row = json.loads(line)
                 curve = Curve(row["strategy"], row["seed"], row["labelled"], row["map50"], row["ap50"],
-                              row["objects_per_class"], row["seconds"], row["ap50"] is not None)
+                              row["objects_per_class"], row["seconds"], row["ap50"] is not None, row.get("start", ""))
                 curves.setdefault((curve.strategy, curve.seed), curve)
     return curves
 
@@ -293,7 +294,7 @@ def load_ledger(path: str) -> dict[tuple[str, int], Curve]:
 def record(path: str, curve: Curve, overrides: list[str] | None = None) -> None:
     row = {"strategy": curve.strategy, "seed": curve.seed, "labelled": [int(n) for n in curve.labelled],
            "map50": [float(m) for m in curve.map50], "ap50": curve.ap50, "objects_per_class": curve.objects_per_class,
-           "seconds": round(curve.seconds, 1), "overrides": overrides}
+           "seconds": round(curve.seconds, 1), "start": curve.start, "overrides": overrides}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -330,7 +331,7 @@ def share_round0(src_run: str, dst_run: str) -> bool:
     return True
 
 
-def run_all(setup: Setup, out: str, init: str | None, ledger: str) -> list[Curve]:
+def run_all(setup: Setup, out: str, init: str | None, ledger: str, start: str = "") -> list[Curve]:
     curves, kept = [], load_ledger(ledger)
     for seed in setup.seeds:
         first_run = None
@@ -362,7 +363,7 @@ def run_all(setup: Setup, out: str, init: str | None, ledger: str) -> list[Curve
             first_run = first_run or run_root
             history = report.load_history(run_root)
             curve = Curve(strategy, seed, history.labelled, history.map50, history.ap50, history.objects_per_class,
-                          seconds)
+                          seconds, start=start)
             if (strategy, seed) not in kept:
                 record(ledger, curve, overrides)
             curves.append(curve)
@@ -664,6 +665,9 @@ def write_results(path: str, setup: Setup, command: str, init: str, dataset: dic
     if os.path.exists(comparison):
         shutil.copyfile(comparison, os.path.join(folder, f"{stem}_comparison.png"))
     per_run = ", ".join(f"{c.strategy}/seed{c.seed} {c.seconds / 60:.1f} min" for c in curves)
+    starts = {}
+    for c in curves:
+        starts.setdefault(c.start or "not recorded", set()).add(c.seed)
     total = sum(c.seconds for c in curves) + (pre["seconds"] if pre else 0.0) + (reference["seconds"] if reference else 0.0)
     lines = [
         f"# Label efficiency: {setup.name}",
@@ -694,6 +698,11 @@ def write_results(path: str, setup: Setup, command: str, init: str, dataset: dic
                   f"mAP50 {pre['digits_test_map50']:.3f}), class head dropped.", ""]
     else:
         lines += ["Start weights: " + ("none (from scratch)." if init == "none" else f"`{init}` (`--init`)."), ""]
+    if len(starts) > 1:
+        lines += ["**Start weights differ between seeds** (a rebuilt pretraining is not bit-identical): "
+                  + "; ".join(f"seeds {sorted(seeds)}: {start}" for start, seeds in starts.items())
+                  + ". Every strategy of a seed starts from the same weights, so the paired differences and area "
+                  "ratios compare like with like; the means over seeds mix the start weights.", ""]
     lines += ["## Results", "", tables(summary, curves, dataset["classes"], reference), "",
               calibration_table(out, curves), "", "## Verdict", "",
               verdict(summary), "",
@@ -813,7 +822,9 @@ def main() -> None:
     # Seed by seed, the results file rewritten after each: a run cut short leaves its partial result.
     for i, seed in enumerate(all_seeds):
         setup.seeds = [seed]
-        curves += run_all(setup, out, init, ledger_path(results))
+        start = (f"digits-pretrained, digits test mAP50 {pre['digits_test_map50']:.3f}" if pre
+                 else "from scratch" if init is None else init)
+        curves += run_all(setup, out, init, ledger_path(results), start)
         setup.seeds = all_seeds[:i + 1]
         if i + 1 < len(all_seeds) or not args.no_take_all:
             write(f"**Partial: seeds {setup.seeds} of {all_seeds} done** (rerun the command to resume).")
