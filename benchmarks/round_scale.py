@@ -25,7 +25,8 @@ detections each): AP50 (metrics.ap50_per_class, with labels_to_ground_truth) and
 
 A phase is a function `(inputs) -> seconds`; one not measured prints `-` (`--phases` picks some). The
 baseline, at `--baseline` images in a child process: the export as it was before its rewrite
-(`raylib/export.py` at EXPORT_BASELINE), the labelled set and the evaluation as they were before theirs
+(`raylib/export.py` at EXPORT_BASELINE), the oracle as it was before the ingestion work (`raylib/{labels,
+annotations}.py` at INGEST_BASELINE), the labelled set and the evaluation as they were before theirs
 (`raylib/{train_data,labels,pool,metrics,calibration}.py` at LABELLED_SET_BASELINE), each copied from git
 to a temporary module; then the per-image time ratio new / old. The last line is:
 
@@ -57,6 +58,9 @@ EXPORT_BASELINE = "bea7f98e936810ec64057e264ce2349ec45213d6"  # the export befor
 # The labelled set's reading (a full decode per image for its size, a manifest scan into a dict, a Python
 # dict per box) and the per-detection matching loops of metrics.py / calibration.py, before issue 23.
 LABELLED_SET_BASELINE = "2ad4f3eadc5f9df7082d300105375dbdd55b1599"
+# The oracle before issue 23's ingestion work: the selection and its URIs as Python dicts, the VOC files
+# parsed one after another on the driver into a dict per box, the splits assigned per image in Python.
+INGEST_BASELINE = "87244d2e70fd2562f0a14d43cba1a627402582b5"
 CLASSES = [f"class_{n:02d}" for n in range(20)]
 DETECTIONS_PER_IMAGE = 10
 ROUND = 3
@@ -167,6 +171,7 @@ PHASES: dict[str, Callable[[Inputs], float] | None] = {
 # A phase's code before its rewrite, `(inputs, scratch folder) -> seconds`, timed by the baseline child.
 BASELINES: dict[str, Callable[[Inputs, str], float]] = {
     "export": lambda inputs, folder: export_phase(inputs, _module_at(EXPORT_BASELINE, "raylib/export.py", folder)),
+    "ingest": lambda inputs, folder: _ingest_baseline(inputs, folder),
 }
 
 
@@ -261,8 +266,8 @@ def main() -> None:
             baseline = {words[1]: float(words[2]) for words in lines if words[:1] == ["baseline"]}
             rss = next(float(words[1]) for words in lines if words[:1] == ["rss"])
             evaluated = next((int(words[1]) for words in lines if words[:1] == ["evaluated"]), 0)
-            print(f"baseline ({args.baseline} images; export at {EXPORT_BASELINE[:7]}, the rest at "
-                  f"{LABELLED_SET_BASELINE[:7]}): " + ", ".join(f"{name} {s:.1f} s" for name, s in baseline.items())
+            print(f"baseline ({args.baseline} images; export at {EXPORT_BASELINE[:7]}, ingest at {INGEST_BASELINE[:7]}, "
+                  f"the rest at {LABELLED_SET_BASELINE[:7]}): " + ", ".join(f"{name} {s:.1f} s" for name, s in baseline.items())
                   + f"; its driver peak RSS {rss:.2f} GiB", flush=True)
             shutil.rmtree(base_dir)
         _start_ray(args.cpus)
@@ -360,6 +365,28 @@ def ingest_phase(inputs: Inputs) -> float:
         seconds = time.perf_counter() - start
     assert counts["n_labelled"] == inputs.images, counts
     print(f"ingest: the oracle task's peak RSS {task.peak_gib:.2f} GiB (sampled every {task.interval} s)", flush=True)
+    return seconds
+
+
+def _ingest_baseline(inputs: Inputs, folder: str) -> float:
+    """`ingest_phase`'s work by the oracle at INGEST_BASELINE (its labels.py and annotations.py), on the
+    driver as it ran then; it needs a labelled set to add to: an empty one."""
+    from raylib import schemas, storage
+    from raylib.config import LoopConfig
+    from raylib.dataset import Dataset
+    from raylib.paths import RoundPaths
+
+    old_annotations = _module_at(INGEST_BASELINE, "raylib/annotations.py", folder)
+    old_labels = _module_at(INGEST_BASELINE, "raylib/labels.py", folder, annotations=old_annotations)
+    labels_in, _ = _delivery(inputs)
+    nothing = os.path.join(folder, "no_labels.parquet")
+    storage.write_table(schemas.empty(schemas.LABELS), nothing)
+    ds = Dataset(pool_manifest=inputs.pool, test_manifest="", class_names=CLASSES)
+    loop = LoopConfig(oracle="external", labels_in=labels_in, labels_format="voc")
+    start = time.perf_counter()
+    counts = old_labels.oracle(RoundPaths(inputs.root, ROUND), ds, loop, 0, nothing)
+    seconds = time.perf_counter() - start
+    assert counts["n_labelled"] == inputs.images, counts
     return seconds
 
 
