@@ -822,9 +822,9 @@ def main() -> None:
     # Seed by seed, the results file rewritten after each: a run cut short leaves its partial result.
     for i, seed in enumerate(all_seeds):
         setup.seeds = [seed]
-        start = (f"digits-pretrained, digits test mAP50 {pre['digits_test_map50']:.3f}" if pre
-                 else "from scratch" if init is None else init)
-        curves += run_all(setup, out, init, ledger_path(results), start)
+        weights = (f"digits-pretrained, digits test mAP50 {pre['digits_test_map50']:.3f}" if pre
+                   else "from scratch" if init is None else init)
+        curves += run_all(setup, out, init, ledger_path(results), weights)
         setup.seeds = all_seeds[:i + 1]
         if i + 1 < len(all_seeds) or not args.no_take_all:
             write(f"**Partial: seeds {setup.seeds} of {all_seeds} done** (rerun the command to resume).")
