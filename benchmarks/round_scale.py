@@ -422,14 +422,14 @@ class _TaskMemory:
 
 
 def remaining_phase(inputs: Inputs) -> float:
-    """The unlabelled stage (stages.unlabelled): the pool less a labelled set of 90% of it."""
+    """The unlabelled stage (stages.unlabelled, one Ray task): the pool less a labelled set of 90% of it."""
     import pyarrow.parquet as pq
 
-    from raylib import pool
+    from raylib import pool, runtime
 
     _, labels_uri = _delivery(inputs)
     start = time.perf_counter()
-    n = pool.write_remaining(inputs.pool, labels_uri, inputs.out("remaining.parquet"))
+    n = runtime.in_task(pool.write_remaining, inputs.pool, labels_uri, inputs.out("remaining.parquet"))  # as stages.unlabelled
     seconds = time.perf_counter() - start
     assert n == inputs.images - pq.read_metadata(labels_uri).num_rows, n
     return seconds

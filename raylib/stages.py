@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import pyarrow as pa
 
-from raylib import diversity, labels, paths, pool, schemas, storage, strategies
+from raylib import diversity, labels, paths, pool, runtime, schemas, storage, strategies
 from raylib.calibration import calibrate_split
 from raylib.config import Config, ConfigError
 from raylib.dataset import Dataset
@@ -61,8 +61,10 @@ def evaluate(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
 def unlabelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """The pool less the images labelled so far: what this round scores (an anti-join against the
-    labels file's image_id column; no id becomes a Python string)."""
-    return {"n_images": pool.write_remaining(ds.pool_manifest, round_labels(cfg, ds, rp), rp.unlabelled)}
+    labels file's image_id column; no id becomes a Python string). In one Ray task: the join's hash of
+    the labelled ids is O(labelled), ~0.2 GiB at 10^6, and stays off the driver."""
+    labelled = round_labels(cfg, ds, rp)
+    return {"n_images": runtime.in_task(pool.write_remaining, ds.pool_manifest, labelled, rp.unlabelled)}
 
 
 def score(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
