@@ -136,6 +136,16 @@ def local_ray_head(temp_dir: str):
                 if time.time() > deadline or head.poll() is not None:
                     raise
                 time.sleep(1)
+        # The dashboard answers before the raylet's job agent has registered; a submission then gets "No
+        # available agent to submit job" (seen on a loaded 2-core box). A no-op job, until one is taken.
+        while True:
+            try:
+                JobSubmissionClient(address).submit_job(entrypoint="true")
+                break
+            except RuntimeError as error:
+                if "No available agent" not in str(error) or time.time() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(1)
         yield address
     finally:
         os.killpg(head.pid, signal.SIGKILL)

@@ -29,6 +29,9 @@ FAILED_POINTS_FILE = "failed_points.txt"  # the name jobs/_job.py sweep_point wr
 JOB_LOG_FILE = "ray_job.log"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# A head answers before its job agent has registered: a submission then fails with "No available agent to
+# submit job, please try again later" (seen on a freshly started head on a loaded 2-core box).
+AGENT_WAIT_S = 60
 # Hydra overrides a point's job does not get: they are the sweep's own, or the launcher sets them.
 SWEEP_ONLY = ("hydra/launcher", "hydra.launcher", "hydra/sweeper", "hydra.sweeper", "hydra.sweep", "hydra.run",
               "hydra.mode")
@@ -80,6 +83,18 @@ def _last_error(logs: str) -> str:
         if re.match(r"(error:|[\w.]*(Error|Exception|Exit)\b)", line):
             return line
     return lines[-1] if lines else ""
+
+
+def _submit_when_an_agent_is_up(client: Any, **job: Any) -> str:
+    """`client.submit_job(**job)`, retried while the head says it has no job agent yet (AGENT_WAIT_S)."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def _is_local_dir(uri: str) -> bool:
@@ -200,8 +215,8 @@ class RayJobsLauncher(Launcher):
 
     def _submit(self, client: Any, point: Point) -> bool:
         try:
-            point.job_id = client.submit_job(
-                entrypoint=point.entrypoint, runtime_env=self.runtime_env,
+            point.job_id = _submit_when_an_agent_is_up(
+                client, entrypoint=point.entrypoint, runtime_env=self.runtime_env,
                 metadata={"hydra_sweep_dir": str(point.cfg.hydra.sweep.dir), "hydra_job_num": str(point.idx),
                           "overrides": point.name},
                 **{key: value for key, value in self.entrypoint_resources.items() if value is not None})
@@ -240,8 +255,9 @@ class RayJobsLauncher(Launcher):
         s3 = {name: str(value) for name, value in (("AWS_ENDPOINT_URL", storage.get("endpoint_url")),
                                                    ("AWS_REGION", storage.get("region"))) if value}
         env["env_vars"] = {**s3, **(env.get("env_vars") or {})}
-        job_id = client.submit_job(entrypoint=shlex.join([self.python, "-c", COMPARE_CODE, root]), runtime_env=env,
-                                   metadata={"hydra_sweep_dir": str(points[0].cfg.hydra.sweep.dir), "comparison": root})
+        job_id = _submit_when_an_agent_is_up(
+            client, entrypoint=shlex.join([self.python, "-c", COMPARE_CODE, root]), runtime_env=env,
+            metadata={"hydra_sweep_dir": str(points[0].cfg.hydra.sweep.dir), "comparison": root})
         print(f"[ray_jobs] comparison of the runs in {root}: {job_id}", flush=True)
         while (status := client.get_job_status(job_id).value) not in TERMINAL:
             time.sleep(self.poll_s)
