@@ -149,9 +149,12 @@ def test_loop_job_writes_every_round_output_calibration_and_the_report(reference
             voc.read_voc(uri)  # parses, boxes valid
         labels = storage.read_table(rp.labels)
         assert selected <= set(labels.column("image_id").to_pylist())
-    # Round 0's labels are the seed set plus the selection (debug=fast: budget of 8 images).
+    # Round 0's labels are the seed set plus the selection (debug=fast: a budget of 8 images; fewer when the
+    # untrained model's lowest scores of every class fall on fewer images: seen, 1 image).
     seed_size = storage.read_table(paths.seed_labels(run_root)).num_rows
-    assert storage.read_table(RoundPaths(run_root, 0).labels).num_rows == seed_size + 8 < pool_size
+    round0_selected = set(storage.read_table(RoundPaths(run_root, 0).selection).column("image_id").to_pylist())
+    assert 1 <= len(round0_selected) <= 8
+    assert storage.read_table(RoundPaths(run_root, 0).labels).num_rows == seed_size + len(round0_selected) < pool_size
     report_dir = paths.report_dir(run_root)
     assert "figure 6.8" in open(paths.report_file(report_dir)).read()
     for png in ("splits", "thresholds", "ap50", "objects", "map50"):
