@@ -195,18 +195,26 @@ def pool_overrides(setup: Setup, out: str) -> list[str]:
     return _data_overrides(os.path.join(out, "data", "fashion"), fashion_pool.CLASSES)
 
 
+ATTEMPTS = 3  # a loop that failed is run again (it resumes at its last committed stage)
+
+
 def run_job(overrides: list[str], log_path: str) -> float:
-    """`jobs/loop.py <overrides>` in its own process (output to `log_path`); returns its wall seconds."""
+    """`jobs/loop.py <overrides>` in its own process (output to `log_path`); returns its wall seconds.
+
+    A failed run is run again, up to ATTEMPTS in all: on a loaded 2-core box a local Ray's start can time
+    out ("The current node timed out during startup"), and one such start stopped a 10-seed benchmark."""
     command = [sys.executable, os.path.join(REPO, "jobs", "loop.py"), *overrides]
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.time()
-    with open(log_path, "a") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        result = subprocess.run(command, check=False, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); see {log_path}")
-    return time.time() - start
+    for attempt in range(1, ATTEMPTS + 1):
+        with open(log_path, "a") as log:
+            log.write("$ " + " ".join(command) + "\n")
+            log.flush()
+            result = subprocess.run(command, check=False, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if result.returncode == 0:
+            return time.time() - start
+        print(f"  attempt {attempt} of {ATTEMPTS} failed (exit {result.returncode}); see {log_path}", flush=True)
+    raise RuntimeError(f"`{' '.join(command)}` failed {ATTEMPTS} times; see {log_path}")
 
 
 def _strip_class_head(src: str, dst: str) -> None:
