@@ -138,16 +138,7 @@ def _walk_local(root: str) -> Iterator[str]:
 def _listing(root: str, rel_dir: str) -> list[str]:
     """Visible entries of one directory as relative paths, directories with a trailing '/', sorted
     as full keys sort (so 'a.jpg' < 'a/x.jpg', as in S3)."""
-    entries = []
-    with os.scandir(os.path.join(root, rel_dir)) as scan:
-        for entry in scan:
-            if entry.name.startswith("."):
-                continue
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if entry.is_dir(follow_symlinks=False):
-                entries.append(rel + "/")
-            elif entry.is_file():
-                entries.append(rel)
+    entries = [rel + "/" if is_dir else rel for rel, is_dir in storage.visible_entries(root, rel_dir)]
     return sorted(entries)
 
 

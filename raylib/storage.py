@@ -238,16 +238,25 @@ def iter_files(uri: str, suffix: str = "") -> Iterator[str]:
         return
     folders = [""]
     while folders:
-        rel_dir = folders.pop()
-        with os.scandir(os.path.join(root, rel_dir)) as scan:
-            for entry in scan:
-                if entry.name.startswith("."):
-                    continue
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append(rel)
-                elif entry.is_file() and entry.name.endswith(suffix):
-                    yield rel
+        for rel, is_dir in visible_entries(root, folders.pop()):
+            if is_dir:
+                folders.append(rel)
+            elif rel.endswith(suffix):
+                yield rel
+
+
+def visible_entries(root: str, rel_dir: str) -> Iterator[tuple[str, bool]]:
+    """(path relative to `root`, is a directory) of the entries of folder `root/rel_dir` as scandir gives
+    them: hidden ones skipped, symlinked directories not followed (no cycles), only files and folders."""
+    with os.scandir(os.path.join(root, rel_dir)) as scan:
+        for entry in scan:
+            if entry.name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield rel, True
+            elif entry.is_file():
+                yield rel, False
 
 
 def iter_parquet_batches(uri: str, columns: list[str] | None = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
