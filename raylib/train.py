@@ -60,7 +60,7 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     world_size)` runs in each worker after every optimizer step (tests inject failures with it).
     `round_idx`: the loop's round, for the tracking step of each epoch (`cfg.logger`, raylib/tracking.py).
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if labels.split_counts(labels_uri).get("train", 0) == 0:
@@ -71,24 +71,35 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     args = WorkerArgs(cfg=cfg, labels_uri=labels_uri, manifest_uri=manifest_uri,
                       class_names=tuple(class_names), init_weights=init_weights, max_pixels=max_pixels,
                       on_step=on_step, round_idx=round_idx)
-    trainer = TorchTrainer(
-        functools.partial(train_loop_per_worker, args),  # typed arguments, not Ray's train_loop_config dict
-        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
-        run_config=RunConfig(
-            storage_path=_storage_path(paths.train_ray_dir(out_dir)),
-            name=RUN_NAME,
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_map50",
-                                               checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=tc.max_failures),
-            # Ray Train's own console lines (resource requests, worker group start, every report and
-            # checkpoint in full, "safe to ignore" tracebacks of a busy CPU) at ERROR only: our epoch
-            # lines say the progress, and Ray's session log files still hold every level.
-            logging_config=LoggingConfig(log_level="ERROR"),
-        ),
-    )
-    result = trainer.fit()
+
+    def trainer() -> TorchTrainer:
+        return TorchTrainer(
+            functools.partial(train_loop_per_worker, args),  # typed arguments, not Ray's train_loop_config dict
+            torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                         resources_per_worker={"CPU": tc.cpus_per_worker}),
+            run_config=RunConfig(
+                storage_path=_storage_path(paths.train_ray_dir(out_dir)),
+                name=RUN_NAME,
+                checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_map50",
+                                                   checkpoint_score_order="max"),
+                failure_config=FailureConfig(max_failures=tc.max_failures),
+                # Ray Train's own console lines (resource requests, worker group start, every report and
+                # checkpoint in full, "safe to ignore" tracebacks of a busy CPU) at ERROR only: our epoch
+                # lines say the progress, and Ray's session log files still hold every level.
+                logging_config=LoggingConfig(log_level="ERROR"),
+            ),
+        )
+
+    try:
+        result = trainer().fit()
+    except ControllerError as error:
+        # Ray Train's controller itself failed (seen once in CI under load: "Destroying worker since its
+        # placement group was removed"); a failure of our training function is a WorkerGroupError and is
+        # not retried here. A new trainer of the same run resumes from its last checkpoint.
+        log.warning("Ray Train's controller failed (%s); training again from the last checkpoint",
+                    str(error).splitlines()[0])
+        result = trainer().fit()
     if not result.best_checkpoints:
         raise RuntimeError(f"training in '{out_dir}' finished without reporting a checkpoint")
     best_checkpoint, best_metrics = max(result.best_checkpoints,
