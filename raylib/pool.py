@@ -168,9 +168,7 @@ def _walk_s3(root_uri: str, threads: int = LIST_THREADS, fan_out_levels: int = F
     ('a/b.jpg' < 'a/b/...' as '.' < '/')."""
     import boto3
 
-    bucket, _, prefix = root_uri[len("s3://") :].partition("/")
-    prefix = prefix.strip("/")
-    prefix = f"{prefix}/" if prefix else ""
+    bucket, prefix = storage.s3_bucket_prefix(root_uri)
     client = boto3.client("s3")
     # Each entry: (key or prefix, is_prefix); prefixes of the last fan-out level are listed whole.
     entries: list[tuple[str, bool]] = [(prefix, True)]

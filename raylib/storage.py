@@ -217,6 +217,13 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     )
 
 
+def s3_bucket_prefix(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b/` -> ("bucket", "a/b/"): the key prefix of the objects under it ("" at the root)."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
 def iter_files(uri: str, suffix: str = "") -> Iterator[str]:
     """Paths relative to `uri` ('/'-separated) of the files under it ending in `suffix`, as they are
     listed (no order), streaming: one directory handle at a time on disk, one page of 1,000 keys on S3
@@ -225,8 +232,7 @@ def iter_files(uri: str, suffix: str = "") -> Iterator[str]:
     if is_s3(uri):
         import boto3
 
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
-        prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        bucket, prefix = s3_bucket_prefix(uri)
         for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = item["Key"]
