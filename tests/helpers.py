@@ -113,6 +113,7 @@ def local_ray_head(temp_dir: str):
     stop took 30 s of CI, and nothing of this throwaway head needs saving."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
+    from hydra_plugins.raylib_launcher.ray_jobs_launcher import submit_when_an_agent_is_up
 
     gcs, dashboard, client, agent = free_ports(4)
     # 2.60 heads default to token auth, and the test process's Ray read its (disabled) auth mode at import:
@@ -136,16 +137,9 @@ def local_ray_head(temp_dir: str):
                 if time.time() > deadline or head.poll() is not None:
                     raise
                 time.sleep(1)
-        # The dashboard answers before the raylet's job agent has registered; a submission then gets "No
-        # available agent to submit job" (seen on a loaded 2-core box). A no-op job, until one is taken.
-        while True:
-            try:
-                JobSubmissionClient(address).submit_job(entrypoint="true")
-                break
-            except RuntimeError as error:
-                if "No available agent" not in str(error) or time.time() > deadline or head.poll() is not None:
-                    raise
-                time.sleep(1)
+        # The dashboard answers before the raylet's job agent has registered: a no-op job, submitted as the
+        # sweep launcher submits its points, returns once a job is taken.
+        submit_when_an_agent_is_up(JobSubmissionClient(address), entrypoint="true")
         yield address
     finally:
         os.killpg(head.pid, signal.SIGKILL)

@@ -85,7 +85,7 @@ def _last_error(logs: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _submit_when_an_agent_is_up(client: Any, **job: Any) -> str:
+def submit_when_an_agent_is_up(client: Any, **job: Any) -> str:
     """`client.submit_job(**job)`, retried while the head says it has no job agent yet (AGENT_WAIT_S)."""
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
@@ -215,7 +215,7 @@ class RayJobsLauncher(Launcher):
 
     def _submit(self, client: Any, point: Point) -> bool:
         try:
-            point.job_id = _submit_when_an_agent_is_up(
+            point.job_id = submit_when_an_agent_is_up(
                 client, entrypoint=point.entrypoint, runtime_env=self.runtime_env,
                 metadata={"hydra_sweep_dir": str(point.cfg.hydra.sweep.dir), "hydra_job_num": str(point.idx),
                           "overrides": point.name},
@@ -255,7 +255,7 @@ class RayJobsLauncher(Launcher):
         s3 = {name: str(value) for name, value in (("AWS_ENDPOINT_URL", storage.get("endpoint_url")),
                                                    ("AWS_REGION", storage.get("region"))) if value}
         env["env_vars"] = {**s3, **(env.get("env_vars") or {})}
-        job_id = _submit_when_an_agent_is_up(
+        job_id = submit_when_an_agent_is_up(
             client, entrypoint=shlex.join([self.python, "-c", COMPARE_CODE, root]), runtime_env=env,
             metadata={"hydra_sweep_dir": str(points[0].cfg.hydra.sweep.dir), "comparison": root})
         print(f"[ray_jobs] comparison of the runs in {root}: {job_id}", flush=True)
