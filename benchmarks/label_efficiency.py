@@ -450,7 +450,8 @@ def summarise(curves: list[Curve], strategies: list[str]) -> dict:
         ci = [interval95(maps[:, r]) for r in range(n_rounds)]
         stats[strategy] = {"labelled": labelled.mean(0), "mean": maps.mean(0), "half": np.array([h for _, h in ci]),
                            "std": maps.std(0, ddof=1) if len(runs) > 1 else np.full(n_rounds, np.nan),
-                           "min": maps.min(0), "max": maps.max(0), "per_seed": maps, "seeds": [c.seed for c in runs]}
+                           "min": maps.min(0), "max": maps.max(0), "per_seed": maps, "labelled_per_seed": labelled,
+                           "seeds": [c.seed for c in runs]}
     diffs = {}
     if "random" in stats:
         base = stats["random"]
@@ -470,8 +471,13 @@ def area_ratios(s: dict, base: dict, seeds: list[int]) -> np.ndarray:
     """Per seed of `seeds`: the area under the strategy's mAP50-vs-labelled curve over random's (same seed)."""
     def area(stat: dict, seed: int) -> float:
         curve = stat["per_seed"][stat["seeds"].index(seed)]
-        labelled = stat["labelled"]  # the same per round for every seed (the budget fixes it)
-        return float(np.sum((curve[1:] + curve[:-1]) / 2 * np.diff(labelled))) if len(curve) > 1 else float(curve[0])
+        # Over the run's own counts, divided by their span (the curve's mean height): a round can label fewer
+        # images than its budget (the shapes pool's union of per-class picks), and a curve over fewer labels
+        # is not made smaller by that alone. Where every run labels the same counts, it is the area ratio.
+        labelled = stat["labelled_per_seed"][stat["seeds"].index(seed)]
+        if len(curve) == 1 or labelled[-1] == labelled[0]:
+            return float(curve[0])
+        return float(np.sum((curve[1:] + curve[:-1]) / 2 * np.diff(labelled)) / (labelled[-1] - labelled[0]))
     return np.array([area(s, seed) / area(base, seed) for seed in seeds])
 
 
@@ -498,7 +504,9 @@ def tables(summary: dict, curves: list[Curve], classes: list[str], reference: di
         rows = [[strategy, _pm(*interval95(area_ratios(stats[strategy], stats["random"], d["seeds"]))),
                  f"{len(d['seeds'])}"] for strategy, d in diffs.items()]
         text += ("\n\n### Area under the mAP50-vs-labelled-images curve, relative to random (paired by seed: "
-                 "a strategy's area / random's on the same seed, trapezoids over the rounds)\n\n"
+                 "a strategy's area / random's on the same seed, trapezoids over the rounds, each area divided by "
+                 "the span of labels its run covered: runs that label fewer images than the budget are not "
+                 "penalised for it alone)\n\n"
                  + _table(["Strategy", "area ratio ± 95%", "seeds"], rows))
     for strategy, d in diffs.items():
         base = stats["random"]
@@ -574,7 +582,8 @@ def calibration_table(out: str, curves: list[Curve]) -> str:
 
 def verdict(summary: dict) -> str:
     """One plain sentence per compared strategy and round: is the paired difference's 95% interval
-    above zero (wins), below (loses), or across it (cannot tell)?"""
+    above zero (wins), below (loses), or across it (cannot tell)? The same for the area ratio, against 1.
+    Each call is one of several per pool (strategies x budgets x the area), uncorrected for multiplicity."""
     lines = []
     stats = summary["stats"]
     for strategy, d in summary["diffs"].items():
@@ -592,6 +601,10 @@ def verdict(summary: dict) -> str:
                 call = "not distinguishable from random"
             parts.append(f"at {n:.0f} labels {mean:+.4f} ± {half:.4f} mAP50 ({call}; ahead in {d['ahead'][r]} of "
                          f"{len(d['seeds'])} seeds)")
+        ratio, half = interval95(area_ratios(stats[strategy], stats["random"], d["seeds"]))
+        call = ("one seed, no interval" if np.isnan(half) else "**above random's**" if ratio - half > 1
+                else "**below random's**" if ratio + half < 1 else "not distinguishable from random's")
+        parts.append(f"area under the curve {ratio:.3f} ± {half:.3f} of random's ({call})")
         lines.append(f"- **{strategy} vs random**, paired by seed: " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
@@ -746,12 +759,10 @@ def report_only(setup: Setup, out: str, results: str, dataset: dict, command: st
                 continue
             done.append(f"{strategy}/seed{seed}")
     pre, reference = None, None
-    timing = os.path.join(out, "pretrain", "benchmark_seconds.json")
-    if init == "digits" and os.path.exists(timing):  # a cached pretraining describes only runs started from it
-        with open(timing) as f:
-            seconds = json.load(f)["seconds"]
-        with open(os.path.join(out, "pretrain", "digits", "round=00", "metrics.json")) as f:
-            pre = {"images": setup.pretrain_images, "digits_test_map50": json.load(f)["map50"], "seconds": seconds}
+    stages = 1 + len(setup.pretrain_more)
+    if init == "digits" and all(os.path.exists(os.path.join(out, "pretrain", "digits" + ("" if i == 0 else f"_stage{i + 1}"),
+                                                            "benchmark_seconds.json")) for i in range(stages)):
+        pre = pretrain(setup, out)[1]  # every stage cached: nothing runs, the facts are read back
     if os.path.exists(os.path.join(out, "take_all", "seed0", "benchmark_seconds.json")) or ("take_all", 0) in kept:
         reference = take_all(setup, out, None, ledger)
     expected = len(setup.seeds) * len(setup.strategies)
