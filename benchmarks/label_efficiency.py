@@ -227,6 +227,17 @@ def _strip_class_head(src: str, dst: str) -> None:
     torch.save(payload, dst)
 
 
+def _stage_suffix(i: int) -> str:
+    """The pretraining stage `i`'s name suffix (its data, run root and log): none for the first."""
+    return "" if i == 0 else f"_stage{i + 1}"
+
+
+def pretrain_cached(setup: Setup, out: str) -> bool:
+    """Every pretraining stage has finished under `out` (`pretrain` then runs nothing)."""
+    return all(os.path.exists(os.path.join(out, "pretrain", f"digits{_stage_suffix(i)}", "benchmark_seconds.json"))
+               for i in range(1 + len(setup.pretrain_more)))
+
+
 def pretrain(setup: Setup, out: str) -> tuple[str, dict]:
     """Weights pretrained on the digits source task (cached); returns (path, facts for the report).
 
@@ -235,7 +246,7 @@ def pretrain(setup: Setup, out: str) -> tuple[str, dict]:
     init = os.path.join(out, "pretrain", "init_no_class_head.pt")
     weights, seconds, images = None, 0.0, []
     for i, (n_images, overrides) in enumerate(stages):
-        suffix = "" if i == 0 else f"_stage{i + 1}"
+        suffix = _stage_suffix(i)
         root = os.path.join(out, "data", f"digits{suffix}")
         summary = fashion_pool.build_digits(root, n_pool=n_images, n_test=max(100, n_images // 8))
         run_root = os.path.join(out, "pretrain", f"digits{suffix}")
@@ -759,10 +770,8 @@ def report_only(setup: Setup, out: str, results: str, dataset: dict, command: st
                 continue
             done.append(f"{strategy}/seed{seed}")
     pre, reference = None, None
-    stages = 1 + len(setup.pretrain_more)
-    if init == "digits" and all(os.path.exists(os.path.join(out, "pretrain", "digits" + ("" if i == 0 else f"_stage{i + 1}"),
-                                                            "benchmark_seconds.json")) for i in range(stages)):
-        pre = pretrain(setup, out)[1]  # every stage cached: nothing runs, the facts are read back
+    if init == "digits" and pretrain_cached(setup, out):
+        pre = pretrain(setup, out)[1]  # nothing runs: the facts are read back
     if os.path.exists(os.path.join(out, "take_all", "seed0", "benchmark_seconds.json")) or ("take_all", 0) in kept:
         reference = take_all(setup, out, None, ledger)
     expected = len(setup.seeds) * len(setup.strategies)
