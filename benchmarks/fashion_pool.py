@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from raylib.voc import VocAnnotation, VocObject, write_voc
+from raylib.formats.voc import VocAnnotation, VocObject, write_voc
 
 CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 FMNIST_DIRS = ["/usr/share/datasets/fashion-mnist", "/usr/share/fashion-mnist"]
@@ -329,7 +329,7 @@ def build_digits(root: str, n_pool: int = 800, n_test: int = 100, seed: int = 10
 
 def grid(root: str, out_png: str, n: int = 12, prefix: str = "p", cols: int = 4, cell: int = 320) -> None:
     """A PNG grid of the first `n` images of a split with their ground-truth boxes and class names."""
-    from raylib.voc import read_voc
+    from raylib.formats.voc import read_voc
 
     tiles = []
     for index in range(n):

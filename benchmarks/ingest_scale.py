@@ -10,7 +10,7 @@ take-all selection of N pool images and the annotators' delivery of those N imag
 Measured, in wall seconds on this machine, in the driver with a local Ray of 2 CPUs (fabrication and
 the baseline run in a child process, so the driver's peak RSS is the new code's):
 - ingest: what the oracle does with an external VOC delivery: the selected ids, their URIs from the
-  manifest, and `annotations.import_delivery` (Ray tasks of TASK_CHUNK files from TASK_MIN_IMAGES);
+  manifest, and `deliveries.import_delivery` (Ray tasks of TASK_CHUNK files from TASK_MIN_IMAGES);
 - remaining: `pool.write_remaining` of the pool less the labelled set (the labels file's id column).
 The baseline runs the same steps through the code of BASELINE_COMMIT (loaded from a temporary copy:
 a set of ids, `pool.image_uris`' dict, one-thread parsing, `is_in` per batch) at --baseline-images,
@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raylib import annotations, labels, pool, schemas, voc  # noqa: E402
+from raylib import labels, pool, schemas  # noqa: E402
+from raylib.formats import deliveries, voc  # noqa: E402
 
 BASELINE_COMMIT = "62c287b"  # before issue 23's ingestion and remaining-pool changes
 CLASSES = [f"class{c:02d}" for c in range(20)]
@@ -102,12 +103,12 @@ def _load_baseline(tmp: str, name: str):
     return module
 
 
-def ingest_phase(inputs: dict[str, str]) -> tuple[float, annotations.Delivery]:
-    """The oracle's ingestion of an external VOC delivery, as labels.oracle does it now."""
+def ingest_phase(inputs: dict[str, str]) -> tuple[float, deliveries.Delivery]:
+    """The oracle's ingestion of an external VOC delivery, as oracle.label_selection does it now."""
     start = time.perf_counter()
     selected = labels.selected_ids(inputs["selection"])
     uris = pool.uris_of(inputs["manifest"], selected)
-    delivery = annotations.import_delivery("voc", inputs["labels_in"], uris, CLASSES)
+    delivery = deliveries.import_delivery("voc", inputs["labels_in"], uris, CLASSES)
     return time.perf_counter() - start, delivery
 
 

@@ -9,7 +9,7 @@ manifest, scoring's detections (10 per image over 20 classes) and image_status (
 with a local Ray of `--cpus` CPUs, as the loop runs), each phase of the round, timed in wall seconds:
 
   export        raylib.export.export_preannotations, every format (VOC XML, COCO, Label Studio, URIs, CVAT)
-  ingest        the oracle (labels.oracle, as the loop runs it: one Ray task) on the selection's VOC
+  ingest        the oracle (oracle.label_selection, as the loop runs it: one Ray task) on the selection's VOC
                 delivery (written by a child, not timed): ids, URIs and sizes, parsing, splits, the labelled
                 set written; the oracle task's peak RSS printed apart. With --coco, printed apart: the same
                 as COCO files of --part-size images, every box checked against its image's size in image_status
@@ -310,7 +310,8 @@ def _write_delivery(inputs: Inputs, labels_in: str, labels_uri: str) -> None:
     image, `voc.write_voc`), and a labelled set of 90% of the pool (ids only: what write_remaining reads)."""
     import pyarrow.parquet as pq
 
-    from raylib import schemas, voc
+    from raylib import schemas
+    from raylib.formats import voc
 
     rng = np.random.default_rng(1)
     for batch in pq.ParquetFile(inputs.selection).iter_batches(columns=["image_id"]):
@@ -346,10 +347,10 @@ def _delivery(inputs: Inputs) -> tuple[str, str]:
 
 
 def ingest_phase(inputs: Inputs) -> float:
-    """The oracle as the loop runs it with loop.oracle=external (labels.oracle: one Ray task, the parsing in
+    """The oracle as the loop runs it with loop.oracle=external (oracle.label_selection: one Ray task, the parsing in
     Ray tasks of TASK_CHUNK files): the selected ids, their URIs and sizes, the VOC delivery, the splits,
     the labelled set written. The oracle task's peak RSS is printed apart (it is not the driver's)."""
-    from raylib import labels
+    from raylib import oracle
     from raylib.config import LoopConfig
     from raylib.dataset import Dataset
     from raylib.paths import RoundPaths
@@ -359,9 +360,9 @@ def ingest_phase(inputs: Inputs) -> float:
     assert rp.selection == inputs.selection and rp.image_status == inputs.image_status
     ds = Dataset(pool_manifest=inputs.pool, test_manifest="", class_names=CLASSES)
     loop = LoopConfig(oracle="external", labels_in=labels_in, labels_format="voc")
-    with _TaskMemory("ray::_answer") as task:
+    with _TaskMemory("ray::_label_selection") as task:
         start = time.perf_counter()
-        counts = labels.oracle(rp, ds, loop, seed=0, labels_uri=None)
+        counts = oracle.label_selection(rp, ds, loop, seed=0, labels_uri=None)
         seconds = time.perf_counter() - start
     assert counts["n_labelled"] == inputs.images, counts
     print(f"ingest: the oracle task's peak RSS {task.peak_gib:.2f} GiB (sampled every {task.interval} s)", flush=True)
@@ -457,13 +458,13 @@ def _write_coco_delivery(inputs: Inputs, labels_in: str, part_size: int) -> None
 
 
 def ingest_coco(inputs: Inputs, part_size: int) -> tuple[float, int]:
-    """(seconds, files) of the oracle (labels.oracle, as `ingest_phase`) on the COCO delivery of the
+    """(seconds, files) of the oracle (oracle.label_selection, as `ingest_phase`) on the COCO delivery of the
     take-all selection: URIs from the pool, image sizes from image_status (one join; boxes are checked
     against them), one Ray task per file for the parsing."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from raylib import labels
+    from raylib import oracle
     from raylib.config import LoopConfig
     from raylib.dataset import Dataset
     from raylib.paths import RoundPaths
@@ -474,7 +475,7 @@ def ingest_coco(inputs: Inputs, part_size: int) -> tuple[float, int]:
             child.submit(_write_coco_delivery, inputs, labels_in, part_size).result()
     ds = Dataset(pool_manifest=inputs.pool, test_manifest="", class_names=CLASSES)
     start = time.perf_counter()
-    counts = labels.oracle(RoundPaths(inputs.root, ROUND), ds,
+    counts = oracle.label_selection(RoundPaths(inputs.root, ROUND), ds,
                            LoopConfig(oracle="external", labels_in=labels_in, labels_format="coco"), 0, None)
     seconds = time.perf_counter() - start
     assert counts["n_labelled"] == inputs.images, counts
@@ -556,7 +557,7 @@ def labelled_set_phase(inputs: Inputs, train_data=None) -> float:
     import pyarrow.parquet as pq
 
     if train_data is None:
-        from raylib import train_data
+        from raylib.training import data as train_data
     labels_uri, manifest_uri = _labelled_set(inputs)
     start = time.perf_counter()
     shards = [len(train_data.load_split(labels_uri, manifest_uri, "train", rank, TRAIN_WORKERS)[0])

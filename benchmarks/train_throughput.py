@@ -15,7 +15,7 @@ Measured, in images/s, in one process and one run:
   yolox_step      the package's training step as yolox/core/trainer.py `train_one_iter` does it:
                   model(inputs, targets) (the package's loss), backward, SGD step (`YoloxConfig.get_optimizer`
                   groups), EMA update, lr from `YoloxConfig.get_lr_scheduler`; AMP on CUDA;
-  our_step        raylib.train_engine.train_step on the same batches: the same work, our code;
+  our_step        raylib.training.engine.train_step on the same batches: the same work, our code;
   our_step_data   our_step fed by our loader (`--loader-workers` processes, built once, warmed up by one
                   epoch whose time is printed as start-up): the per-step work of train_loop_per_worker;
   trainer         (`--trainer-epochs` > 0) end to end through Ray Train's TorchTrainer with 1 worker
@@ -38,7 +38,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raylib import schemas, storage, synthetic, train, train_data, train_engine, voc
+from raylib import schemas, storage, synthetic
+from raylib.training import train, data as train_data, engine as train_engine
+from raylib.formats import voc
 from raylib.config import Config, ModelConfig, SyntheticConfig, TrainConfig
 from raylib.model import build_model
 

@@ -5,7 +5,7 @@
 """
 import argparse
 
-from raylib.vocdevkit import DevkitError, merge_vocdevkit
+from raylib.formats.vocdevkit import DevkitError, merge_vocdevkit
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,11 +13,11 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from raylib import stage
+    from raylib import commit
 
     config = start(cfg, with_ray=False)
     _, rp = run_alone(config, "score", lambda rp: [(
-        stage.scoring_weights(config, rp) or rp.weights, "weights",
+        commit.scoring_weights(config, rp) or rp.weights, "weights",
         f"run jobs/train.py round_idx={config.round_idx} first, or pass model.weights=<path or s3:// URI>")])
     print(f"detections: {rp.detections}\nimage status: {rp.image_status}")
 

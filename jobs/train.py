@@ -13,12 +13,12 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from raylib import stage
+    from raylib import commit
 
     config = start(cfg, with_ray=False)
 
     def needs(rp):
-        start_weights = stage.init_weights(config, rp)
+        start_weights = commit.init_weights(config, rp)
         return [(start_weights, "start weights", "train the round before first, or set train.init=transfer")] \
             if start_weights else []
 

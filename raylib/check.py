@@ -11,7 +11,8 @@ import uuid
 
 from omegaconf import OmegaConf
 
-from raylib import paths, pool, run_config, storage, voc
+from raylib import paths, pool, run_config, storage
+from raylib.formats import voc
 from raylib.config import Config
 
 SAMPLE_LABELS = 5  # annotations parsed per image set

@@ -20,7 +20,7 @@ from omegaconf.errors import ConfigKeyError, InterpolationToMissingValueError, M
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random", "cls_iou_diverse", "kcenter")
 ORACLES = ("simulate", "external")
-LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (raylib/annotations.py)
+LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (raylib/formats/deliveries.py)
 SEED_STRATEGIES = ("random", "kcenter", "typical")  # loop.seed_strategy (raylib/stages.py seed_ids)
 LOGGERS = ("none", "tensorboard", "mlflow")  # experiment tracking (raylib/tracking.py)
 
@@ -127,7 +127,7 @@ class ModelConfig:
     size: str = "s"  # the seed's YOLOX-S
     input_size: int = 640  # square letterbox side, a multiple of 32
     weights: Optional[str] = None  # path or s3:// URI of a state dict; never downloaded
-    iou_aware_obj: bool = False  # objectness trained towards the IoU of the assigned prediction (raylib.iou_aware)
+    iou_aware_obj: bool = False  # objectness trained towards the IoU of the assigned prediction (raylib.training.iou_aware)
 
     def __post_init__(self) -> None:
         _require(self.size in MODEL_SIZES, f"model.size must be one of {MODEL_SIZES}, got '{self.size}'")

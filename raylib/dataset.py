@@ -12,7 +12,7 @@ labelled sets (raylib/labels.py) and the jobs that only read files need it too.
 
 Label files (data.test, data.labelled, data.pool_labels) are imported once into `truth_<which>.parquet`
 (image_id, objects) under the run root, through the same readers as the annotators' deliveries
-(raylib/coco.py, raylib/voc.py). A COCO image's id is its `file_name` (relative to the images' folder).
+(raylib/formats/coco.py, raylib/formats/voc.py). A COCO image's id is its `file_name` (relative to the images' folder).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raylib import annotations, coco, paths, pool, schemas, storage, voc
+from raylib import paths, pool, schemas, storage
+from raylib.formats import deliveries, coco, voc
 from raylib.config import Config, ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def test_categories(data: DataConfig) -> list[str]:
 
 def read_coco(uri: str, key: str) -> dict:
     try:
-        document = annotations.read_json(uri)
+        document = deliveries.read_json(uri)
     except FileNotFoundError:
         raise DatasetError(f"{key}: no file at '{uri}'; pass {key}=<COCO JSON file or VOC root>") from None
     except (ValueError, OSError) as exc:

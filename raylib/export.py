@@ -6,7 +6,7 @@
     preannotations_labelstudio.json  Label Studio tasks with predictions, image URLs it can serve
     label_config.xml                 the Label Studio labelling config for our classes
     selected_uris.txt                the selected images' URIs, one a line (to build a CVAT task, or copy)
-    preannotations_cvat_voc.zip      CVAT's "PASCAL VOC 1.1" import layout (`raylib.cvat`)
+    preannotations_cvat_voc.zip      CVAT's "PASCAL VOC 1.1" import layout (`raylib.formats.cvat`)
 
 Above SPLIT_FILES_ABOVE selected images (a take-all round of a large pool), the COCO file, the Label
 Studio tasks and the CVAT zip are written per scoring part instead, `<name>-part-NNNNN.<ext>`
@@ -39,7 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from raylib import coco, cvat, labelstudio, storage, voc
+from raylib import storage
+from raylib.formats import coco, cvat, labelstudio, voc
 from raylib.paths import (COCO_FILE, CVAT_ZIP_FILE, EXPORT_MARKER, EXPORT_PARTS_DIR, LABEL_CONFIG_FILE,
                           LABELSTUDIO_FILE, SELECTED_URIS_FILE, SKIPPED_FILE, UnsafeIdError, export_part_name,
                           voc_preannotation)
@@ -337,7 +338,7 @@ def _joined(settings: ExportSettings, indices: list[int], kind: str, separator: 
 
 def _cvat_zip_chunks(settings: ExportSettings, indices: list[int]) -> Iterator[bytes]:
     """The parts' CVAT entries as one zip: their bytes copied, then the item list, the labelmap and the
-    central directory (`raylib.cvat`)."""
+    central directory (`raylib.formats.cvat`)."""
     offset, entries, item_lists = 0, [], []
     for index in indices:
         blob = storage.read_bytes(settings.piece(index, "cvat"))

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import itertools
-import json
 import logging
 from collections.abc import Callable
 
@@ -23,18 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib import annotations, paths, pool, runtime, schemas, storage
+from raylib import paths, pool, schemas, storage
 from raylib.config import LoopConfig
 from raylib.dataset import Dataset, ground_truth
-from raylib.paths import RoundPaths
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 
-
-class LabelsPending(Exception):
-    """The external oracle found no usable label for any selected image: the round waits for them."""
 
 
 # ------------------------------------------------------------------------------------ building
@@ -172,65 +166,6 @@ def labels_for_round(run_root: str, round_idx: int, ds: Dataset, fractions: tupl
     uri = paths.round_labels(run_root, round_idx)
     return uri if storage.exists(uri) else standalone_labels(run_root, ds, fractions, seed)
 
-
-def oracle(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str | None) -> dict:
-    """Labels for the selected images added to `labels_uri` (None: the seed round, nothing labelled
-    before), written to `rp.labels`.
-
-    The labels come from the dataset's ground truth (`simulate`, the seed's experiment) or from the
-    annotators' delivery in `loop.labels_in`, in `loop.labels_format` (`external`; raylib/annotations.py).
-    Images whose labels are missing or invalid stay in the pool; the reasons go to `rp.oracle_errors`.
-
-    With `external`, a round whose delivery is not complete (annotations.check_delivery: every selected
-    image labelled, the annotators' `_complete/round=NN` marker, or loop.accept_partial_delivery) raises
-    `LabelsPending` before anything is committed: the loop stops there and says how many images are
-    missing, and running the same command again resumes at this stage (a Ray job should not hold a
-    cluster while people annotate).
-
-    The work runs in one Ray task (`_answer`; here without Ray): a take-all round's selection, delivery
-    and labelled set are millions of rows, and none of them reaches the driver. The task takes no CPU
-    of its own: it waits on the parse tasks it fans out, as the driver did."""
-    answer = runtime.in_task(_answer, rp, ds, loop, seed, labels_uri)
-    if "pending" in answer:
-        raise LabelsPending(answer["pending"])
-    if "message" in answer:
-        log.info(answer.pop("message"))
-    return answer
-
-
-def _answer(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str | None) -> dict:
-    """`oracle`'s work; returns its counts, {"pending": message} while the delivery is incomplete."""
-    selected = selected_ids(rp.selection)
-    message = None
-    if loop.oracle == "simulate":
-        table, errors = ground_truth(ds, selected.to_pylist(), "pool")
-        storage.write_text(rp.oracle_errors, json.dumps(dict(errors), indent=1))
-    else:
-        uris = pool.uris_of(pool.round_pool(rp, ds.pool_manifest), selected)
-        if storage.exists(rp.image_status):  # scored: boxes are checked against the sizes scoring read
-            uris = pool.with_sizes(uris, rp.image_status)
-        delivery = annotations.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names,
-                                               loop.labelstudio_document_root)
-        del uris
-        errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}
-        storage.write_text(rp.oracle_errors, json.dumps(errors, indent=1))
-        status = annotations.check_delivery(delivery, loop.labels_in, rp.round_idx, len(selected),
-                                            accept_partial=loop.accept_partial_delivery)
-        if not status.complete:
-            return {"pending": f"{status.message} (pre-annotations to correct: '{rp.preannotations}'; reasons "
-                               f"per image: '{rp.oracle_errors}'). Run the same command again when they are in."}
-        message = status.message
-        table = delivery.labels
-    new = assign_splits(table, loop.split, seed, round_added=rp.round_idx + 1)
-    if labels_uri:  # earlier labels keep their split: an image labelled before is not added again
-        before = storage.read_table(labels_uri, columns=["image_id"]).column("image_id")
-        new = new.filter(pc.invert(pc.is_in(new.column("image_id"), value_set=before.combine_chunks())))
-    previous = (pa.Table.from_batches([batch]).cast(schemas.LABELS).to_batches()
-                for batch in (storage.iter_parquet_batches(labels_uri) if labels_uri else ()))
-    storage.write_batches(itertools.chain(itertools.chain.from_iterable(previous), new.to_batches()), rp.labels,
-                          schemas.LABELS)
-    counts = {"n_selected": len(selected), "n_labelled": new.num_rows, "n_missing": len(errors)}
-    return {**counts, "message": message} if message else counts
 
 
 def selected_ids(selection_uri: str) -> pa.Array:

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from raylib import labels, paths, report, stages, storage, tracking
 from raylib.config import Config
 from raylib.dataset import Dataset, ensure_dataset
+from raylib.oracle import LabelsPending
 from raylib.paths import RoundPaths
 from raylib.run_config import check_run_config
-from raylib.stage import run_stage
+from raylib.commit import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _labelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
     try:
         for name in ("select", "export", "oracle"):
             run_stage(rp, name, lambda: stages.BY_NAME[name](cfg, ds, rp))
-    except labels.LabelsPending as pending:
+    except LabelsPending as pending:
         return str(pending)
     return ""
 

@@ -4,7 +4,7 @@
 Each is `stage(cfg, ds, rp) -> summary`: it reads what earlier stages wrote under the round's paths
 `rp` (raylib/paths.py), writes its own outputs there, and hands each library function its own slice
 of the config. The summary is what the stage's marker stores. Their order, and which weights or pool a
-stage reads, are in raylib/stage.py (no torch or Ray there, for the jobs' checks and jobs/status.py).
+stage reads, are in raylib/commit.py (no torch or Ray there, for the jobs' checks and jobs/status.py).
 """
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from raylib.calibration import calibrate_split
 from raylib.config import Config, ConfigError
 from raylib.dataset import Dataset
 from raylib.evaluate import evaluate_split, on_device
+from raylib.oracle import label_selection
 from raylib.export import export_preannotations
 from raylib.paths import RoundPaths
-from raylib.stage import init_weights, scoring_weights, takes_all
+from raylib.commit import init_weights, scoring_weights, takes_all
 from raylib.score import score_pool
 from raylib.select import select_round
-from raylib.train import train_model
+from raylib.training.train import train_model
 
 
 def round_labels(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
@@ -98,9 +99,9 @@ def export(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
 def oracle(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """Labels for the selection (simulated or the annotators'), added to the round's labelled set. Raises
-    labels.LabelsPending while the annotators' delivery is incomplete."""
+    oracle.LabelsPending while the annotators' delivery is incomplete."""
     previous = round_labels(cfg, ds, rp) if rp.round_idx != paths.SEED_ROUND else None
-    return labels.oracle(rp, ds, cfg.loop, cfg.seed, previous)
+    return label_selection(rp, ds, cfg.loop, cfg.seed, previous)
 
 
 BY_NAME = {"train": train, "evaluate": evaluate, "unlabelled": unlabelled, "score": score, "select": select,

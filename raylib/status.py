@@ -1,5 +1,5 @@
 """Where a run stands, from its files only (no Ray): each round's stages with their durations, mAP50
-per round, and what is pending. Read by `jobs/status.py`; the stage markers (raylib/stage.py) hold
+per round, and what is pending. Read by `jobs/status.py`; the stage markers (raylib/commit.py) hold
 each stage's summary and seconds."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from raylib import paths, storage
 from raylib.paths import RoundPaths
-from raylib.stage import LAST_ROUND_STAGES, STAGES
+from raylib.commit import LAST_ROUND_STAGES, STAGES
 
 
 @dataclass

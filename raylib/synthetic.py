@@ -26,7 +26,7 @@ import numpy as np
 
 from raylib import storage
 from raylib.config import SyntheticConfig
-from raylib.voc import VocAnnotation, VocObject, write_voc
+from raylib.formats.voc import VocAnnotation, VocObject, write_voc
 
 GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are regenerated
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "diamond")

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from raylib import coco, schemas, storage
+from raylib import schemas, storage
+from raylib.formats import coco
 from raylib.config import Config, ModelConfig, TrainConfig
 
 CLASSES = ["red", "blue"]

@@ -9,8 +9,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from raylib import annotations, schemas
-from raylib.annotations import (check_delivery, delivery_marker, import_coco, import_delivery, import_labelstudio,
+from raylib import schemas
+from raylib.formats import deliveries
+from raylib.oracle import check_delivery, delivery_marker
+from raylib.formats.deliveries import (import_coco, import_delivery, import_labelstudio,
                                 import_voc, name_index)
 
 CLASSES = ["cat", "dog"]
@@ -91,7 +93,7 @@ def test_reviewed_empty_but_delivered_with_boxes_is_an_error(tmp_path):
     assert delivery.labels.to_pylist() == [{"image_id": "2007_000018", "objects": []}]
     assert [e[0] for e in delivery.errors] == ["2007_000017"] and "reviewed_empty.txt" in delivery.errors[0][1]
     assert delivery.missing == ["cam1/x.png", "cam2/y.jpg", "gone"]
-    assert annotations.reviewed_empty(str(tmp_path), SELECTED) == ({"2007_000017", "2007_000018"}, ["unknown.jpg"], [])
+    assert deliveries.reviewed_empty(str(tmp_path), SELECTED) == ({"2007_000017", "2007_000018"}, ["unknown.jpg"], [])
 
 
 def _voc_delivery_of_every_kind(tmp_path) -> dict[str, str]:
@@ -117,15 +119,15 @@ def test_voc_chunks_in_ray_tasks_give_the_same_delivery_as_one_process(ray_sessi
     given as an (image_id, uri) table is the same selection."""
     selected = _voc_delivery_of_every_kind(tmp_path)
     in_process = import_voc(str(tmp_path), selected, CLASSES)
-    monkeypatch.setattr(annotations, "TASK_CHUNK", 4)
-    monkeypatch.setattr(annotations, "TASK_MIN_IMAGES", 1)
-    driver, parse = os.getpid(), annotations.parse_voc_chunk
+    monkeypatch.setattr(deliveries, "TASK_CHUNK", 4)
+    monkeypatch.setattr(deliveries, "TASK_MIN_IMAGES", 1)
+    driver, parse = os.getpid(), deliveries.parse_voc_chunk
 
     def parse_elsewhere(*args):  # shipped to the tasks by value; raises if a chunk is parsed here
         assert os.getpid() != driver, "a chunk was parsed in the driver"
         return parse(*args)
 
-    monkeypatch.setattr(annotations, "parse_voc_chunk", parse_elsewhere)
+    monkeypatch.setattr(deliveries, "parse_voc_chunk", parse_elsewhere)
     table = pa.table({"image_id": list(selected)[::-1], "uri": list(selected.values())[::-1]})
     in_tasks = import_voc(str(tmp_path), table, CLASSES)
     monkeypatch.undo()
@@ -332,9 +334,9 @@ def test_json_deliveries_in_ray_tasks_give_the_same_delivery_as_one_process(ray_
     the same labels, errors and missing images as parsing them here."""
     selected = _json_delivery_of_every_kind(tmp_path)
     in_process = import_coco(str(tmp_path / "in"), selected, CLASSES)
-    monkeypatch.setattr(annotations, "TASK_CHUNK", 3)
-    monkeypatch.setattr(annotations, "TASK_MIN_IMAGES", 1)
-    driver, parse, sizes = os.getpid(), annotations.parse_json_file, annotations._header_sizes_chunk
+    monkeypatch.setattr(deliveries, "TASK_CHUNK", 3)
+    monkeypatch.setattr(deliveries, "TASK_MIN_IMAGES", 1)
+    driver, parse, sizes = os.getpid(), deliveries.parse_json_file, deliveries._header_sizes_chunk
 
     def elsewhere(fn):  # shipped to the tasks by value; raises if the work is done here
         def run(*args):
@@ -342,8 +344,8 @@ def test_json_deliveries_in_ray_tasks_give_the_same_delivery_as_one_process(ray_
             return fn(*args)
         return run
 
-    monkeypatch.setattr(annotations, "parse_json_file", elsewhere(parse))
-    monkeypatch.setattr(annotations, "_header_sizes_chunk", elsewhere(sizes))
+    monkeypatch.setattr(deliveries, "parse_json_file", elsewhere(parse))
+    monkeypatch.setattr(deliveries, "_header_sizes_chunk", elsewhere(sizes))
     table = pa.table({"image_id": list(selected)[::-1], "uri": list(selected.values())[::-1]})
     in_tasks = import_coco(str(tmp_path / "in"), table, CLASSES)
     monkeypatch.undo()

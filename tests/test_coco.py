@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from raylib import schemas
-from raylib.coco import coco_to_labels, detections_to_coco
+from raylib.formats.coco import coco_to_labels, detections_to_coco
 from tests.helpers import labels_to_coco
 
 CLASSES = ["cat", "dog", "bird"]
@@ -122,7 +122,7 @@ def test_detections_to_coco_rejects_unknown_images_and_classes():
     ("x", None, "x"),
 ])
 def test_file_name(image_id, uri, expected):
-    from raylib.coco import file_name
+    from raylib.formats.coco import file_name
 
     assert file_name(image_id, uri) == expected
 

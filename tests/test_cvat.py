@@ -1,4 +1,4 @@
-"""The CVAT zip written by hand (raylib/cvat.py): zipfile and `unzip` read it, pieces join by a byte
+"""The CVAT zip written by hand (raylib/formats/cvat.py): zipfile and `unzip` read it, pieces join by a byte
 copy, and over 65,535 entries it carries zip64 end records."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from raylib import cvat
+from raylib.formats import cvat
 
 WHEN = "2026-12-03T10:23:46+00:00"
 

@@ -15,8 +15,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from raylib import annotations, coco, images, voc
-from raylib.annotations import import_coco, import_labelstudio, import_voc
+from raylib import images
+from raylib.formats import deliveries, coco, voc
+from raylib.formats.deliveries import import_coco, import_labelstudio, import_voc
 from tests.test_annotations import CLASSES, SELECTED, box, coco_doc, ls_region, ls_task, voc_xml, write
 
 HUGE = 10**400  # 401 digits: float() of it raises OverflowError
@@ -222,7 +223,7 @@ def test_deeply_nested_json_refuses_that_file_only(tmp_path):
 
 
 def test_big_json_is_refused_unread(tmp_path, monkeypatch):
-    monkeypatch.setattr(annotations, "MAX_JSON_BYTES", 1000)
+    monkeypatch.setattr(deliveries, "MAX_JSON_BYTES", 1000)
     write(tmp_path / "big.json", coco_doc([coco_image(i, f"{i}.jpg") for i in range(100)], []))
     delivery = import_coco(str(tmp_path), SELECTED, CLASSES)
     assert "larger than 0 MiB; not an annotation export" in errors_of(delivery)[f"<{tmp_path / 'big.json'}>"]

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from raylib import detect, score, storage, train_data
+from raylib import detect, score, storage
+from raylib.training import data as train_data
 from raylib.model import build_model
 from tests.helpers import labels_table, write_manifest
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from raylib import schemas, storage
 from raylib.export import MARKER, export_preannotations
-from raylib.voc import read_voc
+from raylib.formats.voc import read_voc
 
 CLASSES = ["cat", "dog"]
 EXPORT_FILES = ["preannotations_coco.json", "preannotations_labelstudio.json", "label_config.xml",
@@ -163,7 +163,7 @@ def test_export_to_s3(s3_bucket, tmp_path):
 def test_label_studio_tasks_need_the_image_size_for_boxes():
     import pandas as pd
 
-    from raylib.labelstudio import detections_to_tasks
+    from raylib.formats.labelstudio import detections_to_tasks
 
     detections = pd.DataFrame({"image_id": ["sized", "unsized"], "class_id": [1, 0], "score": [0.5, 0.6],
                                "x1": [10.0, 1.0], "y1": [5.0, 1.0], "x2": [60.0, 2.0], "y2": [55.0, 2.0]})
@@ -275,13 +275,13 @@ def test_label_studio_tasks_match_its_documented_import_format(tmp_path):
     ("/data/x/a.jpg", "/data/", "/data/local-files/?d=x/a.jpg"),
 ])
 def test_label_studio_image_url(uri, root, url):
-    from raylib.labelstudio import image_url
+    from raylib.formats.labelstudio import image_url
 
     assert image_url(uri, root) == url
 
 
 def test_label_studio_image_url_refuses_paths_outside_the_root():
-    from raylib.labelstudio import image_url
+    from raylib.formats.labelstudio import image_url
 
     with pytest.raises(ValueError, match="not under the Label Studio document root"):
         image_url("/data2/a.jpg", "/data")

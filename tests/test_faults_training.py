@@ -13,7 +13,7 @@ import torch
 from ray._private import state as ray_state
 from ray.cluster_utils import Cluster
 
-from raylib import train
+from raylib.training import train
 from raylib.model import load_model
 from tests.helpers import CLASSES, make_dataset, tiny_config
 

@@ -1,9 +1,9 @@
-"""raylib.iou_aware: objectness targets become the IoU of each assigned prediction with its ground truth."""
+"""raylib.training.iou_aware: objectness targets become the IoU of each assigned prediction with its ground truth."""
 import numpy as np
 import pytest
 import torch
 
-from raylib.iou_aware import IouAwareYOLOXHead, make_iou_aware
+from raylib.training.iou_aware import IouAwareYOLOXHead, make_iou_aware
 from raylib.model import build_model
 
 

@@ -7,7 +7,8 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from raylib import labels, paths, schemas, storage, voc
+from raylib import labels, oracle, paths, schemas, storage
+from raylib.formats import voc
 from raylib.config import Config, DataConfig, LoopConfig
 from raylib.labels import sample_ids, stratified_split
 from raylib.paths import RoundPaths
@@ -137,10 +138,10 @@ def test_external_oracle_ingests_what_arrived_and_leaves_the_rest_in_the_pool(tm
     rp = RoundPaths(cfg.run_root, 0)
     _selection(rp.selection, ["a", "b", "c", "never_labelled"])
     _unlabelled(rp.unlabelled, ["a", "b", "c", "never_labelled", "not_selected"])
-    with pytest.raises(labels.LabelsPending, match="2 of 4 selected images labelled, 1 missing, 1 delivered but invalid"):
-        labels.oracle(rp, ds, cfg.loop, cfg.seed, previous)  # incomplete and not marked complete: waits
+    with pytest.raises(oracle.LabelsPending, match="2 of 4 selected images labelled, 1 missing, 1 delivered but invalid"):
+        oracle.label_selection(rp, ds, cfg.loop, cfg.seed, previous)  # incomplete and not marked complete: waits
     storage.write_text(str(labels_in / "_complete" / "round=00"), "")  # the annotators: this is all
-    summary = labels.oracle(rp, ds, cfg.loop, cfg.seed, previous)
+    summary = oracle.label_selection(rp, ds, cfg.loop, cfg.seed, previous)
     written = storage.read_table(rp.labels)
     assert sorted(written.column("image_id").to_pylist()) == ["a", "b", "old"]
     assert summary == {"n_selected": 4, "n_labelled": 2, "n_missing": 2}
@@ -160,8 +161,8 @@ def test_external_oracle_without_any_label_waits_and_commits_nothing(tmp_path):
     rp = RoundPaths(cfg.run_root, 0)
     _selection(rp.selection, ["a", "b"])
     _unlabelled(rp.unlabelled, ["a", "b"])
-    with pytest.raises(labels.LabelsPending, match="0 of 2 selected images labelled, 2 missing"):
-        labels.oracle(rp, ds, cfg.loop, cfg.seed, previous)
+    with pytest.raises(oracle.LabelsPending, match="0 of 2 selected images labelled, 2 missing"):
+        oracle.label_selection(rp, ds, cfg.loop, cfg.seed, previous)
     assert not storage.exists(rp.labels)
     errors = json.loads(storage.read_text(rp.oracle_errors))
     assert set(errors) == {"a", "b"}

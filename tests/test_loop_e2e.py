@@ -28,7 +28,8 @@ import time
 import pytest
 import yaml
 
-from raylib import paths, schemas, storage, tracking, voc
+from raylib import paths, schemas, storage, tracking
+from raylib.formats import voc
 from raylib.paths import LABEL_CONFIG_FILE, RoundPaths
 from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 from tests.helpers import local_ray_head, tensorboard_scalars
@@ -122,7 +123,7 @@ def test_loop_job_writes_every_round_output_calibration_and_the_report(reference
     assert "[train] epoch 1/1" in logs and "Loop stopped: 2 rounds done" in logs
     # The point's Hydra job log holds what the screen showed, the workers' epoch lines included.
     job_log = open(os.path.join(os.path.dirname(log), "hydra_multi", "0", "loop.log")).read()
-    for line in ("[raylib.stage][INFO] - [round 1] train ...", "[raylib.train][INFO] - [train] epoch 1/1  loss",
+    for line in ("[raylib.commit][INFO] - [round 1] train ...", "[raylib.training.train][INFO] - [train] epoch 1/1  loss",
                  "[raylib.loop][INFO] - Loop stopped: 2 rounds done"):
         assert line in job_log, job_log[-3000:]
     run_root = str(runs / "cls_iou_synthetic")

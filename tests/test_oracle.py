@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from raylib import labels, schemas, storage
+from raylib import labels, oracle, schemas, storage
 from raylib.config import LoopConfig
 from raylib.paths import RoundPaths
 from raylib.dataset import Dataset
@@ -105,7 +105,7 @@ def simulated_truth(round0, tmp_path) -> dict[str, list[dict]]:
     simulated_rp = RoundPaths(str(tmp_path / "simulated"), 0)
     for name in ("unlabelled", "selection"):
         storage.write_bytes(getattr(simulated_rp, name), storage.read_bytes(getattr(rp, name)))
-    labels.oracle(simulated_rp, ds, LoopConfig(oracle="simulate"), 0, labels_uri)
+    oracle.label_selection(simulated_rp, ds, LoopConfig(oracle="simulate"), 0, labels_uri)
     return new_labels(simulated_rp)
 
 
@@ -118,13 +118,13 @@ def test_delivery_in_each_format_waits_for_the_missing_image_then_labels_as_the_
     labels_in = tmp_path / "delivered"
     loop = LoopConfig(oracle="external", labels_in=str(labels_in), labels_format=fmt)
     deliver(fmt, labels_in, ["a", "c"])  # b not delivered yet; c reviewed and empty
-    with pytest.raises(labels.LabelsPending, match="2 of 3 selected images labelled, 1 missing"):
-        labels.oracle(rp, ds, loop, 0, labels_uri)
+    with pytest.raises(oracle.LabelsPending, match="2 of 3 selected images labelled, 1 missing"):
+        oracle.label_selection(rp, ds, loop, 0, labels_uri)
     assert not storage.exists(rp.labels)
     assert json.loads(storage.read_text(rp.oracle_errors)) == {"b": "not delivered yet"}
 
     storage.write_text(str(labels_in / "_complete" / "round=00"), "")  # the annotators: done, b skipped
-    summary = labels.oracle(rp, ds, loop, 0, labels_uri)
+    summary = oracle.label_selection(rp, ds, loop, 0, labels_uri)
     assert summary == {"n_selected": 3, "n_labelled": 2, "n_missing": 1}
     ours = new_labels(rp)
     assert ours == {"a": truth["a"], "c": []}  # b stays in the pool: not in the labelled set
@@ -160,7 +160,7 @@ def test_hostile_entries_cost_their_images_only(round0, tmp_path, fmt):
     hostile(fmt, labels_in)
     storage.write_text(str(labels_in / "_complete" / "round=00"), "")
     loop = LoopConfig(oracle="external", labels_in=str(labels_in), labels_format=fmt)
-    labels.oracle(rp, ds, loop, 0, labels_uri)
+    oracle.label_selection(rp, ds, loop, 0, labels_uri)
     assert new_labels(rp) == {"a": truth["a"], "c": []}  # the good ones, committed with their labels
     assert "b" not in labels.labelled_ids(rp.labels)  # the bad one stays in the pool, with its reason
     errors = json.loads(storage.read_text(rp.oracle_errors))
@@ -177,11 +177,11 @@ def test_oracle_under_ray_answers_in_a_task_as_in_process(round0, tmp_path, ray_
     labels_in = tmp_path / "delivered"
     loop = LoopConfig(oracle="external", labels_in=str(labels_in), labels_format="voc")
     deliver("voc", labels_in, ["a", "c"])
-    with pytest.raises(labels.LabelsPending, match="2 of 3 selected images labelled, 1 missing") as pending:
-        labels.oracle(rp, ds, loop, 0, labels_uri)
+    with pytest.raises(oracle.LabelsPending, match="2 of 3 selected images labelled, 1 missing") as pending:
+        oracle.label_selection(rp, ds, loop, 0, labels_uri)
     assert "Traceback" not in str(pending.value)
     deliver("voc", labels_in, ["b"])
-    assert labels.oracle(rp, ds, loop, 0, labels_uri) == {"n_selected": 3, "n_labelled": 3, "n_missing": 0}
+    assert oracle.label_selection(rp, ds, loop, 0, labels_uri) == {"n_selected": 3, "n_labelled": 3, "n_missing": 0}
     in_task = storage.read_table(rp.labels)
 
     ray_session.shutdown()
@@ -189,7 +189,7 @@ def test_oracle_under_ray_answers_in_a_task_as_in_process(round0, tmp_path, ray_
         in_process_rp = RoundPaths(str(tmp_path / "in_process"), 0)
         for name in ("unlabelled", "selection"):
             storage.write_bytes(getattr(in_process_rp, name), storage.read_bytes(getattr(rp, name)))
-        labels.oracle(in_process_rp, ds, loop, 0, labels_uri)
+        oracle.label_selection(in_process_rp, ds, loop, 0, labels_uri)
         assert storage.read_table(in_process_rp.labels).equals(in_task)
     finally:
         ray_session.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from raylib import labels, paths, storage, synthetic, voc
+from raylib import labels, paths, storage, synthetic
+from raylib.formats import voc
 from raylib.config import ConfigError, SyntheticConfig, to_config
 from raylib.dataset import ensure_dataset
 from raylib.loop import run_loop

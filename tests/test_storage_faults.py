@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from raylib import schemas, storage
-from raylib.stage import run_stage
+from raylib.commit import run_stage
 from raylib.paths import RoundPaths
 from tests.s3_fault_proxy import FaultProxy
 from tests.conftest import FAKE_SECRET_KEY

@@ -10,7 +10,7 @@ import pytest
 
 from raylib import synthetic
 from raylib.config import SyntheticConfig
-from raylib.voc import read_voc, read_voc_labels
+from raylib.formats.voc import read_voc, read_voc_labels
 
 SMALL = {"num_pool": 24, "num_test": 8, "min_size": 64, "max_size": 128}
 

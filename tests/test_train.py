@@ -15,7 +15,8 @@ import pytest
 import ray.train
 import torch
 
-from raylib import storage, train, train_data, train_engine
+from raylib import storage
+from raylib.training import train, data as train_data, engine as train_engine
 from raylib.config import Config, ModelConfig, TrainConfig
 from raylib.model import build_model, load_model
 from tests.helpers import CLASSES, make_dataset, tiny_config
@@ -68,7 +69,7 @@ def test_an_image_whose_pixels_dont_decode_is_a_blank_item_without_objects_and_o
     samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")))
     assert [s.image_id for s in samples] == ["set/000", "set/001", "set/002"] and len(samples[1].targets)
     dataset = train_data.LabelledImages(samples, 64)
-    with caplog.at_level(logging.WARNING, logger="raylib.train_data"):
+    with caplog.at_level(logging.WARNING, logger="raylib.training.data"):
         for _ in range(2):
             image, targets, (height, width), index = dataset.pull_item(1)
             assert index == 1 and (height, width) == (64, 80) and targets.shape == (0, 5)
@@ -83,7 +84,7 @@ def test_over_limit_labelled_image_is_left_out_of_training_with_a_log_line(tmp_p
     labels, manifest = make_dataset(tmp_path / "data", n_train=3, n_val=0)
     big = np.full((64, 200, 3), 110, np.uint8)  # 12,800 pixels; the others are 64 x 80 = 5,120
     cv2.imwrite(str(tmp_path / "data" / "img_002.jpg"), big)
-    with caplog.at_level(logging.WARNING, logger="raylib.train_data"):
+    with caplog.at_level(logging.WARNING, logger="raylib.training.data"):
         samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")),
                                       max_pixels=10_000)
     assert [s.image_id for s in samples] == ["set/000", "set/001"]

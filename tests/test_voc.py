@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from raylib import voc
-from raylib.voc import VocAnnotation, VocError, VocObject, read_voc, read_voc_labels, write_voc
+from raylib.formats import voc
+from raylib.formats.voc import VocAnnotation, VocError, VocObject, read_voc, read_voc_labels, write_voc
 
 
 def xml(objects: str = "", size: str = "<size><width>100</width><height>80</height><depth>3</depth></size>") -> bytes:

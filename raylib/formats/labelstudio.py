@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 
 from raylib import schemas, storage
-from raylib.coco import MAX_OBJECTS, checked_box, flag, image_size, number, short
+from raylib.formats.coco import MAX_OBJECTS, checked_box, flag, image_size, number, short
 
 FROM_NAME, TO_NAME = "label", "image"
 LOCAL_FILES_PREFIX = "/data/local-files/?d="

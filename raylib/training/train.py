@@ -6,12 +6,12 @@
 
 Reads `cfg.train`, `cfg.model` and `cfg.seed` only. Here: the driver (`TorchTrainer` set-up, the best
 checkpoint's weights copied out). Elsewhere, each a set of plain functions:
-  * `raylib.train_data`    the DataLoader: a rank's shard copied and checked, YOLOX's augmentations,
+  * `raylib.training.data`    the DataLoader: a rank's shard copied and checked, YOLOX's augmentations,
                            seeded batches that are the same with any loader worker count and after a resume;
-  * `raylib.train_engine`  YOLOX's solver (SGD nesterov, warmup-cosine lr, EMA, AMP on CUDA),
+  * `raylib.training.engine`  YOLOX's solver (SGD nesterov, warmup-cosine lr, EMA, AMP on CUDA),
                            `train_one_epoch`, `validate` (AP50 of the EMA model on the `val` split);
-  * `raylib.train_worker`  `train_loop_per_worker`: what one Ray Train worker does, epoch by epoch;
-  * `raylib.checkpoints`   what is reported at each evaluation and resumed from.
+  * `raylib.training.worker`  `train_loop_per_worker`: what one Ray Train worker does, epoch by epoch;
+  * `raylib.training.checkpoints`   what is reported at each evaluation and resumed from.
 
 YOLOX's multi-scale training (random input size per 10 iterations) is not used: one input size,
 `model.input_size`, for training, evaluation and scoring. Every `eval_interval` epochs and at the last,
@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raylib import console, labels, paths, storage, tracking
-from raylib.checkpoints import NO_VAL_SCORE, read_checkpoint_file
+from raylib.training.checkpoints import NO_VAL_SCORE, read_checkpoint_file
 from raylib.config import Config
-from raylib.train_worker import WorkerArgs, train_loop_per_worker
+from raylib.training.worker import WorkerArgs, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 

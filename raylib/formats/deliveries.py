@@ -36,7 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib import coco, labelstudio, schemas, storage, voc
+from raylib import schemas, storage
+from raylib.formats import coco, labelstudio, voc
 
 FORMATS = ("voc", "coco", "labelstudio")
 REVIEWED_EMPTY_FILE = "reviewed_empty.txt"  # in <labels_in>/
@@ -56,15 +57,6 @@ JSON_FORMATS = {"coco": "COCO", "labelstudio": "Label Studio"}
 TASK_CHUNK = 5_000
 TASK_MIN_IMAGES = 20_000
 
-
-def delivery_marker(labels_in: str, round_idx: int) -> str:
-    """The file annotators create when round `round_idx`'s delivery is final (any content);
-    `_complete/seed` for the seed set (round_idx -1: labelled before round 0 trains)."""
-    return storage.join(labels_in, "_complete", "seed" if round_idx < 0 else f"round={round_idx:02d}")
-
-
-def round_name(round_idx: int) -> str:
-    return "seed set" if round_idx < 0 else f"round {round_idx}"
 
 
 @dataclass
@@ -486,37 +478,4 @@ def _finish(labels_in: str, selected: Mapping[str, str | None] | pa.Table, label
 # -------------------------------------------------------------------------------------- completeness
 
 
-@dataclass
-class DeliveryStatus:
-    complete: bool  # commit the round now
-    marked: bool  # the annotators' marker exists
-    n_selected: int
-    n_labelled: int
-    n_invalid: int  # delivered but unusable (reasons in Delivery.errors)
-    n_missing: int  # nothing delivered yet
-    message: str
 
-
-def check_delivery(delivery: Delivery, labels_in: str, round_idx: int, n_selected: int,
-                   accept_partial: bool = False) -> DeliveryStatus:
-    """Is round `round_idx`'s delivery complete? Yes when the annotators created `delivery_marker`,
-    when every selected image is labelled, or when `accept_partial` says to take what is there; the
-    images not labelled then stay in the pool. Otherwise the message says how many are missing."""
-    marker = delivery_marker(labels_in, round_idx)
-    marked = storage.exists(marker)
-    n_labelled, n_missing = delivery.labels.num_rows, len(delivery.missing)
-    n_invalid = n_selected - n_labelled - n_missing  # each selected image is in exactly one of the three
-    everything = n_labelled == n_selected
-    complete = marked or everything or accept_partial
-    counts = (f"{n_labelled} of {n_selected} selected images labelled, {n_missing} missing, "
-              f"{n_invalid} delivered but invalid")
-    if everything:
-        message = f"{round_name(round_idx)}: delivery complete: {counts}"
-    elif marked:
-        message = f"{round_name(round_idx)}: delivery marked complete ('{marker}'): {counts}; the rest stays in the pool"
-    elif accept_partial:
-        message = f"{round_name(round_idx)}: partial delivery accepted: {counts}; the rest stays in the pool"
-    else:
-        message = (f"{round_name(round_idx)}: waiting for labels: {counts}. Deliver the rest under '{labels_in}', "
-                   f"or create '{marker}' to commit what is there (the rest stays in the pool)")
-    return DeliveryStatus(complete, marked, n_selected, n_labelled, n_invalid, n_missing, message)

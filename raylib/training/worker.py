@@ -1,6 +1,6 @@
 """What one Ray Train worker does (`train_loop_per_worker`): load its shard, build the model, train epoch
 by epoch, validate and report checkpoints. The pieces are plain functions elsewhere: the data in
-`raylib.train_data`, the steps and validation in `raylib.train_engine`, checkpoints in `raylib.checkpoints`.
+`raylib.training.data`, the steps and validation in `raylib.training.engine`, checkpoints in `raylib.training.checkpoints`.
 
 Each rank trains on its shard (by rank) of the `train` split. Every `eval_interval` epochs and at the
 last, the EMA model's AP50 on `val` (each rank runs its shard of val; detections are gathered) goes into
@@ -23,12 +23,12 @@ import torch
 
 from raylib import tracking
 from raylib.runtime import cpu_threads
-from raylib.checkpoints import report, restore
+from raylib.training.checkpoints import report, restore
 from raylib.config import Config
-from raylib.iou_aware import make_iou_aware
+from raylib.training.iou_aware import make_iou_aware
 from raylib.model import build_model, load_weights
-from raylib.train_data import ImageCache, load_split, make_loader, make_train_dataset
-from raylib.train_engine import (TrainState, epoch_progress, make_state, progress_line, train_one_epoch,
+from raylib.training.data import ImageCache, load_split, make_loader, make_train_dataset
+from raylib.training.engine import (TrainState, epoch_progress, make_state, progress_line, train_one_epoch,
                                  validate)
 
 
@@ -124,7 +124,7 @@ def _initial_state(args: WorkerArgs, global_batch: int, steps_per_epoch: int, de
     cfg = args.cfg
     torch.manual_seed(cfg.seed)  # same initial weights on every run of the same config (resume = rerun)
     model = build_model(cfg.model.size, len(args.class_names))
-    if cfg.model.iou_aware_obj:  # objectness trained towards the assigned prediction's IoU (raylib.iou_aware)
+    if cfg.model.iou_aware_obj:  # objectness trained towards the assigned prediction's IoU (raylib.training.iou_aware)
         make_iou_aware(model)
     if args.init_weights:
         load_weights(model, args.init_weights)

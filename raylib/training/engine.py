@@ -29,7 +29,7 @@ from raylib import detect, metrics
 from raylib.config import Config, TrainConfig
 from raylib.console import eta_text
 from raylib.model import unwrap
-from raylib.train_data import Sample
+from raylib.training.data import Sample
 
 EMA_DECAY = 0.9998  # yolox/core/trainer.py
 # GradScaler's first scale. YOLOX feeds raw 0-255 pixels, so the stem's weight gradient is ~100x that of a
@@ -127,7 +127,7 @@ def set_no_aug(loader: torch.utils.data.DataLoader, model: torch.nn.Module, no_a
 
 def train_one_epoch(state: TrainState, loader: torch.utils.data.DataLoader, epoch: int, no_aug: bool,
                     on_step: Callable[[], None] | None = None) -> dict[str, float]:
-    """Epoch `epoch` of `loader` (from `raylib.train_data.make_loader`), one `train_step` per batch;
+    """Epoch `epoch` of `loader` (from `raylib.training.data.make_loader`), one `train_step` per batch;
     returns this rank's mean `total_loss` and mean LOSS_PARTS. `on_step` runs after every step (tests
     inject a worker failure with it)."""
     set_no_aug(loader, state.model, no_aug)

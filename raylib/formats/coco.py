@@ -8,7 +8,7 @@ pixel-edge coordinates, as ours (no rounding). VOC's `difficult` travels as an e
 image id with the extension of the image's URI, e.g. `2007_000017.jpg` for a VOC pool (id
 `2007_000017`, `.../JPEGImages/2007_000017.jpg`) and `street/cam1/0001.jpg` for a folder pool (the id is
 already the relative path). On import, `file_name`s are mapped back to image ids by `coco_to_labels`'s
-`image_ids` (see `raylib.annotations.name_index`, which also accepts bare base names).
+`image_ids` (see `raylib.formats.deliveries.name_index`, which also accepts bare base names).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from raylib import paths, schemas, voc
+from raylib import paths, schemas
+from raylib.formats import voc
 
 
 

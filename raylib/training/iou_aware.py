@@ -11,7 +11,7 @@ This module changes only that target, by extending the package's head, not copyi
 - for one call, the head's `bcewithlog_loss` is replaced: its first call inside `get_losses` is the
   objectness term (the package's order: iou, obj, cls); there the foreground targets (1) become those IoUs.
 
-    from raylib.iou_aware import make_iou_aware
+    from raylib.training.iou_aware import make_iou_aware
     make_iou_aware(model)   # a YOLOX model from raylib.model.build_model; in place, returns it
 
 Inference is unchanged; the weights file has the same keys.

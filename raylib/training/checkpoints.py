@@ -24,7 +24,7 @@ import torch
 from raylib import paths
 from raylib.config import Config
 from raylib.model import save_weights, unwrap
-from raylib.train_engine import TrainState
+from raylib.training.engine import TrainState
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Training a YOLOX detector with Ray Train: the trainer set-up (train.py), one worker's loop (worker.py), the solver and steps (engine.py), the DataLoader (data.py), checkpoints, and the IoU-aware objectness head."""
