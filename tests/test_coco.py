@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from raylib import schemas
-from raylib.formats.coco import coco_to_labels, detections_to_coco
+from raylib.formats import coco
+from raylib.formats.coco import coco_to_labels
 from tests.helpers import labels_to_coco
 
 CLASSES = ["cat", "dog", "bird"]
@@ -89,28 +90,20 @@ def test_dangling_ids_are_errors_not_crashes():
     assert len(errors) == 4
 
 
-def test_detections_to_coco_carries_scores():
-    images = [{"image_id": "a", "file_name": "a.jpg", "width": 100, "height": 50},
-              {"image_id": "b", "file_name": "b.jpg", "width": 10, "height": 10}]
-    detections = pd.DataFrame(
-        {"image_id": ["b", "b", "a"], "class_id": [0, 2, 1], "score": [0.9, 0.25, 0.5],
-         "x1": [1.0, 2.0, 0.0], "y1": [1.0, 2.0, 0.0], "x2": [4.0, 3.0, 100.0], "y2": [5.0, 9.0, 50.0]}
-    )
-    coco = detections_to_coco(images, detections, CLASSES)
-    assert [im["id"] for im in coco["images"]] == [1, 2]
-    anns = coco["annotations"]
+def test_preannotations_carry_scores_and_join_into_one_coco_document():
+    # head + each part's images and annotations + tail, as export.py joins them
+    boxes = np.array([[1.0, 1.0, 4.0, 5.0], [2.0, 2.0, 3.0, 9.0], [0.0, 0.0, 100.0, 50.0]])
+    text = (coco.preannotation_head(CLASSES, {"round": 0})
+            + coco.preannotation_images(1, ["a.jpg", "b.jpg"], np.array([100, 10]), np.array([50, 10]))
+            + coco.IMAGES_TO_ANNOTATIONS
+            + coco.preannotation_annotations(1, np.array([2, 2, 1]), np.array([0, 2, 1]), boxes,
+                                             np.array([0.9, 0.25, 0.5]))
+            + coco.TAIL)
+    document = json.loads(text)
+    assert [im["id"] for im in document["images"]] == [1, 2]
+    anns = document["annotations"]
     assert [(a["image_id"], a["category_id"], a["score"]) for a in anns] == [(2, 1, 0.9), (2, 3, 0.25), (1, 2, 0.5)]
-    assert anns[0]["bbox"] == [1.0, 1.0, 3.0, 4.0]
-    json.dumps(coco)
-
-
-def test_detections_to_coco_rejects_unknown_images_and_classes():
-    images = [{"image_id": "a", "file_name": "a.jpg", "width": 10, "height": 10}]
-    row = {"class_id": [0], "score": [0.5], "x1": [0.0], "y1": [0.0], "x2": [1.0], "y2": [1.0]}
-    with pytest.raises(ValueError, match="not in `images`"):
-        detections_to_coco(images, pd.DataFrame({"image_id": ["zz"], **row}), CLASSES)
-    with pytest.raises(ValueError, match="class_id 3"):
-        detections_to_coco(images, pd.DataFrame({"image_id": ["a"], **row, "class_id": [3]}), CLASSES)
+    assert anns[0]["bbox"] == [1.0, 1.0, 3.0, 4.0] and anns[0]["area"] == 12.0
 
 
 @pytest.mark.parametrize("image_id, uri, expected", [

@@ -161,21 +161,20 @@ def test_export_to_s3(s3_bucket, tmp_path):
 
 
 def test_label_studio_tasks_need_the_image_size_for_boxes():
-    import pandas as pd
+    import numpy as np
 
-    from raylib.formats.labelstudio import detections_to_tasks
+    from raylib.formats.labelstudio import preannotation_tasks
 
-    detections = pd.DataFrame({"image_id": ["sized", "unsized"], "class_id": [1, 0], "score": [0.5, 0.6],
-                               "x1": [10.0, 1.0], "y1": [5.0, 1.0], "x2": [60.0, 2.0], "y2": [55.0, 2.0]})
-    images = [{"image_id": "sized", "uri": "s3://b/sized.jpg", "width": 100, "height": 50},
-              {"image_id": "unsized", "uri": "s3://b/unsized.jpg", "width": 0, "height": 0}]
-    sized, unsized = detections_to_tasks(images, detections, CLASSES, "v1")
+    text = preannotation_tasks([0, 1], ["s3://b/sized.jpg", "s3://b/unsized.jpg"], ["sized", "unsized"],
+                               np.array([100, 0]), np.array([50, 0]), np.array([0, 1, 2]), np.array([1, 0]),
+                               np.array([[10.0, 5.0, 60.0, 55.0], [1.0, 1.0, 2.0, 2.0]]), np.array([0.5, 0.6]),
+                               CLASSES, "v1")
+    sized, unsized = json.loads(b"[" + text + b"]")
     (box,) = sized["predictions"][0]["result"]
     assert box["value"] == {"x": 10.0, "y": 10.0, "width": 50.0, "height": 100.0, "rotation": 0,
                             "rectanglelabels": ["dog"]}
     assert sized["predictions"][0]["model_version"] == "v1" and sized["data"]["image"] == "s3://b/sized.jpg"
     assert unsized["predictions"][0]["result"] == []
-
 
 
 # ------------------------------------------------------------- the files other tools and libraries read

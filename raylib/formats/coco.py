@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii as json_string
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from raylib import paths, schemas
@@ -248,34 +247,8 @@ def coco_to_labels(coco: dict, class_names: list[str], image_ids: Mapping[str, s
     return table, errors
 
 
-def detections_to_coco(images: list[dict], detections: pd.DataFrame, class_names: list[str]) -> dict:
-    """Pre-annotations as a COCO dict: `images` are dicts with image_id, file_name, width, height;
-    `detections` has columns image_id, class_id, score, x1, y1, x2, y2. Each annotation carries `score`."""
-    index_of = {image["image_id"]: i + 1 for i, image in enumerate(images)}
-    coco_images = [
-        {"id": index_of[im["image_id"]], "file_name": im["file_name"], "width": int(im["width"]),
-         "height": int(im["height"])}
-        for im in images
-    ]
-    unknown = sorted(set(detections["image_id"]) - set(index_of))
-    if unknown:
-        raise ValueError(f"detections reference {len(unknown)} image(s) not in `images`, e.g. {unknown[:3]}")
-    bad_class = detections[(detections["class_id"] < 0) | (detections["class_id"] >= len(class_names))]
-    if len(bad_class):
-        raise ValueError(f"detections have class_id {int(bad_class['class_id'].iloc[0])} outside "
-                         f"0..{len(class_names) - 1}")
-    annotations = []
-    for row in detections.itertuples(index=False):
-        bbox = _bbox(row.x1, row.y1, row.x2, row.y2)
-        annotations.append(
-            {"id": len(annotations) + 1, "image_id": index_of[row.image_id], "category_id": int(row.class_id) + 1,
-             "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "score": float(row.score)}
-        )
-    return {"images": coco_images, "annotations": annotations, "categories": categories(class_names)}
-
-
-# Pre-annotations in pieces: `detections_to_coco`'s document as JSON text, written part by part and joined
-# by a byte copy (raylib/export.py): the head, each part's images and annotations, the tail.
+# Pre-annotations (the one COCO writer): a COCO document whose annotations carry `score`, as JSON text written
+# part by part and joined by a byte copy (raylib/export.py): the head, each part's images and annotations, the tail.
 IMAGES_TO_ANNOTATIONS, TAIL = b'], "annotations": [', b"]}"
 
 

@@ -25,7 +25,6 @@ from urllib.parse import parse_qs, quote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from raylib import schemas, storage
@@ -57,37 +56,6 @@ def label_config(class_names: list[str]) -> str:
             f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}\n  </RectangleLabels>\n</View>\n')
 
 
-def detections_to_tasks(images: list[dict], detections: pd.DataFrame, class_names: list[str],
-                        model_version: str, document_root: str | None = None) -> list[dict]:
-    """One task per image (dicts with image_id, uri, width, height) with one prediction holding its
-    detections (columns image_id, class_id, score, x1, y1, x2, y2), most confident first. An image
-    without a known size gets no boxes: percentages need the size."""
-    by_image = dict(tuple(detections.groupby("image_id"))) if len(detections) else {}
-    tasks = []
-    for image in images:
-        width, height = int(image["width"] or 0), int(image["height"] or 0)
-        rows = by_image.get(image["image_id"])
-        results = []
-        if rows is not None and width > 0 and height > 0:
-            for n, row in enumerate(rows.sort_values("score", ascending=False).itertuples(index=False)):
-                results.append({
-                    "id": f"{n}", "type": "rectanglelabels", "from_name": FROM_NAME, "to_name": TO_NAME,
-                    "original_width": width, "original_height": height, "image_rotation": 0,
-                    "score": float(row.score),
-                    "value": {"x": 100.0 * row.x1 / width, "y": 100.0 * row.y1 / height,
-                              "width": 100.0 * (row.x2 - row.x1) / width, "height": 100.0 * (row.y2 - row.y1) / height,
-                              "rotation": 0, "rectanglelabels": [class_names[int(row.class_id)]]},
-                })
-        scores = [r["score"] for r in results]
-        tasks.append({
-            "data": {TO_NAME: image_url(image["uri"], document_root), "image_id": image["image_id"]},
-            # The task's score is its least confident box: Label Studio can sort the queue by it.
-            "predictions": [{"model_version": model_version, "score": min(scores) if scores else 0.0,
-                             "result": results}],
-        })
-    return tasks
-
-
 _REGION = ('{"id": "%d", "type": "rectanglelabels", "from_name": "' + FROM_NAME + '", "to_name": "' + TO_NAME
            + '", "original_width": %d, "original_height": %d, "image_rotation": 0, "score": %r, "value": '
            '{"x": %r, "y": %r, "width": %r, "height": %r, "rotation": 0, "rectanglelabels": [%s]}}')
@@ -96,8 +64,9 @@ _REGION = ('{"id": "%d", "type": "rectanglelabels", "from_name": "' + FROM_NAME 
 def preannotation_tasks(keep: list[int], urls: list[str], image_ids: list[str], widths: np.ndarray,
                         heights: np.ndarray, bounds: np.ndarray, class_id: np.ndarray, boxes: np.ndarray,
                         score: np.ndarray, class_names: list[str], model_version: str) -> bytes:
-    """`detections_to_tasks` for many images at once, as the comma-separated JSON text of its tasks:
-    a task for each image i in `keep` (its URL in `urls`, from `image_url`), whose boxes are rows
+    """The Label Studio tasks of many images (the one writer of our tasks), as comma-separated JSON text:
+    one task per image i in `keep` with one prediction holding its detections. An image without a known
+    size (0) gets no boxes: percentages need the size. A task for each image i in `keep` (its URL in `urls`, from `image_url`), whose boxes are rows
     bounds[i]:bounds[i + 1] of class_id, boxes ((n, 4) float64 pixel-edge) and score (float64), most
     confident first."""
     per_box = np.repeat(np.arange(len(image_ids)), np.diff(bounds))

@@ -236,74 +236,17 @@ def from_voc_box(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[fl
     return float(xmin) - 1.0, float(ymin) - 1.0, float(xmax), float(ymax)
 
 
-def _round_side(low: float, high: float, size: int) -> tuple[int, int]:
-    first, last = round(low) + 1, round(high)  # 1-based first and last pixel covered
-    if size > 0:
-        first, last = min(max(first, 1), size), min(max(last, 1), size)
-    return first, max(first, last)  # under a pixel after rounding: one pixel wide
-
-
 def to_voc_box(x1: float, y1: float, x2: float, y2: float, width: int = 0, height: int = 0) -> tuple[int, int, int, int]:
-    """Pixel-edge coordinates -> VOC's integer (xmin, ymin, xmax, ymax): round to the nearest pixel
-    edge, +1 on xmin/ymin (1-based, inclusive), clip to a known image size (0: unknown) and keep at
-    least one pixel a side. Whole-pixel boxes are exact; others move by at most half a pixel."""
-    xmin, xmax = _round_side(x1, x2, int(width or 0))
-    ymin, ymax = _round_side(y1, y2, int(height or 0))
-    return xmin, ymin, xmax, ymax
-
-
-def write_voc(ann: VocAnnotation, analysis_time: str | None = None) -> bytes:
-    """Serialise `ann` as the VOC devkit writes it: folder, filename, source, size, segmented, and per
-    object name, pose, truncated, difficult (always) and an integer bndbox (`to_voc_box`), so strict
-    readers (`yolox.evaluators.voc_eval.parse_rec`, torchvision's VOCDetection) take it as is.
-
-    Our extras, which VOC readers ignore: `<analysis_time>` when given, and `<confidence>` (a
-    percentage with one decimal) on objects that carry one (pre-annotations, seed figure 6.3)."""
-    lines = [
-        "<annotation>",
-        f"  <folder>{escape(ann.folder)}</folder>",
-        f"  <filename>{escape(ann.filename)}</filename>",
-    ]
-    if analysis_time is not None:
-        lines.append(f"  <analysis_time>{escape(analysis_time)}</analysis_time>")
-    lines += [
-        "  <source>",
-        f"    <database>{escape(ann.database)}</database>",
-        "  </source>",
-        "  <size>",
-        f"    <width>{int(ann.width)}</width>",
-        f"    <height>{int(ann.height)}</height>",
-        f"    <depth>{int(ann.depth)}</depth>",
-        "  </size>",
-        "  <segmented>0</segmented>",
-    ]
-    for obj in ann.objects:
-        xmin, ymin, xmax, ymax = to_voc_box(obj.x1, obj.y1, obj.x2, obj.y2, ann.width, ann.height)
-        lines += [
-            "  <object>",
-            f"    <name>{escape(obj.name)}</name>",
-            f"    <pose>{escape(obj.pose or 'Unspecified')}</pose>",
-            f"    <truncated>{int(bool(obj.truncated))}</truncated>",
-            f"    <difficult>{int(bool(obj.difficult))}</difficult>",
-        ]
-        if obj.confidence is not None:
-            lines.append(f"    <confidence>{obj.confidence * 100:.1f}</confidence>")
-        lines += [
-            "    <bndbox>",
-            f"      <xmin>{xmin}</xmin>",
-            f"      <ymin>{ymin}</ymin>",
-            f"      <xmax>{xmax}</xmax>",
-            f"      <ymax>{ymax}</ymax>",
-            "    </bndbox>",
-            "  </object>",
-        ]
-    lines.append("</annotation>")
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    """One box's `to_voc_boxes`: pixel-edge coordinates -> VOC's integer (xmin, ymin, xmax, ymax)."""
+    box = to_voc_boxes(np.array([[x1, y1, x2, y2]], np.float64), np.array([int(width or 0)]), np.array([int(height or 0)]))
+    return tuple(int(v) for v in box[0])
 
 
 def to_voc_boxes(boxes: np.ndarray, width: np.ndarray, height: np.ndarray) -> np.ndarray:
-    """`to_voc_box` for many boxes: (n, 4) float pixel-edge boxes and each box's image size (0: unknown)
-    -> (n, 4) int64 xmin, ymin, xmax, ymax. np.rint rounds half to even, as Python's `round`."""
+    """Pixel-edge boxes -> VOC's integer (xmin, ymin, xmax, ymax): round to the nearest pixel edge, +1 on
+    xmin/ymin (1-based, inclusive), clip to a known image size (0: unknown) and keep at least one pixel a
+    side. Whole-pixel boxes are exact; others move by at most half a pixel. (n, 4) float boxes and each
+    box's image size -> (n, 4) int64. np.rint rounds half to even, as Python's `round`."""
     out = np.empty(boxes.shape, np.int64)
     for low, high, size in ((0, 2, width), (1, 3, height)):
         first, last = np.rint(boxes[:, low]).astype(np.int64) + 1, np.rint(boxes[:, high]).astype(np.int64)
@@ -315,31 +258,85 @@ def to_voc_boxes(boxes: np.ndarray, width: np.ndarray, height: np.ndarray) -> np
 
 
 _VOC_HEAD = ("<annotation>\n  <folder>%s</folder>\n  <filename>%s</filename>\n%s  <source>\n"
-             "    <database>raylib</database>\n  </source>\n  <size>\n    <width>%d</width>\n"
-             "    <height>%d</height>\n    <depth>3</depth>\n  </size>\n  <segmented>0</segmented>\n")
-_VOC_OBJECT = ("  <object>\n    <name>%s</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
-               "    <difficult>0</difficult>\n    <confidence>%.1f</confidence>\n    <bndbox>\n"
-               "      <xmin>%d</xmin>\n      <ymin>%d</ymin>\n      <xmax>%d</xmax>\n      <ymax>%d</ymax>\n"
-               "    </bndbox>\n  </object>\n")
+             "    <database>%s</database>\n  </source>\n  <size>\n    <width>%d</width>\n"
+             "    <height>%d</height>\n    <depth>%d</depth>\n  </size>\n  <segmented>0</segmented>\n")
+_VOC_OBJECT_HEAD = ("  <object>\n    <name>%s</name>\n    <pose>%s</pose>\n    <truncated>%d</truncated>\n"
+                    "    <difficult>%d</difficult>\n")
+_VOC_CONFIDENCE = "    <confidence>%.1f</confidence>\n"
+_VOC_OBJECT_BOX = ("    <bndbox>\n      <xmin>%d</xmin>\n      <ymin>%d</ymin>\n      <xmax>%d</xmax>\n"
+                   "      <ymax>%d</ymax>\n    </bndbox>\n  </object>\n")
+_UNSPECIFIED = escape("Unspecified")
+
+
+@dataclass
+class VocObjects:
+    """The objects of many images, as arrays: image i's are rows bounds[i]:bounds[i + 1]."""
+    bounds: np.ndarray  # (n_images + 1,) int
+    names: list[str]  # class name per object
+    boxes: np.ndarray  # (n, 4) float64, pixel-edge
+    confidence: np.ndarray | None = None  # (n,) float64 in [0, 1] (clipped), NaN: none; None: no object has one
+    poses: list[str | None] | None = None  # None: 'Unspecified'
+    truncated: np.ndarray | None = None  # (n,) bool; None: all 0
+    difficult: np.ndarray | None = None  # (n,) bool; None: all 0
+
+
+def write_voc_files(filenames: list[str], folders: list[str], widths: np.ndarray, heights: np.ndarray,
+                    objects: VocObjects, analysis_time: str | None = None, depths: np.ndarray | None = None,
+                    databases: list[str] | None = None) -> list[bytes]:
+    """The VOC XML of many images at once, as the VOC devkit writes it: folder, filename, source, size,
+    segmented, and per object name, pose, truncated, difficult (always) and an integer bndbox
+    (`to_voc_boxes`), so strict readers (`yolox.evaluators.voc_eval.parse_rec`, torchvision's
+    VOCDetection) take it as is. The one VOC writer: `write_voc` (one image) and the export's
+    pre-annotations (a scoring part's images) both call it.
+
+    Our extras, which VOC readers ignore: `<analysis_time>` when given, and `<confidence>` (a
+    percentage with one decimal) on objects that carry one (pre-annotations, seed figure 6.3)."""
+    n = len(objects.names)
+    per_box = np.repeat(np.arange(len(filenames)), np.diff(objects.bounds))
+    voc_boxes = to_voc_boxes(objects.boxes.reshape(n, 4), widths[per_box], heights[per_box]).tolist()
+    escaped = {name: escape(name) for name in set(objects.names)}
+    poses = ([_UNSPECIFIED if pose is None else escape(pose) for pose in objects.poses] if objects.poses is not None
+             else [_UNSPECIFIED] * n)
+    truncated = objects.truncated.astype(np.int64).tolist() if objects.truncated is not None else [0] * n
+    difficult = objects.difficult.astype(np.int64).tolist() if objects.difficult is not None else [0] * n
+    confidence = ([None] * n if objects.confidence is None
+                  else [None if c != c else c for c in (np.clip(objects.confidence, 0.0, 1.0) * 100).tolist()])
+    lines = [_VOC_OBJECT_HEAD % (escaped[name], pose, trunc, diff)
+             + ("" if conf is None else _VOC_CONFIDENCE % conf) + _VOC_OBJECT_BOX % tuple(box)
+             for name, pose, trunc, diff, conf, box in zip(objects.names, poses, truncated, difficult, confidence,
+                                                           voc_boxes)]
+    time_line = "" if analysis_time is None else f"  <analysis_time>{escape(analysis_time)}</analysis_time>\n"
+    depths = depths.tolist() if depths is not None else [3] * len(filenames)
+    databases = [escape(db) for db in databases] if databases is not None else ["raylib"] * len(filenames)
+    edges = objects.bounds.tolist()
+    return [(_VOC_HEAD % (escape(folder), escape(name), time_line, database, width, height, depth)
+             + "".join(lines[edges[i]:edges[i + 1]]) + "</annotation>\n").encode("utf-8")
+            for i, (name, folder, width, height, depth, database)
+            in enumerate(zip(filenames, folders, widths.tolist(), heights.tolist(), depths, databases))]
+
+
+def write_voc(ann: VocAnnotation, analysis_time: str | None = None) -> bytes:
+    """One image's VOC XML (`write_voc_files`)."""
+    objs = ann.objects
+    objects = VocObjects(
+        bounds=np.array([0, len(objs)]), names=[obj.name for obj in objs],
+        boxes=np.array([[obj.x1, obj.y1, obj.x2, obj.y2] for obj in objs], np.float64).reshape(len(objs), 4),
+        confidence=np.array([np.nan if obj.confidence is None else obj.confidence for obj in objs], np.float64),
+        poses=[obj.pose or None for obj in objs], truncated=np.array([bool(obj.truncated) for obj in objs], bool),
+        difficult=np.array([bool(obj.difficult) for obj in objs], bool))
+    return write_voc_files([ann.filename], [ann.folder], np.array([int(ann.width)]), np.array([int(ann.height)]),
+                           objects, analysis_time, np.array([int(ann.depth)]), [ann.database])[0]
 
 
 def write_voc_preannotations(filenames: list[str], folders: list[str], widths: np.ndarray, heights: np.ndarray,
                              bounds: np.ndarray, class_id: np.ndarray, boxes: np.ndarray, confidence: np.ndarray,
                              class_names: list[str], analysis_time: str) -> list[bytes]:
-    """`write_voc` for many images at once, each object with a confidence (the same bytes as
-    `write_voc(VocAnnotation(filename, width, height, objects, folder=folder), analysis_time)`).
-    Image i's objects are rows bounds[i]:bounds[i + 1] of class_id (int), boxes ((n, 4) float64,
-    pixel-edge) and confidence (float64, clipped to [0, 1])."""
-    per_box = np.repeat(np.arange(len(filenames)), np.diff(bounds))
-    voc_boxes = to_voc_boxes(boxes, widths[per_box], heights[per_box]).tolist()
-    names = [escape(name) for name in class_names]
-    percent = (np.clip(confidence, 0.0, 1.0) * 100).tolist()
-    objects = [_VOC_OBJECT % (names[c], p, *box) for c, p, box in zip(class_id.tolist(), percent, voc_boxes)]
-    time_line = f"  <analysis_time>{escape(analysis_time)}</analysis_time>\n"
-    edges = bounds.tolist()
-    return [(_VOC_HEAD % (escape(folder), escape(name), time_line, width, height)
-             + "".join(objects[edges[i]:edges[i + 1]]) + "</annotation>\n").encode("utf-8")
-            for i, (name, folder, width, height) in enumerate(zip(filenames, folders, widths.tolist(), heights.tolist()))]
+    """Pre-annotations of many images (`write_voc_files`), each object with a confidence. Image i's
+    objects are rows bounds[i]:bounds[i + 1] of class_id (int), boxes ((n, 4) float64, pixel-edge) and
+    confidence (float64, clipped to [0, 1])."""
+    names = [class_names[c] for c in class_id.tolist()]
+    return write_voc_files(filenames, folders, widths, heights,
+                           VocObjects(bounds, names, boxes, np.asarray(confidence, np.float64)), analysis_time)
 
 
 # ------------------------------------------------------------------------------------ label tables
