@@ -33,6 +33,13 @@ CVAT_ZIP_FILE = "preannotations_cvat_voc.zip"
 SKIPPED_FILE = "skipped.json"  # selected images not (fully) exported, with the reason each
 EXPORT_MARKER = ".raylib-preannotations"  # written first: this folder is an export and may be cleared
 EXPORT_PARTS_DIR = ".parts"  # the export's per-part fragments, merged then removed
+REVIEW_PAGE = "index.html"  # the round's review page, in RoundPaths.review (raylib/review.py)
+
+
+def review_thumbnail(index: int) -> str:
+    """A review page's thumbnail, relative to the page (`thumbs/00003.jpg`): named by its position among
+    the page's images, never by image id, so that no id reaches a file name or a URL unescaped."""
+    return f"thumbs/{index:05d}.jpg"
 
 
 def export_part_name(file_name: str, part: int) -> str:
@@ -141,6 +148,15 @@ class RoundPaths:
         return self._in("preannotations")
 
     @property
+    def review(self) -> str:
+        """The review page of the round's selection (`index.html`) and its thumbnails (raylib/review.py)."""
+        return self._in("review")
+
+    @property
+    def review_page(self) -> str:
+        return self._in("review", REVIEW_PAGE)
+
+    @property
     def oracle_errors(self) -> str:
         """Selected images the oracle gave no usable label for, with the reason each."""
         return self._in("oracle_errors.json")
@@ -234,6 +250,12 @@ def report_dir(run_root: str) -> str:
 def report_file(report_root: str) -> str:
     """The report's Markdown; its figures are PNG files beside it, named in it."""
     return storage.join(report_root, "report.md")
+
+
+def report_link(run_root: str, uri: str) -> str:
+    """A file of the run as the report links it: relative to report/ (`../round=00/review/index.html`),
+    so the links work wherever the run root is read from (a local folder, a downloaded S3 prefix)."""
+    return "../" + uri[len(run_root):].lstrip("/\\").replace("\\", "/")
 
 
 def runs_root(run_root: str) -> str:
