@@ -140,7 +140,10 @@ class StrategyConfig:
     name: str = "cls_iou"
     k: int = 100  # lowest-score detections kept per class
     min_score: float = 0.2  # detections at or below are not saved (pseudo-code 1)
-    budget: Optional[int] = None  # max images per round; None: no cap
+    # Images per round, exactly (or every image scored, when fewer): a larger union of class quotas is cut
+    # to its lowest scores, a smaller one filled by turns over the classes (raylib/select.py). None: the
+    # seed's rule, the union as it falls.
+    budget: Optional[int] = None
     seed: int = 0  # for `random` and tie-breaking
     pool_factor: int = 4  # diversity strategies: k-center picks k of pool_factor x k candidates per class
 

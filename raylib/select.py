@@ -12,6 +12,14 @@ O(detections). Ties are broken by (score, image_id), so the output is determinis
 Diversity strategies (`strategies.DIVERSE`) run the same two passes with pool_factor x k in place of k:
 those are each class's candidates, and `spread_out` keeps k of them by k-center greedy on their
 embeddings. Their thresholds are then the candidate pools' limits.
+
+`strategy.budget` (None: the seed's rule, the union as it falls) makes a round exactly `budget` images, or
+every image scored this round when fewer: a larger union is trimmed to its lowest-scoring images
+(`apply_budget`); a smaller one is filled (`fill_to_budget`) by round-robin over classes (class 0's next
+image, class 1's next, ...; a class whose next image is taken moves to its following one), from, in turn:
+a diversity strategy's further k-center picks; each class's next lowest-scoring images (a third streamed
+pass, `next_candidates`: classes x shortfall rows); the round's ok images with no candidate detection, in a
+seeded random order (class_id -1, score 1.0).
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raylib import diversity, schemas, storage, strategies
 from raylib.config import StrategyConfig
@@ -90,6 +99,85 @@ def apply_budget(selection: pd.DataFrame, budget: int | None) -> pd.DataFrame:
     return selection[selection["image_id"].isin(keep)].reset_index(drop=True)
 
 
+def round_robin(candidates: pd.DataFrame, taken: set[str], n: int) -> pd.DataFrame:
+    """Up to `n` rows of `candidates` (a `_rank` frame: each class's images in `rank` order), one per image
+    not in `taken`: class 0's first, class 1's first, ..., then each class's second, and so on; a class
+    whose next image is already taken (before or by another class's pick) moves on to its following one.
+    A loop over picks (at most the shortfall of a budget), not over the pool."""
+    queues = [group.sort_values("rank", kind="stable").index.to_numpy()
+              for _, group in candidates.groupby("class_id", sort=True)]
+    positions = [0] * len(queues)
+    taken, picks = set(taken), []
+    while len(picks) < n and any(p < len(q) for p, q in zip(positions, queues)):
+        for c, queue in enumerate(queues):
+            while positions[c] < len(queue) and candidates.at[queue[positions[c]], "image_id"] in taken:
+                positions[c] += 1
+            if positions[c] < len(queue) and len(picks) < n:
+                picks.append(queue[positions[c]])
+                taken.add(candidates.at[queue[positions[c]], "image_id"])
+                positions[c] += 1
+    return candidates.loc[picks]
+
+
+def next_candidates(detections_uri: str, min_score: float, exclude: list[str], per_class: int) -> pd.DataFrame:
+    """Each class's `per_class` lowest-scoring images (an image's lowest score in the class, ties by image
+    id) among detections above `min_score` of images not in `exclude`, as a `_rank` frame; streamed, keeping
+    at most classes x per_class rows (an image cut early comes back if a lower row of it comes later)."""
+    excluded = pa.array(sorted(exclude), pa.string())
+    kept = _rank(pd.DataFrame())
+    for batch in storage.iter_parquet_batches(detections_uri, columns=["image_id", "class_id", "score"]):
+        mask = pc.and_(pc.greater(batch.column("score"), min_score),
+                       pc.invert(pc.is_in(batch.column("image_id"), value_set=excluded)))
+        rows = batch.filter(mask)
+        if rows.num_rows:
+            kept = _rank(pd.concat([kept, _rank(rows.to_pandas())], ignore_index=True))
+            kept = kept[kept["rank"] < per_class].reset_index(drop=True)
+    return kept
+
+
+def images_without_candidates(image_status_uri: str, exclude: list[str], n: int, seed: int) -> pd.DataFrame:
+    """Up to `n` ok images of the round not in `exclude`, in a seeded random order (strategies'
+    per-image uniform draw), as selection rows of no class (class_id -1, score 1.0); streamed, keeping n."""
+    excluded = pa.array(sorted(exclude), pa.string())
+    ids, draws = np.empty(0, dtype=object), np.empty(0, dtype=np.float32)
+    for batch in storage.iter_parquet_batches(image_status_uri, columns=["image_id", "status"]):
+        mask = pc.and_(pc.equal(batch.column("status"), schemas.STATUS_OK),
+                       pc.invert(pc.is_in(batch.column("image_id"), value_set=excluded)))
+        new_ids = np.asarray(batch.column("image_id").filter(mask).to_pylist(), dtype=object)
+        ids = np.concatenate([ids, new_ids])
+        draws = np.concatenate([draws, strategies.uniform_per_image(new_ids, seed)])
+        order = np.lexsort((ids.astype(str), draws))[:n] if len(ids) else np.zeros(0, dtype=np.int64)
+        ids, draws = ids[order], draws[order]
+    return pd.DataFrame({"image_id": ids.astype(str), "class_id": np.full(len(ids), -1, np.int16),
+                         "score": np.ones(len(ids), np.float32), "rank": np.arange(len(ids), dtype=np.int32)})
+
+
+def fill_to_budget(selection: pd.DataFrame, budget: int, reserve: pd.DataFrame, detections_uri: str,
+                   image_status_uri: str, min_score: float, seed: int) -> pd.DataFrame:
+    """`selection` (fewer than `budget` images) filled to `budget` images, or to every image scored this
+    round: by `round_robin` over `reserve` (a diversity strategy's further picks, in pick order), then over
+    `next_candidates`, then `images_without_candidates`. A filled row's rank continues its class's ranks."""
+    def shortfall() -> int:
+        return budget - len(taken)
+
+    taken = set(selection["image_id"])
+    parts = [selection]
+    tiers = (lambda: reserve,
+             lambda: next_candidates(detections_uri, min_score, sorted(taken), shortfall()),
+             lambda: images_without_candidates(image_status_uri, sorted(taken), shortfall(), seed))
+    for tier in tiers:
+        if shortfall() <= 0:
+            break
+        picked = round_robin(tier(), taken, shortfall())
+        taken.update(picked["image_id"])
+        parts.append(picked)
+    fill = pd.concat(parts[1:], ignore_index=True)
+    after = selection.groupby("class_id")["rank"].max() + 1
+    fill["rank"] = fill["class_id"].map(after).fillna(0).to_numpy() + fill.groupby("class_id").cumcount().to_numpy()
+    filled = pd.concat([selection, fill], ignore_index=True)
+    return filled.astype({"class_id": np.int16, "score": np.float32, "rank": np.int32})[SELECTION_COLUMNS]
+
+
 @dataclass
 class SelectionSummary:
     n_images: int
@@ -153,10 +241,15 @@ def select_round(detections_uri: str, strategy: StrategyConfig, round_idx: int, 
         if mask.any():
             chosen.append(_rank(batch.filter(pa.array(mask)).to_pandas()))  # collapse early
     selection = _rank(pd.concat(chosen, ignore_index=True)) if chosen else _rank(pd.DataFrame())
-    if diverse:
-        selection = spread_out(selection, out.embeddings, strategy.k,
-                               covered if covered and storage.exists(covered) else None)
-    selection = apply_budget(selection, strategy.budget)
+    reserve = _rank(pd.DataFrame())
+    if diverse:  # with a budget, k-center goes on past k: the picks after the k-th may fill the budget
+        picks = strategy.k + (strategy.budget or 0)
+        ordered = spread_out(selection, out.embeddings, picks, covered if covered and storage.exists(covered) else None)
+        selection, reserve = ordered[ordered["rank"] < strategy.k], ordered[ordered["rank"] >= strategy.k]
+    selection = apply_budget(selection.reset_index(drop=True), strategy.budget)
+    if strategy.budget is not None and selection["image_id"].nunique() < strategy.budget:
+        selection = fill_to_budget(selection, strategy.budget, reserve.reset_index(drop=True), detections_uri,
+                                   out.image_status, min_score, strategy.seed)
 
     table = pa.Table.from_pandas(selection.assign(round=np.int16(round_idx)), preserve_index=False)
     storage.write_table(schemas.check(table, schemas.SELECTION, "selection"), out.selection)

@@ -102,6 +102,12 @@ def _hash_uniform(image_ids: list[str] | np.ndarray, seed: int) -> np.ndarray:
     return (((bits >> np.uint64(40)).astype(np.float64) + 0.5) / 2.0**24).astype(np.float32)
 
 
+def uniform_per_image(image_ids: list[str] | np.ndarray, seed: int) -> np.ndarray:
+    """One uniform (0, 1) draw per distinct image id: `random`'s draw for an image's first detection
+    (selection's seeded order for filling a budget with images that have no detection)."""
+    return _hash_uniform(image_ids, seed)
+
+
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser (Steele et al., 2014): a bijective, well-mixing uint64 -> uint64."""
     with np.errstate(over="ignore"):

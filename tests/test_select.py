@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from raylib import schemas, storage
-from raylib.config import StrategyConfig
+from raylib.config import STRATEGIES, StrategyConfig
 from raylib.paths import RoundPaths
 from raylib.select import apply_budget, class_thresholds, select_per_class, select_round
 from tests.helpers import write_detection_parts
@@ -134,23 +135,118 @@ def test_non_confidence_strategies_select_below_min_score(tmp_path):
     assert storage.read_table(rp.selection).column("image_id").to_pylist() == ["close_call"]
 
 
-def reference_budget(selection: pd.DataFrame, budget: int) -> set[str]:
-    """The `budget` images with the lowest score, ties by image id, written out longhand."""
+def reference_budget(detections: pd.DataFrame, selection: pd.DataFrame, budget: int) -> set[str]:
+    """Written out longhand. A union larger than `budget`: the `budget` images with the lowest score, ties
+    by image id. A smaller one: filled by turns over the classes (0, 1, ...), each taking its next image
+    not yet chosen, by that image's lowest score in the class above 0.2, ties by image id."""
     best: dict[str, float] = {}
     for image_id, score in zip(selection["image_id"], selection["score"]):
         best[image_id] = min(score, best.get(image_id, float("inf")))
-    return set(sorted(best, key=lambda image_id: (best[image_id], image_id))[:budget])
+    if len(best) >= budget:
+        return set(sorted(best, key=lambda image_id: (best[image_id], image_id))[:budget])
+    chosen = set(best)
+    queues = {}
+    for c in sorted(set(detections["class_id"])):
+        lowest: dict[str, float] = {}
+        for row in detections[(detections["class_id"] == c) & (detections["score"] > 0.2)].itertuples():
+            lowest[row.image_id] = min(row.score, lowest.get(row.image_id, float("inf")))
+        queues[c] = sorted(lowest, key=lambda image_id: (lowest[image_id], image_id))
+    while len(chosen) < budget and any(queues.values()):
+        for c in sorted(queues):
+            while queues[c] and queues[c][0] in chosen:
+                queues[c].pop(0)
+            if queues[c] and len(chosen) < budget:
+                chosen.add(queues[c].pop(0))
+    return chosen
 
 
-@pytest.mark.parametrize("budget", [1, 5, 40, 10_000])
+def write_image_status(image_ids: list[str], uri: str, errors: tuple[str, ...] = ()) -> None:
+    """A round's image_status/: every image ok but `errors`."""
+    n = len(image_ids)
+    status = ["error" if i in errors else "ok" for i in image_ids]
+    table = pa.table([pa.array(np.zeros(n, np.int16)), pa.array(image_ids, pa.string()), pa.array(status),
+                      pa.nulls(n, pa.string()), pa.array(np.zeros(n, np.int32)), pa.nulls(n, pa.int32()),
+                      pa.nulls(n, pa.int32()), pa.array([f"/pool/{i}.jpg" for i in image_ids])],
+                     schema=schemas.IMAGE_STATUS)
+    storage.write_table(table, f"{uri}/part-000.parquet")
+
+
+@pytest.mark.parametrize("budget", [1, 5, 40, 60, 10_000])
 def test_streamed_budget_matches_the_reference(tmp_path, budget):
     detections = random_detections(11, n=2500)
     write_detection_parts(detections, str(tmp_path / "d"), parts=5)
     rp = RoundPaths(str(tmp_path / "run"), 0)
+    scored = sorted(set(detections["image_id"]))
+    write_image_status(scored, rp.image_status)
+    selection = select_per_class(detections, k=12, min_score=0.2)
+    assert selection["image_id"].nunique() < 60 < len(scored)  # 60 fills from the classes' next images
     summary = select_round(str(tmp_path / "d"), StrategyConfig(k=12, budget=budget), 0, rp, num_classes=5)
-    got = set(storage.read_table(rp.selection).column("image_id").to_pylist())
-    assert got == reference_budget(select_per_class(detections, k=12, min_score=0.2), budget)
-    assert summary.n_images == len(got) <= budget
+    got = storage.read_table(rp.selection).to_pandas()
+    assert set(got["image_id"]) == reference_budget(detections, selection, budget)
+    assert summary.n_images == got["image_id"].nunique() == min(budget, len(scored))
+    assert not got.duplicated(["image_id", "class_id"]).any()
+    if budget > selection["image_id"].nunique():  # filled: each class's ranks go on from its quota's
+        assert got.groupby("class_id")["rank"].apply(lambda r: sorted(r) == list(range(len(r)))).all()
+
+
+def test_fill_takes_turns_over_classes_then_images_without_detections(tmp_path):
+    """k=1. Class 0: a 0.30, b 0.40, c 0.50; class 1: a 0.35, d 0.60. Both quotas pick a: the union is {a}.
+    budget 3: class 0's next is b; class 1's next (a) is taken, so d. budget 4: then class 0's c. Images e
+    (no detection) and f (no detection, unreadable) were scored too: budget 9 takes e, never f: 5 images."""
+    detections = pd.DataFrame({"image_id": ["a", "b", "c", "a", "d"], "class_id": np.array([0, 0, 0, 1, 1], np.int16),
+                               "score": np.array([0.30, 0.40, 0.50, 0.35, 0.60], np.float32)})
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    write_detection_parts(detections, rp.detections, parts=2)
+    write_image_status(["a", "b", "c", "d", "e", "f"], rp.image_status, errors=("f",))
+
+    def selected(budget):
+        select_round(rp.detections, StrategyConfig(k=1, budget=budget), 0, rp, num_classes=2)
+        return storage.read_table(rp.selection).to_pandas().sort_values(["class_id", "rank"])
+
+    assert set(selected(None)["image_id"]) == {"a"}
+    three = selected(3)
+    assert set(three["image_id"]) == {"a", "b", "d"}
+    assert three[["image_id", "class_id", "rank"]].values.tolist() == [["a", 0, 0], ["b", 0, 1], ["a", 1, 0],
+                                                                       ["d", 1, 1]]
+    assert set(selected(4)["image_id"]) == {"a", "b", "c", "d"}
+    nine = selected(9)
+    assert set(nine["image_id"]) == {"a", "b", "c", "d", "e"}
+    assert nine[nine["image_id"] == "e"][["class_id", "score"]].values.tolist() == [[-1, 1.0]]
+
+
+def _write_pool_round(root: str) -> tuple[RoundPaths, list[str]]:
+    """60 images with detections of 3 classes (random scores), 10 scored without any, 2 unreadable;
+    an embedding per ok image (random directions). Returns the round's paths and its ok images."""
+    rng = np.random.default_rng(3)
+    with_detections = [f"img{i:03d}" for i in range(60)]
+    detections = pd.DataFrame({"image_id": rng.choice(with_detections, 400),
+                               "class_id": rng.integers(0, 3, 400).astype(np.int16),
+                               "score": rng.uniform(0.21, 1.0, 400).astype(np.float32)})
+    detections = pd.concat([detections, pd.DataFrame({"image_id": with_detections, "class_id": np.int16(0),
+                                                      "score": np.float32(0.9)})], ignore_index=True)
+    rp = RoundPaths(root, 1)
+    write_detection_parts(detections, rp.detections, parts=3)
+    ok = with_detections + [f"empty{i}" for i in range(10)]
+    write_image_status(ok + ["bad0", "bad1"], rp.image_status, errors=("bad0", "bad1"))
+    table = pa.table({"image_id": ok, "embedding": pa.array(rng.normal(size=(len(ok), 8)).astype(np.float16).tolist(),
+                                                             pa.list_(pa.float16()))})
+    storage.write_table(schemas.check(table, schemas.EMBEDDINGS, "embeddings"), f"{rp.embeddings}/part-0.parquet")
+    return rp, ok
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_budget_selects_exactly_budget_images_for_every_strategy(tmp_path, name):
+    """Trimmed (2), filled from detections (25: k=3 x 3 classes select at most 9), filled past them with the
+    images without detections (65), and more than the round holds (200: every ok image, 70)."""
+    rp, ok = _write_pool_round(str(tmp_path / "run"))
+    for budget in (2, 25, 65, 200):
+        summary = select_round(rp.detections, StrategyConfig(name=name, k=3, budget=budget, pool_factor=2), 1, rp,
+                               num_classes=3)
+        got = set(storage.read_table(rp.selection).column("image_id").to_pylist())
+        assert len(got) == summary.n_images == min(budget, len(ok)), (name, budget)
+        assert got <= set(ok)
+        if budget <= 60:
+            assert not any(image_id.startswith("empty") for image_id in got)
 
 
 def test_out_of_range_class_among_candidates_is_a_clear_error(tmp_path):
