@@ -19,7 +19,7 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from raylib import paths, storage  # noqa: E402
+from raylib import paths, savings, storage  # noqa: E402
 from raylib.config import Config  # noqa: E402
 from raylib.paths import RoundPaths  # noqa: E402
 
@@ -126,21 +126,38 @@ def write_report(run_root: str) -> str:
     history = load_history(run_root)
     out = paths.report_dir(run_root)
     rounds = list(range(1, len(history.map50) + 1))
-    names = history.classes
     sections = [f"# Active-learning run: strategy `{history.strategy}`, seed {history.seed}\n",
                 f"Run root: `{run_root}`; pool of {history.pool_size} images; {len(rounds)} round(s) trained.\n"]
-    sections += _review_links(run_root, len(rounds))
     if not rounds:
         storage.write_text(paths.report_file(out), "\n".join(sections) + "\nNo round evaluated yet.\n")
         return paths.report_file(out)
+    sections += _splits_section(history, rounds, out)
+    sections += _thresholds_section(history, rounds, out)
+    sections += _ap50_section(history, rounds, out)
+    sections += _objects_section(history, rounds, out)
+    sections += _map50_section(history, rounds, out)
+    sections += _calibration_section(run_root, len(rounds), out)
+    uri = paths.report_file(out)
+    storage.write_text(uri, "\n".join(sections))
+    return uri
 
-    # 6.4 images per split per round
+
+def _per_class_plot(x: list, per_class: list[list[float]], names: list[str], uri: str, **axes) -> None:
+    """One line per class (`per_class[c]`: its values at `x`; None drawn as a gap), legend of class names."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in zip(names, per_class):
+        ax.plot(x, [np.nan if v is None else v for v in values], marker="o", label=name)
+    ax.set(**axes)
+    ax.legend(fontsize=7)
+    _save_png(fig, uri)
+
+
+def _splits_section(history: RunHistory, rounds: list[int], out: str) -> list[str]:
+    """6.4: images per split per round."""
     split_names = ["train", "val", "test"]
     rows = [["Train+Val+Test"] + [str(n) for n in history.labelled],
             ["Unknown (pool)"] + [str(history.pool_size - n) for n in history.labelled]]
     rows += [[s.capitalize()] + [str(counts.get(s, 0)) for counts in history.splits] for s in split_names]
-    sections += ["## Images per split (figure 6.4)\n", _table(["Set"] + [str(r) for r in rounds], rows),
-                 "\n![splits](splits.png)\n"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bottom = np.zeros(len(rounds))
     for s in split_names:
@@ -150,74 +167,59 @@ def write_report(run_root: str) -> str:
     ax.set(xlabel="training round", ylabel="images", title="Labelled images per split")
     ax.legend()
     _save_png(fig, storage.join(out, "splits.png"))
+    return ["## Images per split (figure 6.4)\n", _table(["Set"] + [str(r) for r in rounds], rows),
+            "\n![splits](splits.png)\n"]
 
-    # 6.5 per-class thresholds of each class-quota selection (the take-all one has none and is left out)
+
+def _thresholds_section(history: RunHistory, rounds: list[int], out: str) -> list[str]:
+    """6.5: per-class thresholds of each class-quota selection (the take-all one has none and is left out)."""
     selected_rounds = [r for r in rounds if history.selected[r - 1]]
     selections = [f"{r} to {r + 1}" for r in selected_rounds]
     chosen = [history.thresholds[r - 1] for r in selected_rounds]
-    rows = [[name] + [_fmt(th[c], percent=True) for th in chosen] for c, name in enumerate(names)]
+    rows = [[name] + [_fmt(th[c], percent=True) for th in chosen] for c, name in enumerate(history.classes)]
     for label, reduce in (("Average", np.mean), ("Median", np.median)):
         values = [[v for v in th if v is not None] for th in chosen]
         rows.append([label] + [_fmt(float(reduce(v)) if v else None, percent=True) for v in values])
-    sections += ["## Selection upper threshold per class (figure 6.5)\n", _table(["Class"] + selections, rows),
-                 "\n![thresholds](thresholds.png)\n"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for c, name in enumerate(names):
-        ax.plot(selections, [np.nan if th[c] is None else th[c] for th in chosen], marker="o", label=name)
-    ax.set(xlabel="selection (round to round)", ylabel="threshold (k-th lowest score)", title="Per-class thresholds")
-    ax.legend(fontsize=7)
-    _save_png(fig, storage.join(out, "thresholds.png"))
+    _per_class_plot(selections, [[th[c] for th in chosen] for c in range(len(history.classes))], history.classes,
+                    storage.join(out, "thresholds.png"), xlabel="selection (round to round)",
+                    ylabel="threshold (k-th lowest score)", title="Per-class thresholds")
+    return ["## Selection upper threshold per class (figure 6.5)\n", _table(["Class"] + selections, rows),
+            "\n![thresholds](thresholds.png)\n"]
 
-    # 6.6 AP50 per class per round
+
+def _ap50_section(history: RunHistory, rounds: list[int], out: str) -> list[str]:
+    """6.6: AP50 per class per round, and mAP50."""
+    names = history.classes
     rows = [[name] + [_fmt(ap[c]) for ap in history.ap50] for c, name in enumerate(names)]
     rows.append(["**mAP50**"] + [_fmt(m) for m in history.map50])
-    sections += ["## AP50 per class on the performance test set (figure 6.6)\n",
-                 _table(["Class"] + [str(r) for r in rounds], rows), "\n![ap50](ap50.png)\n"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for c, name in enumerate(names):
-        ax.plot(rounds, [np.nan if ap[c] is None else ap[c] for ap in history.ap50], marker="o", label=name)
-    ax.set(xlabel="training round", ylabel="AP50", ylim=(0, 1), title="AP50 per class")
-    ax.legend(fontsize=7)
-    _save_png(fig, storage.join(out, "ap50.png"))
+    _per_class_plot(rounds, [[ap[c] for ap in history.ap50] for c in range(len(names))], names,
+                    storage.join(out, "ap50.png"), xlabel="training round", ylabel="AP50", ylim=(0, 1),
+                    title="AP50 per class")
+    return ["## AP50 per class on the performance test set (figure 6.6)\n",
+            _table(["Class"] + [str(r) for r in rounds], rows), "\n![ap50](ap50.png)\n"]
 
-    # 6.7 labelled objects per class per round
+
+def _objects_section(history: RunHistory, rounds: list[int], out: str) -> list[str]:
+    """6.7: labelled objects per class per round."""
+    names = history.classes
     rows = [[name] + [str(objs[c]) for objs in history.objects_per_class] for c, name in enumerate(names)]
-    sections += ["## Labelled objects per class (figure 6.7)\n", _table(["Class"] + [str(r) for r in rounds], rows),
-                 "\n![objects](objects.png)\n"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for c, name in enumerate(names):
-        ax.plot(rounds, [objs[c] for objs in history.objects_per_class], marker="o", label=name)
-    ax.set(xlabel="training round", ylabel="labelled objects", title="Labelled objects per class")
-    ax.legend(fontsize=7)
-    _save_png(fig, storage.join(out, "objects.png"))
+    _per_class_plot(rounds, [[objs[c] for objs in history.objects_per_class] for c in range(len(names))], names,
+                    storage.join(out, "objects.png"), xlabel="training round", ylabel="labelled objects",
+                    title="Labelled objects per class")
+    return ["## Labelled objects per class (figure 6.7)\n", _table(["Class"] + [str(r) for r in rounds], rows),
+            "\n![objects](objects.png)\n"]
 
-    # 6.8 mAP50 vs labelled images
-    sections += ["## mAP50 vs labelled images (figure 6.8)\n",
-                 _table(["Round", "Labelled images", "mAP50"],
-                        [[str(r), str(n), _fmt(m)] for r, n, m in zip(rounds, history.labelled, history.map50)]),
-                 "\n![map50](map50.png)\n"]
+
+def _map50_section(history: RunHistory, rounds: list[int], out: str) -> list[str]:
+    """6.8: mAP50 vs labelled images."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(history.labelled, history.map50, marker="o")
     ax.set(xlabel="labelled images", ylabel="mAP50", ylim=(0, 1), title="mAP50 vs labelled images")
     _save_png(fig, storage.join(out, "map50.png"))
-
-    sections += _calibration_section(run_root, len(rounds), out)
-
-    uri = paths.report_file(out)
-    storage.write_text(uri, "\n".join(sections))
-    return uri
-
-
-def _review_links(run_root: str, n_rounds: int) -> list[str]:
-    """Links to the review pages of the selections made so far (seed set, rounds 0..n_rounds-1: raylib/review.py)."""
-    named = [("seed set", RoundPaths(run_root, paths.SEED_ROUND))] + [(f"round {r}", RoundPaths(run_root, r))
-                                                                      for r in range(n_rounds)]
-    found = [(name, rp.review_page) for name, rp in named if storage.exists(rp.review_page)]
-    if not found:
-        return []
-    return ["## What each round selected\n",
-            "Review pages (thumbnails with the model's boxes, scores, thresholds): "
-            + ", ".join(f"[{name}]({paths.report_link(run_root, page)})" for name, page in found) + "\n"]
+    return ["## mAP50 vs labelled images (figure 6.8)\n",
+            _table(["Round", "Labelled images", "mAP50"],
+                   [[str(r), str(n), _fmt(m)] for r, n, m in zip(rounds, history.labelled, history.map50)]),
+            "\n![map50](map50.png)\n"]
 
 
 def _calibration_section(run_root: str, n_rounds: int, out: str) -> list[str]:
@@ -259,8 +261,8 @@ def _calibration_section(run_root: str, n_rounds: int, out: str) -> list[str]:
 
 def compare_runs(runs_root: str, out_dir: str) -> str | None:
     """mAP50 vs labelled images per strategy (mean and min-max spread over seeds) for every run under
-    `runs_root` (`run_roots`: `runs_root/*/run.json`); writes `comparison.md` + `comparison.png`.
-    None if no runs."""
+    `runs_root` (`run_roots`: `runs_root/*/run.json`), and whether each strategy pays against `random`
+    paired by seed (raylib.savings); writes `comparison.md` + `comparison.png`. None if no runs."""
     by_strategy: dict[str, list[RunHistory]] = {}
     for run_root in run_roots(runs_root):
         history = load_history(run_root)
@@ -284,6 +286,8 @@ def compare_runs(runs_root: str, out_dir: str) -> str | None:
     ax.legend()
     _save_png(fig, storage.join(out_dir, "comparison.png"))
     uri = paths.comparison_file(out_dir)
+    pays = savings.markdown(savings.compare([run for runs in by_strategy.values() for run in runs]))
     storage.write_text(uri, "# Strategy comparison\n\n" + _table(
-        ["Strategy", "Round", "Labelled images (mean)", "mAP50 mean", "mAP50 range"], rows) + "\n\n![comparison](comparison.png)\n")
+        ["Strategy", "Round", "Labelled images (mean)", "mAP50 mean", "mAP50 range"], rows)
+        + "\n\n![comparison](comparison.png)\n\n" + pays)
     return uri

@@ -147,4 +147,21 @@ def test_comparison_reads_only_the_run_folders_beside_each_other(tmp_path, monke
     monkeypatch.setattr(storage, "list_files", no_recursive_listing)
     assert report.run_roots(str(runs)) == [str(runs / "cls_iou_seed0")]
     text = storage.read_text(report.compare_runs(str(runs), str(runs / "comparison")))
-    assert "cls_iou" in text and "random" not in text
+    assert "| cls_iou |" in text and "| random |" not in text
+
+
+def test_comparison_says_whether_each_strategy_pays_against_random(tmp_path):
+    """2 strategies x 3 seeds, every run labelling 3 then 4 images. Worked by hand: differences at 4 labels
+    (cls_iou - random per seed) +0.1, 0.0, +0.2: mean 0.1, sd 0.1, half 4.303 x 0.1 / sqrt(3) = 0.2484.
+    Areas over 3..4 labels, (m3 + m4) / 2: random 0.15, 0.25, 0.30; cls_iou 0.20, 0.25, 0.40; ratios
+    1.3333, 1.0, 1.3333: mean 1.2222, sd 0.19245, half 4.303 x 0.19245 / sqrt(3) = 0.4781: across 1."""
+    runs = tmp_path / "runs"
+    for seed, (random_map, cls_iou_map) in enumerate([([0.1, 0.2], [0.1, 0.3]), ([0.2, 0.3], [0.2, 0.3]),
+                                                      ([0.3, 0.3], [0.3, 0.5])]):
+        _fake_run(str(runs / f"random_seed{seed}"), "random", seed, random_map)
+        _fake_run(str(runs / f"cls_iou_seed{seed}"), "cls_iou", seed, cls_iou_map)
+    text = storage.read_text(report.compare_runs(str(runs), str(runs / "comparison")))
+    assert "| 4 | 0.1000 ± 0.2484 | 2 of 3 | 0.1000 | +0.100 / +0.000 / +0.200 |" in text
+    assert "| cls_iou | 3 | 1.222 ± 0.478 | 1.333 / 1.000 / 1.333 |" in text
+    assert "**cls_iou vs random** (3 paired seeds): **cannot tell**" in text
+    assert "no interpolation" in text and "3 comparisons" in text  # 1 strategy x (2 counts + the area ratio)
