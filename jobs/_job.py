@@ -54,21 +54,25 @@ def help_text(doc: str) -> str:
 
 
 def start(cfg: DictConfig, with_ray: bool = True) -> Config:
-    """Log raylib at INFO, check the config, then start or join Ray (which also points storage at the
-    configured S3 endpoint); jobs that only stream Parquet in-process set up storage alone. Ray's
-    known-harmless C++ note is kept off the console (`console.filter_stderr`) from before Ray starts."""
+    """Log raylib at INFO, check the config, point storage at the configured S3 endpoint and try the S3
+    locations it names, then start or join Ray (`with_ray`; jobs that only stream Parquet in-process
+    don't). An unreachable endpoint, missing credentials, a missing bucket or a denied prefix exits with
+    one line naming the key and the fix, within seconds (`storage.access_problem`). Ray's known-harmless
+    C++ note is kept off the console (`console.filter_stderr`) from before Ray starts."""
     logging.getLogger("raylib").setLevel(logging.INFO)
     console.filter_stderr()
     try:
         config = to_config(cfg)
     except ConfigError as error:  # one line naming the key, not a traceback
         raise SystemExit(f"error: {error}") from None
-    from raylib import runtime, storage  # pyarrow, Ray: not for --help
+    from raylib import check, runtime, storage  # pyarrow, Ray: not for --help
 
+    storage.configure_s3(config.storage.endpoint_url, config.storage.region)
+    problem = storage.access_problem(check.storage_uris(config))
+    if problem:
+        raise SystemExit(f"error: {problem}")
     if with_ray:
         runtime.init_ray(config)
-    else:
-        storage.configure_s3(config.storage.endpoint_url, config.storage.region)
     return config
 
 

@@ -18,6 +18,13 @@ from raylib.config import Config
 SAMPLE_LABELS = 5  # annotations parsed per image set
 
 
+def storage_uris(cfg: Config) -> dict[str, str]:
+    """{config key: value} of every S3 location the config names (run_root, data.*, loop.labels_in, ...):
+    what a job's preflight (`storage.access_problem`) tries before any work."""
+    return {key: value for key, value in run_config.flatten(cfg).items()
+            if isinstance(value, str) and storage.is_s3(value)}
+
+
 def problems(cfg: Config) -> list[str]:
     """Everything found that would stop the run; empty when it can start."""
     found = []
@@ -154,8 +161,10 @@ def _gpu_problems(cfg: Config) -> list[str]:
 
 def plan(cfg: Config) -> str:
     """What the run will do, in a few lines."""
-    classes = cfg.data.class_names or ["(the test set's categories)"]
-    per_round = f"up to {cfg.strategy.k} detections x {len(classes)} classes of images"
+    n_classes = len(cfg.data.class_names)
+    classes = f"{n_classes} class{'' if n_classes == 1 else 'es'}" if n_classes else "classes: the test set's categories"
+    per_round = (f"up to {cfg.strategy.k} detections x {classes} of images" if n_classes else
+                 f"up to {cfg.strategy.k} detections per class of images")
     if cfg.strategy.budget:
         per_round += f", at most {cfg.strategy.budget} images"
     last = "; the last selection takes every image left" if cfg.loop.last_round_takes_all else ""
@@ -167,7 +176,7 @@ def plan(cfg: Config) -> str:
             f"{cfg.data.root}; test set: {cfg.data.test}")
     where = "a local Ray" if cfg.cluster.address == "local" else f"the Ray cluster at '{cfg.cluster.address}'"
     return "\n".join([
-        f"data:     {data}; {len(classes)} classes",
+        f"data:     {data}; {classes}",
         f"model:    YOLOX-{cfg.model.size} at {cfg.model.input_size} px, "
         f"{'from ' + cfg.model.weights if cfg.model.weights else 'from scratch'}",
         f"train:    {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, {cfg.train.num_workers} worker(s) "

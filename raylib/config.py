@@ -297,6 +297,9 @@ class StorageConfig:
 class ClusterConfig:
     address: str = "local"  # "local" starts a private Ray; "auto" joins a running cluster
     num_cpus: Optional[int] = None  # local only
+    # Set in the driver before Ray starts and in every Ray worker's runtime env (settings, never secrets:
+    # Ray logs runtime envs). experiment=demo pins the CPU kernels with it (raylib/runtime.py).
+    env_vars: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -32,6 +32,7 @@ RAY_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor with class name: '[^'\n]*' 
                        rb"has constructor arguments in the object store and max_restarts > 0")
 PARTIAL_HOLD_S = 0.2  # how long the end of a line is waited for (_forward)
 JOB_LOG_ONLY = {"screen": False}  # log(..., extra=JOB_LOG_ONLY): the Hydra log file, not the screen
+LOG_FILE_ONLY_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")  # their INFO: the log file only
 _installed = False
 
 
@@ -44,10 +45,12 @@ class ScreenFormatter(logging.Formatter):
 
 
 class ScreenFilter(logging.Filter):
-    """Keeps records logged with `extra=JOB_LOG_ONLY` off the screen."""
+    """Keeps records logged with `extra=JOB_LOG_ONLY` off the screen, and the INFO lines of the AWS SDK
+    (boto3's "Found credentials in environment variables.": the job log has them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, "screen", True)
+        quiet = record.levelno < logging.WARNING and record.name.startswith(LOG_FILE_ONLY_LIBRARIES)
+        return getattr(record, "screen", not quiet)
 
 
 def eta_text(seconds: float) -> str:

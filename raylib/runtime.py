@@ -62,6 +62,7 @@ def init_ray(cfg: Config) -> None:
     import ray
 
     storage.configure_s3(cfg.storage.endpoint_url, cfg.storage.region)
+    os.environ.update(cfg.cluster.env_vars)  # before Ray starts: a local raylet and its workers inherit them
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -80,7 +81,7 @@ def init_kwargs(cfg: Config, dashboard_port: int | None) -> dict:
     and its workers are told that address: the dashboard (127.0.0.1) serves the state API that Ray
     Train's placement-group cleaner polls, and without an explicit address the cleaner looks for
     "the" Ray of the machine and fails with a traceback when another user's Ray runs beside ours."""
-    env_vars = worker_env_vars()
+    env_vars = worker_env_vars(cfg.cluster.env_vars)
     kwargs: dict = {"log_to_driver": True}
     if cfg.cluster.address == "local":
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
@@ -97,12 +98,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def worker_env_vars() -> dict[str, str]:
-    """The S3 settings for `ray.init`'s runtime env, less those the submitted job's runtime env
-    (`ray job submit --runtime-env`, a RayJob's runtimeEnvYAML) sets: Ray refuses a key sent twice."""
+def worker_env_vars(cluster_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The S3 settings and `cluster.env_vars` for `ray.init`'s runtime env, less those the submitted job's
+    runtime env (`ray job submit --runtime-env`, a RayJob's runtimeEnvYAML) sets: Ray refuses a key sent twice."""
     job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     from_job = (job_config.get("runtime_env") or {}).get("env_vars") or {}
-    return {name: value for name, value in storage.s3_env().items() if name not in from_job}
+    wanted = {**storage.s3_env(), **(cluster_env or {})}
+    return {name: value for name, value in wanted.items() if name not in from_job}
 
 
 def condense_ray_data_progress(terminal: bool) -> None:

@@ -35,6 +35,18 @@ S3_ENV_VARS = (
 S3_RETRY_ATTEMPTS = 8
 
 
+# The preflight's requests (`access_problem`): a connection refused answers at once, a black-holed endpoint
+# after PROBE_ATTEMPTS x PROBE_TIMEOUT_S, so a job says what is wrong within seconds, not after the stage
+# clients' minutes of backoff (S3_RETRY_ATTEMPTS, boto3's 60 s connect timeout).
+PROBE_TIMEOUT_S = 5
+PROBE_ATTEMPTS = 2
+
+
+class StorageAccessError(ValueError):
+    """An S3 location of the config can't be used (endpoint, credentials, bucket, permissions): one line
+    naming the key, what is wrong and the fix."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
@@ -67,6 +79,70 @@ def _s3_filesystem(endpoint: str | None, region: str | None, attempts: int) -> p
     if region:
         kwargs["region"] = region
     return pafs.S3FileSystem(**kwargs)
+
+
+def s3_client(connect_timeout: float = 10, read_timeout: float = 60, attempts: int | None = None):
+    """A boto3 S3 client (endpoint, region and credentials from the environment, as pyarrow's) whose
+    retries are bounded like `resolve`'s filesystems (standard mode: 5xx, throttling, dropped connections)."""
+    import boto3
+    import botocore.config
+
+    attempts = attempts or int(os.environ.get("RAYLIB_S3_RETRY_ATTEMPTS", S3_RETRY_ATTEMPTS))
+    return boto3.client("s3", config=botocore.config.Config(
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        retries={"mode": "standard", "total_max_attempts": attempts}))
+
+
+def access_problem(uris: dict[str, str]) -> str | None:
+    """Within seconds, the first reason why one of the S3 locations `uris` ({config key: URI}; local paths
+    are skipped) can't be used: one line naming the key, what is wrong and the fix; None when each one's
+    bucket lists its prefix. One LIST of one key per location, with PROBE_ATTEMPTS short tries."""
+    located = {key: uri for key, uri in uris.items() if isinstance(uri, str) and is_s3(uri)}
+    if not located:
+        return None
+    client = s3_client(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S, PROBE_ATTEMPTS)
+    seen = set()
+    for key, uri in located.items():
+        bucket, prefix = s3_bucket_prefix(uri)
+        if (bucket, prefix) in seen:
+            continue
+        seen.add((bucket, prefix))
+        try:
+            client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/"), MaxKeys=1)
+        except Exception as error:  # noqa: BLE001 - every failure is explained or passed on as one line
+            return f"{key}: {explain_s3_error(error, uri)}"
+    return None
+
+
+def explain_s3_error(error: BaseException, uri: str) -> str:
+    """What went wrong reaching `uri` and the fix, in one line, for boto3's and pyarrow's S3 errors: an
+    endpoint that does not answer, missing or refused credentials, a missing bucket, a denied prefix."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "AWS's S3"
+    bucket = s3_bucket_prefix(uri)[0]
+    code = str(((getattr(error, "response", None) or {}).get("Error") or {}).get("Code", ""))
+    text = f"{code} {type(error).__name__} {error}"
+    first = (str(error).splitlines() or [""])[0].split(': "')[0][:160]  # boto3's: less the request's URL
+    if any(mark in text for mark in ("NoCredentialsError", "PartialCredentialsError", "Unable to locate credentials")):
+        return (f"no AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+                "or run where an instance profile or service account provides them")
+    if any(mark in text for mark in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+                                     "ReadTimeoutError", "NETWORK_CONNECTION", "Could not connect", "timed out")):
+        return (f"the S3 endpoint {endpoint} does not answer ({first}): fix storage.endpoint_url (or "
+                "AWS_ENDPOINT_URL), or check that the server runs and the network reaches it")
+    if any(mark in text for mark in ("NoSuchBucket", "NO_SUCH_BUCKET", f"Bucket '{bucket}' not found")):
+        return (f"bucket '{bucket}' does not exist at {endpoint}: create it, or fix the bucket in the URI "
+                "(storage.bucket for the run root)")
+    if code == "404":  # a bare 404, no S3 error code: a web server or proxy, or a bucket it hides
+        return (f"{endpoint} answered 404 Not Found, without an S3 error, to a listing of bucket '{bucket}': fix "
+                "storage.endpoint_url (or AWS_ENDPOINT_URL) if it is not the S3 server, else create the bucket")
+    if any(mark in text for mark in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                                     "InvalidToken", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH")):
+        return (f"the AWS credentials were refused for {uri} ({code or first}): check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or renew the session token")
+    if any(mark in text for mark in ("AccessDenied", "ACCESS_DENIED", "AllAccessDisabled")) or code == "403":
+        return (f"access denied to {uri}: grant this identity s3:ListBucket and s3:GetObject there (s3:PutObject "
+                "for the run root), or point the key at a prefix it may use")
+    return f"{uri} can't be used ({type(error).__name__}: {first}): check the URI and storage.endpoint_url"
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -115,10 +191,12 @@ def delete(uri: str) -> None:
             pass
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The file's bytes; with `max_bytes`, at most max_bytes + 1 of them, so that a caller refuses a file
+    larger than it accepts without loading it whole."""
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as stream:
-        return stream.read()
+        return stream.read() if max_bytes is None else stream.read(max_bytes + 1)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -230,10 +308,8 @@ def iter_files(uri: str, suffix: str = "") -> Iterator[str]:
     (boto3's paginator). For folders of millions of files, where `list_files` holds a Python object per
     file. Hidden local entries are skipped, symlinked directories not followed; none under a missing `uri`."""
     if is_s3(uri):
-        import boto3
-
         bucket, prefix = s3_bucket_prefix(uri)
-        for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = item["Key"]
                 if key.endswith(suffix) and not key.endswith("/"):  # "/": a folder marker object

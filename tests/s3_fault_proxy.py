@@ -14,7 +14,7 @@ class FaultProxy:
         parsed = urlparse(upstream)
         self.upstream_host, self.upstream_port = parsed.hostname, parsed.port
         self._lock = threading.Lock()
-        self._faults: list[str] = []  # "503", "500", "drop" consumed one per request
+        self._faults: list[str] = []  # "503", "500", "403", "drop" consumed one per request
         self.permanent: str | None = None  # applied to every request while set
         self.requests = 0
         self.faults_served = 0
@@ -47,8 +47,8 @@ class FaultProxy:
                     self.connection.shutdown(2)
                     return
                 if fault:
-                    payload = (f"<Error><Code>ServiceUnavailable</Code><Message>injected {fault}</Message>"
-                               f"</Error>").encode()
+                    code = "AccessDenied" if fault == "403" else "ServiceUnavailable"  # 403: a denied prefix
+                    payload = f"<Error><Code>{code}</Code><Message>injected {fault}</Message></Error>".encode()
                     self.send_response(int(fault))
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -166,3 +167,65 @@ def test_make_voc_merges_a_vocdevkit_download_into_what_data_voc_reads(tmp_path)
     missing = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "make_voc.py"), str(tmp_path / "nothing"),
                               str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and missing.stderr.strip().startswith("error: no VOC2007/ or VOC2012/ folder")
+
+
+def _job_alone(job: str, env: dict, *overrides: str) -> subprocess.CompletedProcess:
+    """`jobs/<job>` in a process of its own, with `env`'s S3 settings: its stderr, its exit."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "jobs", job), *overrides],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("job", ["check.py", "status.py"])
+def test_s3_that_cannot_be_used_is_one_line_from_any_job(job, s3_server, s3_bucket, tmp_path):
+    """Every job tries its config's S3 locations first (jobs/_job.py start): an endpoint where nothing
+    listens, a bucket the real (moto) server does not have, no credentials, a denied prefix (a 403 from
+    a proxy in front of that server) each end the job with one line naming the key and the fix."""
+    from tests.s3_fault_proxy import FaultProxy
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    run_root = f"{s3_bucket}/runs/r1"
+    common = [f"run_root={run_root}", f"hydra.run.dir={tmp_path}/hydra"]
+    unreachable = _job_alone(job, {**os.environ, "AWS_ENDPOINT_URL": dead}, *common)
+    missing = _job_alone(job, dict(os.environ), "run_root=s3://no-such-bucket/runs/r1", f"hydra.run.dir={tmp_path}/h2")
+    no_keys = {name: value for name, value in os.environ.items() if name not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    no_keys.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    anonymous = _job_alone(job, no_keys, *common)
+    proxy = FaultProxy(s3_server).start()
+    proxy.permanent = "403"
+    try:
+        denied = _job_alone(job, {**os.environ, "AWS_ENDPOINT_URL": proxy.url}, *common)
+    finally:
+        proxy.stop()
+    expected = [
+        (unreachable, f"error: run_root: the S3 endpoint {dead} does not answer (Could not connect to the endpoint "
+                      "URL): fix storage.endpoint_url (or AWS_ENDPOINT_URL), or check that the server runs and the "
+                      "network reaches it"),
+        (missing, f"error: run_root: bucket 'no-such-bucket' does not exist at {s3_server}: create it, or fix the "
+                  "bucket in the URI (storage.bucket for the run root)"),
+        (anonymous, f"error: run_root: no AWS credentials for {run_root}: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run where an instance profile or service account "
+                    "provides them"),
+        (denied, f"error: run_root: access denied to {run_root}: grant this identity s3:ListBucket and s3:GetObject "
+                 "there (s3:PutObject for the run root), or point the key at a prefix it may use"),
+    ]
+    for done, line in expected:
+        assert done.returncode != 0 and done.stderr.strip().splitlines() == [line], done.stderr
+    assert proxy.faults_served >= 1
+
+
+@pytest.mark.s3
+def test_an_endpoint_that_never_answers_is_named_after_the_bounded_tries(s3_server, s3_bucket, tmp_path):
+    """A server that takes the connection and says nothing (a black-holed endpoint) costs PROBE_ATTEMPTS
+    reads of PROBE_TIMEOUT_S, not the stage clients' minutes; then the same one line."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections are queued, never answered
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        done = _job_alone("check.py", {**os.environ, "AWS_ENDPOINT_URL": endpoint}, f"run_root={s3_bucket}/r",
+                          f"hydra.run.dir={tmp_path}/hydra")
+    assert done.returncode != 0 and done.stderr.strip().splitlines() == [
+        f"error: run_root: the S3 endpoint {endpoint} does not answer (Read timeout on endpoint URL): fix "
+        "storage.endpoint_url (or AWS_ENDPOINT_URL), or check that the server runs and the network reaches it"]
