@@ -97,7 +97,9 @@ def sweep_point(work: Callable[[], object]) -> None:
         message = f"sweep point [{point}] failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         logging.getLogger("raylib").exception(message)
         os.makedirs(hydra_cfg.sweep.dir, exist_ok=True)
-        with open(f"{hydra_cfg.sweep.dir}/failed_points.txt", "a") as handle:
+        from raylib.paths import FAILED_POINTS_FILE
+
+        with open(os.path.join(hydra_cfg.sweep.dir, FAILED_POINTS_FILE), "a") as handle:
             handle.write(message + "\n")
         print(message, flush=True)
 

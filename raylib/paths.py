@@ -21,6 +21,7 @@ WEIGHTS_FILE = "model.pt"  # EMA weights, in a training output folder and in eac
 TRAIN_STATE_FILE = "state.pt"  # model, optimizer, EMA, scaler, epoch: what a resumed worker loads
 TRAIN_HISTORY_FILE = "history.json"  # one entry per evaluation during training
 RUN_INFO_FILE = "run.json"
+FAILED_POINTS_FILE = "failed_points.txt"  # in a sweep's folder: the points that failed, one line each
 RUN_CONFIG_FILE = "config.yaml"  # the resolved config the run was started with (raylib/run_config.py)
 
 

@@ -25,7 +25,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-FAILED_POINTS_FILE = "failed_points.txt"  # the name jobs/_job.py sweep_point writes too
+from raylib.paths import FAILED_POINTS_FILE
+
 JOB_LOG_FILE = "ray_job.log"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

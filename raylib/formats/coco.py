@@ -48,7 +48,6 @@ def _bbox(x1: float, y1: float, x2: float, y2: float) -> list[float]:
 # a bad one costs its image (an error naming the field), never the file or a silently different label.
 
 MAX_OBJECTS = voc.MAX_OBJECTS  # per image, as for VOC files
-_FLAG_STRINGS = {"0": False, "false": False, "1": True, "true": True}
 
 
 def short(value: object) -> str:
@@ -77,13 +76,13 @@ def number(value: object, what: str) -> float:
 
 def flag(value: object, what: str) -> bool:
     """A yes/no field (`difficult`, `iscrowd`): absent/null is no; true/false, 0/1 and the strings
-    '0'/'1'/'true'/'false' as they say ("0" is not true); anything else is an error, not a guess."""
+    of voc.FLAG_STRINGS ('0'/'1'/'true'/'false') as they say ("0" is not true); anything else is an error, not a guess."""
     if value is None or isinstance(value, bool):
         return bool(value)
     if isinstance(value, int) and value in (0, 1):
         return value == 1
-    if isinstance(value, str) and value.strip().lower() in _FLAG_STRINGS:
-        return _FLAG_STRINGS[value.strip().lower()]
+    if isinstance(value, str) and value.strip().lower() in voc.FLAG_STRINGS:
+        return voc.FLAG_STRINGS[value.strip().lower()]
     raise ValueError(f"{what} is {short(value)}; expected 0 or 1")
 
 

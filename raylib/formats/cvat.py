@@ -34,7 +34,8 @@ _FILE_ATTRIBUTES = 0o600 << 16  # as zipfile writes a member given by name
 
 
 def item(file_name: str) -> str:
-    """CVAT's item id for an image: its file name without the extension."""
+    """CVAT's item id for an image: its file name without the extension (a leading dot starts no
+    extension: `.hidden` stays). The one rule for the export's zip and for reading a CVAT delivery."""
     base = file_name.rsplit("/", 1)[-1]
     return file_name[: len(file_name) - len(base) + base.rfind(".")] if "." in base.lstrip(".") else file_name
 

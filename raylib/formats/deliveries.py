@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylib import schemas, storage
-from raylib.formats import coco, labelstudio, voc
+from raylib.config import LABEL_FORMATS
+from raylib.formats import coco, cvat, labelstudio, voc
 
-FORMATS = ("voc", "coco", "labelstudio")
 REVIEWED_EMPTY_FILE = "reviewed_empty.txt"  # in <labels_in>/
 # A delivery file is parsed whole (no streaming JSON parser here), at about 8x its size in memory:
 # a round's export is a few MB, and a whole Label Studio project of 1M boxes ~ 200 MB.
@@ -79,7 +79,7 @@ def name_index(selected: Mapping[str, str | None]) -> dict[str, str]:
         name = coco.file_name(image_id, uri)
         for exact in (image_id, name):
             index[exact] = image_id
-        stem = name[: name.rfind(".")] if "." in name.rsplit("/", 1)[-1] else name
+        stem = cvat.item(name)
         for loose in {stem, posixpath.basename(name), posixpath.basename(stem)}:
             shared.setdefault(loose, set()).add(image_id)
     for loose, ids in shared.items():
@@ -126,7 +126,7 @@ def _voc_candidates(image_ids: list[str], uris: list[str | None]) -> tuple[list[
     for image_id, uri in zip(image_ids, uris):
         name = coco.file_name(image_id, uri)
         by_id.append(image_id + ".xml")
-        by_item.append((name[: name.rfind(".")] if "." in name.rsplit("/", 1)[-1] else name) + ".xml")
+        by_item.append(cvat.item(name) + ".xml")
     return by_id, by_item
 
 
@@ -238,9 +238,7 @@ def _in_tasks(fn: Callable, calls: list[tuple], n_images: int, *shared: object) 
 
 def _read_capped(uri: str, max_bytes: int, what: str) -> bytes:
     """At most `max_bytes` + 1 bytes: a bigger file is refused without being loaded whole."""
-    fs, path = storage.resolve(uri)
-    with fs.open_input_stream(path) as stream:
-        data = stream.read(max_bytes + 1)
+    data = storage.read_bytes(uri, max_bytes)
     if len(data) > max_bytes:
         raise ValueError(f"'{uri}' is larger than {max_bytes // 2**20} MiB; not {what}. Split it")
     return data
@@ -404,8 +402,8 @@ def import_delivery(labels_format: str, labels_in: str, selected: Mapping[str, s
     """The delivery in `labels_in` for the `selected` images (image_id -> uri, or an (image_id, uri)
     table) in `labels_format`;
     `document_root` is Label Studio's (local-files URLs)."""
-    if labels_format not in FORMATS:
-        raise ValueError(f"loop.labels_format '{labels_format}' is not one of {', '.join(FORMATS)}")
+    if labels_format not in LABEL_FORMATS:
+        raise ValueError(f"loop.labels_format '{labels_format}' is not one of {', '.join(LABEL_FORMATS)}")
     if labels_format == "voc":
         return import_voc(labels_in, selected, class_names)
     return _import_json_files(labels_in, labels_format, selected, class_names, None, document_root)

@@ -88,17 +88,15 @@ def read_voc(source: str | bytes, name: str | None = None) -> VocAnnotation:
             raise VocError(f"VOC XML '{label}' is larger than {MAX_XML_BYTES} bytes; not an annotation file")
     else:
         label = name or source
-        data = _read_capped(source, label)
+        data = _read_xml(source, label)
     root = _parse(data, label)
     return _annotation(root, label)
 
 
-def _read_capped(uri: str, label: str) -> bytes:
+def _read_xml(uri: str, label: str) -> bytes:
     """Read at most MAX_XML_BYTES + 1 bytes, so a huge file is refused without loading it whole."""
-    fs, path = storage.resolve(uri)
     try:
-        with fs.open_input_stream(path) as stream:
-            data = stream.read(MAX_XML_BYTES + 1)
+        data = storage.read_bytes(uri, MAX_XML_BYTES)
     except FileNotFoundError as exc:
         raise VocError(f"VOC XML '{label}' not found") from exc
     except OSError as exc:
@@ -159,16 +157,18 @@ def _size(root: StdET.Element, label: str) -> tuple[int, int, int]:
     return int(width), int(height), depth
 
 
-_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+# Yes/no fields as text, one rule for every format (VOC's truncated/difficult, COCO's iscrowd/difficult, Label
+# Studio's was_cancelled): what VOC devkit and JSON write; anything else ("yes", "2") is an error, not a guess.
+FLAG_STRINGS = {"0": False, "false": False, "1": True, "true": True}
 
 
 def _flag(element: StdET.Element, tag: str, label: str, where: str) -> bool:
-    """A yes/no field: absent is no; anything but 0/1/true/false/yes/no is an error, not a guess."""
+    """A yes/no field: absent is no; anything but FLAG_STRINGS is an error, not a guess."""
     text = _text(element, tag)
-    if text is None or text.lower() in _FALSE:
+    if text is None:
         return False
-    if text.lower() in _TRUE:
-        return True
+    if text.lower() in FLAG_STRINGS:
+        return FLAG_STRINGS[text.lower()]
     raise VocError(f"VOC XML '{label}': {where} <{tag}> is {text[:20]!r}; expected 0 or 1")
 
 
@@ -212,7 +212,7 @@ def _object(element: StdET.Element, index: int, width: int, height: int, label: 
     return VocObject(name, x1, y1, x2, y2, difficult=_flag(element, "difficult", label, where),
                      confidence=confidence,
                      # <truncated> only travels back out in VOC files (labels don't use it): lenient.
-                     truncated=(_text(element, "truncated") or "").lower() in _TRUE,
+                     truncated=FLAG_STRINGS.get((_text(element, "truncated") or "").lower(), False),
                      pose=_text(element, "pose") or "Unspecified")
 
 
