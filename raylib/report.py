@@ -128,6 +128,7 @@ def write_report(run_root: str) -> str:
     rounds = list(range(1, len(history.map50) + 1))
     sections = [f"# Active-learning run: strategy `{history.strategy}`, seed {history.seed}\n",
                 f"Run root: `{run_root}`; pool of {history.pool_size} images; {len(rounds)} round(s) trained.\n"]
+    sections += _review_links(run_root, len(rounds))
     if not rounds:
         storage.write_text(paths.report_file(out), "\n".join(sections) + "\nNo round evaluated yet.\n")
         return paths.report_file(out)
@@ -220,6 +221,18 @@ def _map50_section(history: RunHistory, rounds: list[int], out: str) -> list[str
             _table(["Round", "Labelled images", "mAP50"],
                    [[str(r), str(n), _fmt(m)] for r, n, m in zip(rounds, history.labelled, history.map50)]),
             "\n![map50](map50.png)\n"]
+
+
+def _review_links(run_root: str, n_rounds: int) -> list[str]:
+    """Links to the review pages of the selections made so far (seed set, rounds 0..n_rounds-1: raylib/review.py)."""
+    named = [("seed set", RoundPaths(run_root, paths.SEED_ROUND))] + [(f"round {r}", RoundPaths(run_root, r))
+                                                                      for r in range(n_rounds)]
+    found = [(name, rp.review_page) for name, rp in named if storage.exists(rp.review_page)]
+    if not found:
+        return []
+    return ["## What each round selected\n",
+            "Review pages (thumbnails with the model's boxes, scores, thresholds): "
+            + ", ".join(f"[{name}]({paths.report_link(run_root, page)})" for name, page in found) + "\n"]
 
 
 def _calibration_section(run_root: str, n_rounds: int, out: str) -> list[str]:
