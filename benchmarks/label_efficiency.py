@@ -73,7 +73,8 @@ sys.path.insert(0, HERE)
 
 import fashion_pool  # noqa: E402  (beside this script, after the path insert)
 
-from raylib import report  # noqa: E402
+from raylib import report, savings  # noqa: E402
+from raylib.savings import interval95  # noqa: E402
 
 
 @dataclass
@@ -418,41 +419,17 @@ def take_all(setup: Setup, out: str, init: str | None, ledger: str, seed: int = 
 
 # ---------------------------------------------------------------------------------------- results
 
-# Two-sided 95% Student t quantiles t(0.975, df), df = 1..30 (no scipy in the venv).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
-
-
-def interval95(values) -> tuple[float, float]:
-    """(mean, half-width of the 95% t interval of the mean) over seeds; half-width nan with one value."""
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    if n < 2:
-        return float(values.mean()) if n else float("nan"), float("nan")
-    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
-    return float(values.mean()), float(t * values.std(ddof=1) / np.sqrt(n))
-
-
-def labels_to_reach(labelled, map50, target: float) -> float | None:
-    """Labels at which the curve first reaches `target` (linear between rounds); None if it never does."""
-    for i, (n, m) in enumerate(zip(labelled, map50)):
-        if m >= target:
-            if i == 0:
-                return float(n)
-            n0, m0 = labelled[i - 1], map50[i - 1]
-            return float(n0 + (target - m0) * (n - n0) / (m - m0))
-    return None
+# The statistics (paired differences, area ratio, labels to reach, verdicts) are raylib/savings.py's, as in
+# every sweep's comparison.md; what is here formats them for this benchmark.
 
 
 def summarise(curves: list[Curve], strategies: list[str]) -> dict:
-    """Per strategy and round: labelled (mean), mAP50 mean / 95% interval / std / range over seeds; per
-    strategy and round the paired difference to `random` (same seed, hence same seed set, split and
-    labels per round) with its 95% interval; random's seed-to-seed std per round as the noise floor."""
+    """Per strategy and round: labelled (mean), mAP50 mean / 95% interval / std / range over seeds; and
+    each strategy against `random` paired by seed on common labelled counts (`savings.compare`)."""
     by = {s: [c for c in curves if c.strategy == s] for s in strategies}
     by = {s: runs for s, runs in by.items() if runs}
     if not curves:
-        return {"n_rounds": 0, "stats": {}, "diffs": {}}
+        return {"n_rounds": 0, "stats": {}, "savings": None}
     n_rounds = min(len(c.map50) for c in curves)
     stats = {}
     for strategy, runs in by.items():
@@ -463,33 +440,7 @@ def summarise(curves: list[Curve], strategies: list[str]) -> dict:
                            "std": maps.std(0, ddof=1) if len(runs) > 1 else np.full(n_rounds, np.nan),
                            "min": maps.min(0), "max": maps.max(0), "per_seed": maps, "labelled_per_seed": labelled,
                            "seeds": [c.seed for c in runs]}
-    diffs = {}
-    if "random" in stats:
-        base = stats["random"]
-        for strategy, s in stats.items():
-            if strategy == "random":
-                continue
-            seeds = [seed for seed in s["seeds"] if seed in base["seeds"]]
-            d = np.array([s["per_seed"][s["seeds"].index(seed)] - base["per_seed"][base["seeds"].index(seed)]
-                          for seed in seeds]).reshape(len(seeds), n_rounds)
-            ci = [interval95(d[:, r]) for r in range(n_rounds)]
-            diffs[strategy] = {"seeds": seeds, "per_seed": d, "mean": np.array([m for m, _ in ci]),
-                               "half": np.array([h for _, h in ci]), "ahead": (d > 0).sum(0)}
-    return {"n_rounds": n_rounds, "stats": stats, "diffs": diffs}
-
-
-def area_ratios(s: dict, base: dict, seeds: list[int]) -> np.ndarray:
-    """Per seed of `seeds`: the area under the strategy's mAP50-vs-labelled curve over random's (same seed)."""
-    def area(stat: dict, seed: int) -> float:
-        curve = stat["per_seed"][stat["seeds"].index(seed)]
-        # Over the run's own counts, divided by their span (the curve's mean height): a round can label fewer
-        # images than its budget (the shapes pool's union of per-class picks), and a curve over fewer labels
-        # is not made smaller by that alone. Where every run labels the same counts, it is the area ratio.
-        labelled = stat["labelled_per_seed"][stat["seeds"].index(seed)]
-        if len(curve) == 1 or labelled[-1] == labelled[0]:
-            return float(curve[0])
-        return float(np.sum((curve[1:] + curve[:-1]) / 2 * np.diff(labelled)) / (labelled[-1] - labelled[0]))
-    return np.array([area(s, seed) / area(base, seed) for seed in seeds])
+    return {"n_rounds": n_rounds, "stats": stats, "savings": savings.compare([c for c in curves if c.strategy in by])}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -502,7 +453,7 @@ def _pm(mean: float, half: float, digits: int = 4) -> str:
 
 
 def tables(summary: dict, curves: list[Curve], classes: list[str], reference: dict | None = None) -> str:
-    n_rounds, stats, diffs = summary["n_rounds"], summary["stats"], summary["diffs"]
+    n_rounds, stats = summary["n_rounds"], summary["stats"]
     rows = []
     for strategy, s in stats.items():
         for r in range(n_rounds):
@@ -511,35 +462,11 @@ def tables(summary: dict, curves: list[Curve], classes: list[str], reference: di
                          f"{s['std'][r]:.4f}", f"{s['min'][r]:.3f}-{s['max'][r]:.3f}", seeds])
     text = ("### mAP50 (performance test set) vs labelled images: mean ± 95% interval over seeds\n\n" + _table(
         ["Strategy", "Round", "Labelled images", "mAP50 mean ± 95%", "std (seeds)", "range", "per seed"], rows))
-    if diffs:
-        rows = [[strategy, _pm(*interval95(area_ratios(stats[strategy], stats["random"], d["seeds"]))),
-                 f"{len(d['seeds'])}"] for strategy, d in diffs.items()]
-        text += ("\n\n### Area under the mAP50-vs-labelled-images curve, relative to random (paired by seed: "
-                 "a strategy's area / random's on the same seed, trapezoids over the rounds, each area divided by "
-                 "the span of labels its run covered: runs that label fewer images than the budget are not "
-                 "penalised for it alone)\n\n"
-                 + _table(["Strategy", "area ratio ± 95%", "seeds"], rows))
-    for strategy, d in diffs.items():
-        base = stats["random"]
-        rows = []
-        for r in range(n_rounds):
-            per_seed = " / ".join(f"{v:+.3f}" for v in d["per_seed"][:, r])
-            rows.append([str(r), f"{stats[strategy]['labelled'][r]:.0f}", _pm(d["mean"][r], d["half"][r]),
-                         f"{d['ahead'][r]} of {len(d['seeds'])}", f"{base['std'][r]:.4f}", per_seed])
-        text += (f"\n\n### {strategy} - random, paired by seed (same seed set, split and labels per round)\n\n"
-                 + _table(["Round", "Labelled images", "mAP50 difference ± 95%", "seeds ahead",
-                           "noise floor: random's std over seeds", "per seed"], rows))
-    if reference:
-        rows = []
-        for strategy, s in stats.items():
-            cells = []
-            for fraction in (0.90, 0.95, 0.97):
-                n = labels_to_reach(s["labelled"], s["mean"], fraction * reference["map50"])
-                cells.append(f"{n:.0f}" if n is not None else f"not reached by {s['labelled'][-1]:.0f}")
-            rows.append([strategy] + cells)
-        text += (f"\n\n### Labels to reach 90% / 95% / 97% of the take-all mAP50 ({reference['map50']:.4f} with all "
-                 f"{reference['labelled']} pool images labelled, seed {reference['seed']}), mean curves\n\n"
-                 + _table(["Strategy", "90%", "95%", "97%"], rows))
+    if summary["savings"] is not None:  # the take-all reference, when it ran, is 100% for labels-to-reach
+        pays = savings.compare([c for c in curves if c.strategy in stats], target_map=reference and reference["map50"],
+                               target_source=reference and (f"the take-all mAP50: all {reference['labelled']} pool "
+                                                            f"images labelled, seed {reference['seed']}") or "")
+        text += "\n\n" + savings.markdown(pays, heading="###", with_verdicts=False)
     last = n_rounds - 1
     header = ["Class"] + [f"{s} AP50" for s in stats] + [f"{s} objects labelled" for s in stats]
     rows = []
@@ -592,32 +519,9 @@ def calibration_table(out: str, curves: list[Curve]) -> str:
 
 
 def verdict(summary: dict) -> str:
-    """One plain sentence per compared strategy and round: is the paired difference's 95% interval
-    above zero (wins), below (loses), or across it (cannot tell)? The same for the area ratio, against 1.
-    Each call is one of several per pool (strategies x budgets x the area), uncorrected for multiplicity."""
-    lines = []
-    stats = summary["stats"]
-    for strategy, d in summary["diffs"].items():
-        parts = []
-        for r in range(1, summary["n_rounds"]):
-            mean, half = d["mean"][r], d["half"][r]
-            n = stats[strategy]["labelled"][r]
-            if np.isnan(half):
-                call = "one seed, no interval"
-            elif mean - half > 0:
-                call = "**beats random**"
-            elif mean + half < 0:
-                call = "**worse than random**"
-            else:
-                call = "not distinguishable from random"
-            parts.append(f"at {n:.0f} labels {mean:+.4f} ± {half:.4f} mAP50 ({call}; ahead in {d['ahead'][r]} of "
-                         f"{len(d['seeds'])} seeds)")
-        ratio, half = interval95(area_ratios(stats[strategy], stats["random"], d["seeds"]))
-        call = ("one seed, no interval" if np.isnan(half) else "**above random's**" if ratio - half > 1
-                else "**below random's**" if ratio + half < 1 else "not distinguishable from random's")
-        parts.append(f"area under the curve {ratio:.3f} ± {half:.3f} of random's ({call})")
-        lines.append(f"- **{strategy} vs random**, paired by seed: " + "; ".join(parts) + ".")
-    return "\n".join(lines)
+    """One line per strategy against random (raylib.savings.verdict: the area ratio's call, where the paired
+    differences clear zero, and how many comparisons the tables make, uncorrected)."""
+    return savings.verdicts(summary["savings"]) if summary["savings"] is not None else ""
 
 
 def plot(summary: dict, png: str, reference: dict | None = None) -> None:

@@ -236,16 +236,22 @@ def counts_note(savings: Savings) -> str:
             f"the union of all runs' counts within the range every run covers ({counts}); nothing is extrapolated.")
 
 
-def markdown(savings: Savings) -> str:
-    """The comparison's "will it pay" section: verdicts, area ratios, paired differences per count,
-    labels to reach the targets, and the seeds that would resolve a given difference."""
-    base = savings.baseline
-    text = [f"## Will active learning pay? Each strategy against `{base}`, paired by seed\n", counts_note(savings), ""]
+def verdicts(savings: Savings) -> str:
+    return "\n".join(verdict(p, savings) for p in savings.paired.values())
+
+
+def markdown(savings: Savings, heading: str = "##", with_verdicts: bool = True) -> str:
+    """The comparison's "will it pay" section (a `heading` section, its tables one level down): verdicts,
+    area ratios, paired differences per count, labels to reach the targets, and the seeds that would
+    resolve a given difference."""
+    base, sub = savings.baseline, heading + "#"
+    text = [f"{heading} Will active learning pay? Each strategy against `{base}`, paired by seed\n",
+            counts_note(savings), ""]
     if not savings.paired:
         return "\n".join(text + [f"No `{base}` run shares a seed with another strategy: add `strategy={base}` with the "
                                  "same `seed=` values to the sweep to see whether active learning pays.\n"])
-    text += [verdict(p, savings) for p in savings.paired.values()] + [""]
-    text += [f"### Area under the mAP50-vs-labels curve relative to `{base}` (trapezoids over the counts, per seed)\n",
+    text += [verdicts(savings), ""] if with_verdicts else []
+    text += [f"{sub} Area under the mAP50-vs-labels curve relative to `{base}` (trapezoids over the counts, per seed)\n",
              _table(["Strategy", "seeds", "area ratio ± 95%", "per seed"],
                     [[s, str(len(p.seeds)), _pm(p.area_ratio, p.area_half, 3),
                       " / ".join(f"{r:.3f}" for r in p.area_ratios)] for s, p in savings.paired.items()]), ""]
@@ -253,10 +259,10 @@ def markdown(savings: Savings) -> str:
         rows = [[f"{c:.0f}", _pm(p.diff_mean[i], p.diff_half[i]), f"{p.ahead[i]} of {len(p.seeds)}",
                  f"{p.diff_sd[i]:.4f}", " / ".join(f"{v:+.3f}" for v in p.per_seed[:, i])]
                 for i, c in enumerate(savings.counts)]
-        text += [f"### {strategy} - {base}: mAP50 difference at each labelled count, paired by seed\n",
+        text += [f"{sub} {strategy} - {base}: mAP50 difference at each labelled count, paired by seed\n",
                  _table(["Labelled images", "difference ± 95%", "seeds ahead", "std of differences", "per seed"], rows),
                  ""]
-    text += [f"### Labels to reach 90% / 95% / 97% of {savings.target_map:.4f} ({savings.target_source}), "
+    text += [f"{sub} Labels to reach 90% / 95% / 97% of {savings.target_map:.4f} ({savings.target_source}), "
              "mean curves\n",
              _table(["Strategy", "seeds"] + [f"{100 * f:.0f}%" for f in FRACTIONS],
                     [[s, str(savings.n_seeds[s])] + [f"{n:.0f}" if n is not None else
@@ -268,7 +274,7 @@ def markdown(savings: Savings) -> str:
         sd, n = p.diff_sd[last], len(p.seeds)
         rows.append([strategy, f"{sd:.4f}", "n/a" if np.isnan(sd) else f"{Z_POWER * sd / math.sqrt(n):.4f}"]
                     + ["n/a" if np.isnan(sd) else str(seeds_needed(sd, d)) for d in (0.01, 0.02, 0.05)])
-    text += [f"### Seeds to resolve a difference (at {savings.counts[last]:.0f} labels: n = (2.8 sd / d)^2, sd "
+    text += [f"{sub} Seeds to resolve a difference (at {savings.counts[last]:.0f} labels: n = (2.8 sd / d)^2, sd "
              "the paired differences' std; a 95% interval then excludes zero 80% of the time)\n",
              _table(["Strategy", "std of differences", "resolved now: d at its seeds",
                      "seeds for d=0.01", "seeds for d=0.02", "seeds for d=0.05"], rows), ""]
