@@ -7,6 +7,8 @@
     python benchmarks/label_efficiency.py model.iou_aware_obj=true --out outputs/le_iou   # an option, all runs
     python benchmarks/label_efficiency.py --pool shapes --strategies random,cls_iou,cls_iou_diverse,kcenter \
         --seeds 0,1,2,3,4,5,6,7,8,9      # the second pool (issue 26): a task YOLOX-nano learns from scratch on CPU
+    scripts/get_pretrained.sh && python benchmarks/label_efficiency.py --pool trap   # issue 34: where AL should pay
+    python benchmarks/label_efficiency.py --pool trap --full    # the same pool at 416 px on one GPU (one seed)
 
 Why the stable preset (issue 13). In v1 (2 seeds) and its rerun with seeds 2-6, a round's mAP50 fell when
 30 labels were added (random seed 3: 0.144 -> 0.075; cls_iou seed 6: 0.123 -> 0.093) and the per-seed ratio
@@ -72,6 +74,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import fashion_pool  # noqa: E402  (beside this script, after the path insert)
+import trap_pool  # noqa: E402
 
 from raylib import report, savings  # noqa: E402
 from raylib.savings import interval95  # noqa: E402
@@ -91,7 +94,11 @@ class Setup:
     pretrain_images: int
     pretrain: dict  # overrides of the pretraining run on the digits
     pretrain_more: tuple = ()  # further stages (images, overrides), each from the previous stage's weights
-    pool: str = "fashion"  # fashion (benchmarks/fashion_pool.py) or shapes (the synthetic generator, data=synthetic)
+    pool: str = "fashion"  # fashion (benchmarks/fashion_pool.py), shapes (data=synthetic) or trap (trap_pool.py)
+    # Labels added by each round after the seed set (strategy.budget per round). Empty: `loop` holds one
+    # budget for every round. Set: the loop runs once per round, each time one round longer with that
+    # round's budget (`accept_new_values=true`: strategy.budget and loop.rounds may change between rounds).
+    budgets: tuple = ()
 
 
 REDUCED_V1 = Setup(  # the preset of 2026-11-25 (results in RESULTS.md); `--preset v1`
@@ -151,6 +158,39 @@ SHAPES = Setup(
     pretrain_images=0, pretrain={}, pool="shapes",
 )
 
+# The regime where active learning should pay (issue 34): a pretrained detector fine-tuned, a long-tail pool
+# with near-duplicate bursts (benchmarks/trap_pool.py), budgets of 2, 5, 10 and 20% of the pool, equal labels
+# per strategy (strategy.budget fills and trims). Start: YOLOX-tiny's camera-trap weights
+# (scripts/get_pretrained.sh), class head re-initialised by the loader.
+PRETRAINED = os.path.join(REPO, "weights", "yolox_tiny_camera_traps.pth")
+_TRAP = {"train": "cpu", "score": "cpu", "model": "yolox_tiny", "model.input_size": 256,
+         "train.num_workers": 1, "train.use_gpu": False, "train.batch_size": 8, "train.basic_lr_per_img": 0.00125,
+         "train.mosaic_prob": 0.5, "train.mixup_prob": 0.0, "train.warmup_epochs": 1, "loop.split": [0.7, 0.15, 0.15],
+         "train.epochs": 12, "train.no_aug_epochs": 3, "train.eval_interval": 12, "train.init": "transfer",
+         "train.freeze": "backbone", "model.iou_aware_obj": False,
+         "loop.rounds": 2, "loop.seed_size": 40, "loop.last_round_takes_all": False,
+         # k = the first round's budget over the 6 classes: the seed's per-class bottom-k; a later round's larger
+         # budget is filled round-robin over the classes' next lowest-scoring images (raylib/select.py).
+         "strategy.k": 10, "strategy.min_score": 0.05, "strategy.budget": 60}
+TRAP = Setup(
+    name="trap: pretrained YOLOX-tiny, long tail and bursts (CPU)",
+    n_pool=2000, n_test=500, rho=0.55, seeds=list(range(10)),
+    strategies=["random", "cls_iou", "cls_iou_diverse", "entropy"],
+    loop=_TRAP, pretrain_images=0, pretrain={}, pool="trap",
+    budgets=(60, 100, 200),  # 40 -> 100 -> 200 -> 400 labelled: 2, 5, 10, 20% of the pool
+)
+# The same pool on one GPU at 416 px, sized to one 10-minute call (one seed's four strategies, round 0 shared);
+# `--seeds` adds seeds in later calls (the ledger resumes).
+TRAP_FULL = Setup(
+    name="trap full: pretrained YOLOX-tiny at 416 px (one GPU)",
+    n_pool=2000, n_test=500, rho=0.55, seeds=[0],
+    strategies=["random", "cls_iou", "cls_iou_diverse", "entropy"],
+    loop={**_TRAP, "train": "gpu", "score": "gpu", "model.input_size": 416, "train.use_gpu": True,
+          "train.cpus_per_worker": 8, "train.batch_size": 16, "train.epochs": 30, "train.no_aug_epochs": 5,
+          "train.eval_interval": 30, "train.freeze": "none", "score.num_actors": 1, "score.num_cpus_per_actor": 4},
+    pretrain_images=0, pretrain={}, pool="trap", budgets=(60, 100, 200),
+)
+
 FULL = Setup(
     name="full (one GPU)",
     n_pool=6000, n_test=1000, rho=0.7, seeds=[0, 1, 2], strategies=["cls_iou", "random", "entropy"],
@@ -193,6 +233,8 @@ def pool_overrides(setup: Setup, out: str) -> list[str]:
         return ["data=synthetic", f"data.root={os.path.join(out, 'data', 'shapes')}",
                 f"data.synthetic.num_pool={setup.n_pool}", f"data.synthetic.num_test={setup.n_test}",
                 f"data.synthetic.imbalance_rho={setup.rho}"]
+    if setup.pool == "trap":
+        return _data_overrides(os.path.join(out, "data", "trap"), trap_pool.CLASSES)
     return _data_overrides(os.path.join(out, "data", "fashion"), fashion_pool.CLASSES)
 
 
@@ -216,6 +258,20 @@ def run_job(overrides: list[str], log_path: str) -> float:
             return time.time() - start
         print(f"  attempt {attempt} of {ATTEMPTS} failed (exit {result.returncode}); see {log_path}", flush=True)
     raise RuntimeError(f"`{' '.join(command)}` failed {ATTEMPTS} times; see {log_path}")
+
+
+def run_rounds(setup: Setup, fixed: list[str], log_path: str) -> float:
+    """One (strategy, seed) run: `jobs/loop.py` with the setup's overrides and `fixed` (data, strategy, seed,
+    run root, weights); returns its wall seconds. With per-round budgets (`Setup.budgets`) the loop runs once
+    per round, each time one round longer with that round's budget: the earlier rounds are committed, so each
+    call adds one round."""
+    if not setup.budgets:
+        return run_job(_overrides(setup.loop) + fixed, log_path)
+    seconds = 0.0
+    for r, budget in enumerate(setup.budgets):
+        loop = {**setup.loop, "loop.rounds": r + 2, "strategy.budget": budget}
+        seconds += run_job(_overrides(loop) + fixed + ["accept_new_values=true"], log_path)
+    return seconds
 
 
 def _strip_class_head(src: str, dst: str) -> None:
@@ -358,9 +414,11 @@ def run_all(setup: Setup, out: str, init: str | None, ledger: str, start: str = 
         for strategy in setup.strategies:
             name = f"{strategy}_seed{seed}"
             run_root = os.path.join(out, "runs", name)
-            overrides = (pool_overrides(setup, out) + _overrides(setup.loop)
-                         + [f"strategy={strategy}", f"seed={seed}", f"run_root={run_root}"]
-                         + ([f"model.weights={init}"] if init else []))
+            fixed = (pool_overrides(setup, out) + [f"strategy={strategy}", f"seed={seed}", f"run_root={run_root}"]
+                     + ([f"model.weights={init}"] if init else []))
+            overrides = _overrides(setup.loop) + fixed + (
+                [f"per round: loop.rounds=2,3,... with strategy.budget={','.join(map(str, setup.budgets))}"]
+                if setup.budgets else [])
             timing = os.path.join(run_root, "benchmark_seconds.json")
             if (strategy, seed) in kept and not os.path.exists(timing):
                 curve = kept[(strategy, seed)]
@@ -377,9 +435,9 @@ def run_all(setup: Setup, out: str, init: str | None, ledger: str, start: str = 
                     print(f"{name}: round 0 (train, evaluate) shared with {os.path.basename(first_run)}",
                           flush=True)
                 print(f"{name}: running ...", flush=True)
-                seconds = run_job(overrides, os.path.join(out, "logs", f"{name}.log"))
+                seconds = run_rounds(setup, fixed, os.path.join(out, "logs", f"{name}.log"))
                 with open(timing, "w") as f:
-                    json.dump({"seconds": seconds, "overrides": overrides}, f, indent=1)
+                    json.dump({"seconds": seconds, "overrides": overrides, "budgets": list(setup.budgets)}, f, indent=1)
             first_run = first_run or run_root
             history = report.load_history(run_root)
             curve = Curve(strategy, seed, history.labelled, history.map50, history.ap50, history.objects_per_class,
@@ -524,7 +582,7 @@ def verdict(summary: dict) -> str:
     return savings.verdicts(summary["savings"]) if summary["savings"] is not None else ""
 
 
-def plot(summary: dict, png: str, reference: dict | None = None) -> None:
+def plot(summary: dict, png: str, reference: dict | None = None, title: str = "Fashion-on-photos pool") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -540,7 +598,7 @@ def plot(summary: dict, png: str, reference: dict | None = None) -> None:
     if reference:
         ax.axhline(reference["map50"], color="grey", ls="--", label=f"take-all ({reference['labelled']} images)")
     ax.set(xlabel="labelled images", ylabel="mAP50 (balanced test set)",
-           title="Fashion-on-photos pool: mAP50 vs labelled images (mean ± 95% interval; thin: seeds)")
+           title=f"{title}: mAP50 vs labelled images (mean ± 95% interval; thin: seeds)")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -566,8 +624,30 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}")
 
 
+def _labelled_schedule(setup: Setup) -> str:
+    counts = np.cumsum([setup.loop["loop.seed_size"], *setup.budgets])
+    return ", ".join(f"{n} ({100 * n / setup.n_pool:.0f}%)" for n in counts)
+
+
 def pool_description(dataset: dict) -> list[str]:
     """The results file's "Pool" section: what the images are, and objects per class."""
+    if dataset.get("pool") == "trap":
+        spec = dataset["spec"]
+        return [
+            (f"`benchmarks/trap_pool.py` (`build(root, n_pool={spec['n_pool']}, n_test={spec['n_test']}, "
+             f"seed={spec['seed']})`), built like a camera trap's pool: {dataset['pool_scenes']} scenes, "
+             f"{dataset['pool_images_in_bursts']} of {spec['n_pool']} pool images in bursts of {spec['min_burst']}-"
+             f"{spec['max_burst']} near-identical frames (objects drift up to {spec['drift']:g} px a frame, camera "
+             f"shake {spec['shake']} px, light ±8%, new sensor noise), {dataset['pool_empty_images']} empty; six "
+             f"Fashion-MNIST classes with long-tail weights rho**c (rho {spec['rho']}), real product photos tinted "
+             f"and pasted onto {len(dataset['backgrounds'])} real photos bundled with scikit-learn and scikit-image; "
+             "frames 4:3, 320-416 px wide. Test set: one frame per scene, classes uniform, objects from "
+             "Fashion-MNIST t10k (pool: train)."),
+            "",
+            _table(["Class", "pool objects", "test objects"],
+                   [[c, str(dataset["pool_objects_per_class"][c]), str(dataset["test_objects_per_class"][c])]
+                    for c in dataset["classes"]]),
+        ]
     if dataset.get("pool") == "shapes":
         head = (f"The synthetic shapes of the embedded demo (`raylib/synthetic.py`, data=synthetic): {dataset['pool_images']} "
                 f"pool and {dataset['test_images']} test images, classes {', '.join(dataset['classes'])} with imbalance "
@@ -596,7 +676,8 @@ def write_results(path: str, setup: Setup, command: str, init: str, dataset: dic
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     stem = os.path.splitext(os.path.basename(path))[0]
-    plot(summary, os.path.join(folder, f"{stem}.png"), reference)
+    plot(summary, os.path.join(folder, f"{stem}.png"), reference,
+         "Trap pool (long tail, bursts)" if setup.pool == "trap" else "Fashion-on-photos pool")
     comparison = os.path.join(out, "runs", "comparison", "comparison.png")
     if os.path.exists(comparison):
         shutil.copyfile(comparison, os.path.join(folder, f"{stem}_comparison.png"))
@@ -624,6 +705,9 @@ def write_results(path: str, setup: Setup, command: str, init: str, dataset: dic
         (f"Strategies {', '.join(setup.strategies)}; seeds {setup.seeds} (a seed changes the seed set, the splits, "
          "training randomness and `random`'s draws; the pool and the start weights are the same for all runs)."),
         "Shared overrides of every run: `" + " ".join(_overrides(setup.loop)) + "`.",
+        *([f"Per round: the loop runs once per round, each call one round longer with that round's budget: "
+           f"strategy.budget = {', '.join(map(str, setup.budgets))} (labelled {_labelled_schedule(setup)}), "
+           "`accept_new_values=true`."] if setup.budgets else []),
         "",
     ]
     if pre:
@@ -633,7 +717,12 @@ def write_results(path: str, setup: Setup, command: str, init: str, dataset: dic
                             for n, o in setup.pretrain_more) + "; digits test "
                   f"mAP50 {pre['digits_test_map50']:.3f}), class head dropped.", ""]
     else:
-        lines += ["Start weights: " + ("none (from scratch)." if init == "none" else f"`{init}` (`--init`)."), ""]
+        lines += ["Start weights: " + (
+            "none (from scratch)." if init == "none" else
+            ("YOLOX-tiny trained on camera-trap images (DrivenData's, from the zamba 2.7.2 wheel; "
+             "`scripts/get_pretrained.sh`), class head re-initialised, fine-tuned with "
+             f"`train.freeze={setup.loop.get('train.freeze', 'none')}`.") if init == PRETRAINED else
+            f"`{init}` (`--init`)."), ""]
     if len(starts) > 1:
         lines += ["**Start weights differ between seeds** (a rebuilt pretraining is not bit-identical): "
                   + "; ".join(f"seeds {sorted(seeds)}: {start}" for start, seeds in starts.items())
@@ -694,15 +783,17 @@ def report_only(setup: Setup, out: str, results: str, dataset: dict, command: st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="GPU preset: YOLOX-S, 640, larger pool, 3 seeds")
-    parser.add_argument("--pool", choices=["fashion", "shapes"], default="fashion",
-                        help="fashion (default: Fashion-MNIST on photos, digits-pretrained) or shapes (the demo's "
-                             "synthetic task, from scratch)")
+    parser.add_argument("--pool", choices=["fashion", "shapes", "trap"], default="fashion",
+                        help="fashion (default: Fashion-MNIST on photos, digits-pretrained), shapes (the demo's "
+                             "synthetic task, from scratch) or trap (long tail and bursts, pretrained YOLOX-tiny)")
     parser.add_argument("--preset", choices=["stable", "v1"], default="stable",
                         help="CPU preset: stable (default) or v1, the 2026-11-25 preset")
     parser.add_argument("--out", default=None, help="work folder (default outputs/label_efficiency[_full])")
     parser.add_argument("--strategies", help="comma-separated; default cls_iou,random")
     parser.add_argument("--seeds", help="comma-separated; default 0,1,2,3,4 (reduced) or 0,1,2 (full)")
-    parser.add_argument("--init", default="digits", help="digits (pretrain, cached), none, or a weights path")
+    parser.add_argument("--init", default="digits",
+                        help="digits (pretrain, cached), none, or a weights path (the trap pool: the pretrained "
+                             "YOLOX-tiny of scripts/get_pretrained.sh)")
     parser.add_argument("--no-take-all", action="store_true", help="skip the take-all reference run (after the runs)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the results of the runs finished so far (a partial result)")
@@ -710,10 +801,17 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. train.epochs=20")
     args = parser.parse_args()
 
-    setup = FULL if args.full else SHAPES if args.pool == "shapes" else (REDUCED_V1 if args.preset == "v1" else REDUCED)
-    suffix = "_full" if args.full else "_shapes" if args.pool == "shapes" else ""
+    if args.pool == "trap":
+        setup, suffix = (TRAP_FULL, "_trap_full") if args.full else (TRAP, "_trap")
+    else:
+        setup = FULL if args.full else SHAPES if args.pool == "shapes" else (REDUCED_V1 if args.preset == "v1" else REDUCED)
+        suffix = "_full" if args.full else "_shapes" if args.pool == "shapes" else ""
     if setup.pool == "shapes" and args.init == "digits":
         args.init = "none"  # the shapes are learnt from scratch: no source task
+    if setup.pool == "trap" and args.init == "digits":
+        args.init = PRETRAINED  # the camera-trap YOLOX-tiny: the regime where active learning should pay
+        if not os.path.exists(PRETRAINED):
+            sys.exit(f"no pretrained weights at {PRETRAINED}: run `scripts/get_pretrained.sh` first (or --init PATH)")
     if args.strategies:
         setup.strategies = args.strategies.split(",")
     if args.seeds:
@@ -728,6 +826,9 @@ def main() -> None:
     if setup.pool == "shapes":
         dataset = {"pool": "shapes", "pool_images": setup.n_pool, "test_images": setup.n_test, "rho": setup.rho,
                    "classes": ["circle", "square", "triangle", "star"]}  # conf/data/synthetic.yaml's
+    elif setup.pool == "trap":
+        dataset = {"pool": "trap", **trap_pool.build(os.path.join(out, "data", "trap"), setup.n_pool, setup.n_test,
+                                                     rho=setup.rho)}
     else:
         dataset = fashion_pool.build(os.path.join(out, "data", "fashion"), setup.n_pool, setup.n_test, setup.rho, seed=0)
     print(f"pool: {setup.pool} ({dataset['pool_images']} + {dataset['test_images']} test images)")
@@ -758,10 +859,10 @@ def main() -> None:
                    else "from scratch" if init is None else init)
         curves += run_all(setup, out, init, ledger_path(results), weights)
         setup.seeds = all_seeds[:i + 1]
+        if i == 0 and not args.no_take_all:  # after the first seed: partial results have their reference
+            reference = take_all(setup, out, init, ledger_path(results))
         if i + 1 < len(all_seeds) or not args.no_take_all:
             write(f"**Partial: seeds {setup.seeds} of {all_seeds} done** (rerun the command to resume).")
-    if not args.no_take_all:
-        reference = take_all(setup, out, init, ledger_path(results))
     summary = write()
     print(tables(summary, curves, dataset["classes"], reference))
     print(verdict(summary))

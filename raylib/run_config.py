@@ -4,9 +4,9 @@ rerun into the same run root is compared with it.
 Identical -> resume. Keys fall in three kinds:
 - where and how fast it runs (`EXECUTION_KEYS`: cluster, storage, actor and worker resources): a rerun
   may change them; the difference is printed and the run resumes;
-- what may change between rounds (`BETWEEN_ROUNDS_KEYS`: more rounds, annotators instead of the
-  simulation, more GPUs): refused unless the rerun says `accept_new_values=true`, which records the
-  change in `config_changes.json` and makes the new values the stored ones;
+- what may change between rounds (`BETWEEN_ROUNDS_KEYS`: more rounds, the next round's budget,
+  annotators instead of the simulation, more GPUs): refused unless the rerun says `accept_new_values=true`,
+  which records the change in `config_changes.json` and makes the new values the stored ones;
 - everything else defines the run (data, model, strategy, seed, the training recipe): refused; the
   way out is another `run_root`.
 """
@@ -33,8 +33,8 @@ EXECUTION_KEYS = (
     "train.torch_threads",
 )
 BETWEEN_ROUNDS_KEYS = (
-    "loop.rounds", "loop.oracle", "loop.labels_in", "loop.labels_format", "loop.accept_partial_delivery",
-    "loop.labelstudio_document_root", "loop.stop_min_gain", "loop.stop_patience",
+    "loop.rounds", "strategy.budget", "loop.oracle", "loop.labels_in", "loop.labels_format",
+    "loop.accept_partial_delivery", "loop.labelstudio_document_root", "loop.stop_min_gain", "loop.stop_patience",
     "train.num_workers", "train.use_gpu", "train.amp", "score.fp16", "score.channels_last", "score.device_decode",
 )
 

@@ -66,6 +66,19 @@ def test_more_rounds_need_accept_new_values_and_are_recorded(tmp_path):
     check_run_config(_cfg(tmp_path, loop=LoopConfig(rounds=6, seed_size=60)))
 
 
+def test_the_next_rounds_budget_may_change_with_accept_new_values(tmp_path):
+    # A team labels what its annotators can this round: 60 images, then 100 (benchmarks/label_efficiency.py
+    # --pool trap grows each round's budget this way).
+    check_run_config(_cfg(tmp_path, strategy=StrategyConfig(budget=60)))
+    bigger = _cfg(tmp_path, strategy=StrategyConfig(budget=100))
+    with pytest.raises(RunConfigMismatch, match="accept_new_values=true"):
+        check_run_config(bigger)
+    bigger.accept_new_values = True
+    check_run_config(bigger)
+    history = json.loads((tmp_path / "config_changes.json").read_text())
+    assert [entry["changes"] for entry in history] == [{"strategy.budget": {"old": 60, "new": 100}}]
+
+
 def test_execution_settings_may_change(tmp_path, caplog):
     check_run_config(_cfg(tmp_path))
     with caplog.at_level(logging.INFO, logger="raylib"):
