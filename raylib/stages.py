@@ -22,6 +22,7 @@ from raylib.evaluate import evaluate_split, on_device
 from raylib.oracle import label_selection
 from raylib.export import export_preannotations
 from raylib.paths import RoundPaths
+from raylib.review import write_review
 from raylib.commit import init_weights, scoring_weights, takes_all
 from raylib.score import score_pool
 from raylib.select import select_round
@@ -93,8 +94,14 @@ def select(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 
 
 def export(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
-    return {"n_files": export_preannotations(rp.selection, rp.detections, rp.image_status, ds.class_names,
-                                             rp.preannotations, rp.round_idx, cfg.loop.labelstudio_document_root)}
+    """The annotators' pre-annotations, then the round's review page for people (raylib/review.py). The
+    page is a step of this stage, not a stage of its own: it reads what the export reads, when the
+    export runs, and is wanted when the annotators get their files; one marker covers both, and the
+    jobs, the status and the stage order have no stage more to know."""
+    n_files = export_preannotations(rp.selection, rp.detections, rp.image_status, ds.class_names,
+                                    rp.preannotations, rp.round_idx, cfg.loop.labelstudio_document_root)
+    page = write_review(rp, ds.class_names, cfg.data.max_pixels)
+    return {"n_files": n_files, "review_thumbnails": page.n_thumbnails, "review_placeholders": page.n_placeholders}
 
 
 def oracle(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
