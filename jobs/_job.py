@@ -128,5 +128,5 @@ def run_alone(config: Config, stage: str, needs: Callable[[Any], list[tuple[str,
     if with_ray:
         runtime.init_ray(config)
     summary = stages.BY_NAME[stage](config, ensure_dataset(config), rp)
-    logging.getLogger("raylib.jobs").info(f"[round {rp.round_idx}] {stage}: {summary}")
+    logging.getLogger("raylib.jobs").info(f"[{rp.name}] {stage}: {summary}")
     return summary, rp

@@ -13,22 +13,25 @@ from raylib.paths import RoundPaths
 
 log = logging.getLogger(__name__)
 
-STAGES = ("train", "evaluate", "unlabelled", "score", "select", "export", "oracle")  # a round, in order
-LAST_ROUND_STAGES = ("train", "evaluate")  # the last round only trains and is evaluated
+# A round's stages, in order: the one place the order is written (loop.py runs them, stages.BY_NAME names
+# their functions, status.py lists them).
+STAGES = ("train", "evaluate", "unlabelled", "score", "select", "export", "oracle")
+LAST_ROUND_STAGES = STAGES[:2]  # the last round only trains and is evaluated
+SEED_ROUND_STAGES = STAGES[-3:]  # annotators from round 0: the seed set is selected, exported and labelled
 
 
 def run_stage(rp: RoundPaths, stage: str, work: Callable[[], dict]) -> dict:
     """Run `work` unless its marker exists; the marker (with `work`'s summary) is written last."""
     marker = rp.marker(stage)
     if storage.exists(marker):
-        log.info("round %d: %s already committed, skipping", rp.round_idx, stage)
+        log.info("%s: %s already committed, skipping", rp.name, stage)
         return json.loads(storage.read_text(marker))
     started = time.time()
-    log.info(f"[round {rp.round_idx}] {stage} ...")
+    log.info(f"[{rp.name}] {stage} ...")
     summary = work() or {}
     summary = {**summary, "seconds": round(time.time() - started, 2)}
     storage.write_text(marker, json.dumps(summary, default=str))
-    log.info(f"[round {rp.round_idx}] {stage} done in {summary['seconds']:.1f}s: "
+    log.info(f"[{rp.name}] {stage} done in {summary['seconds']:.1f}s: "
              f"{ {k: v for k, v in summary.items() if k != 'seconds'} }")
     return summary
 

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from raylib import storage
+from raylib import runtime, storage
 from raylib.formats import coco, cvat, labelstudio, voc
 from raylib.paths import (COCO_FILE, CVAT_ZIP_FILE, EXPORT_MARKER, EXPORT_PARTS_DIR, LABEL_CONFIG_FILE,
                           LABELSTUDIO_FILE, SELECTED_URIS_FILE, SKIPPED_FILE, UnsafeIdError, export_part_name,
@@ -174,11 +174,8 @@ def export_preannotations(selection_uri: str, detections_uri: str, status_uri: s
 
 
 def _map(function: Callable, calls: list[tuple], in_tasks: bool) -> list:
-    """`function(*args)` for each args: one Ray task each, or in this process."""
-    if not in_tasks:
-        return [function(*args) for args in calls]
-    remote = ray.remote(num_cpus=0.5)(function)
-    return ray.get([remote.remote(*args) for args in calls])
+    """`function(*args)` for each args: one Ray task of half a CPU each, or in this process."""
+    return list(runtime.in_tasks(function, calls, num_cpus=0.5, big_enough=in_tasks))
 
 
 def split_by_part(selection_uri: str, status_uri: str, detections_uri: str) -> tuple[list[PartJob], int]:

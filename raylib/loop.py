@@ -20,7 +20,7 @@ from raylib.dataset import Dataset, ensure_dataset
 from raylib.oracle import LabelsPending
 from raylib.paths import RoundPaths
 from raylib.run_config import check_run_config
-from raylib.commit import run_stage
+from raylib.commit import SEED_ROUND_STAGES, STAGES, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -60,55 +60,50 @@ def run_loop(cfg: Config) -> LoopResult:
 
 
 def _rounds(cfg: Config, ds: Dataset) -> LoopResult:
-    """The seed set, then each round: train, evaluate, report; unlabelled, score, select, export, label."""
+    """The seed set, then each round's stages (commit.STAGES: train, evaluate, unlabelled, score, select,
+    export, oracle) until a stop rule, an empty pool or a pending delivery ends the loop."""
     result = LoopResult(run_root=cfg.run_root, rounds_done=0)
     if labels.seed_from_annotators(ds, cfg.loop):  # the seed set goes to the annotators as a round's selection
-        result.stopped_because = _labelled(cfg, ds, RoundPaths(cfg.run_root, paths.SEED_ROUND))
+        result.stopped_because = _run_stages(cfg, ds, RoundPaths(cfg.run_root, paths.SEED_ROUND),
+                                             SEED_ROUND_STAGES, result)
     else:
         labels.seed_labels(cfg.run_root, ds, cfg.loop, cfg.seed, lambda: stages.seed_ids(cfg, ds))
-
     for round_idx in range(cfg.loop.rounds if not result.stopped_because else 0):
-        rp = RoundPaths(cfg.run_root, round_idx)
-
-        def stage(name: str) -> dict:
-            return run_stage(rp, name, lambda: stages.BY_NAME[name](cfg, ds, rp))
-
-        n_labelled = storage.read_table(stages.round_labels(cfg, ds, rp), columns=["image_id"]).num_rows
-        stage("train")
-        metrics = stage("evaluate")
-        tracking.log_round(cfg, rp, ds.class_names, metrics)  # logger=tensorboard|mlflow: the round's curves
-        result.rounds_done = round_idx + 1
-        result.map50.append(metrics["map50"])
-        result.labelled.append(n_labelled)
-        report.write_report(cfg.run_root)
-        tracking.log_report(cfg, paths.report_dir(cfg.run_root))  # logger=mlflow: the report's PNGs
-
-        stop = _stop_reason(cfg, result, round_idx)
-        if stop:
-            result.stopped_because = stop
-            break
-        if stage("unlabelled")["n_images"] == 0:
-            result.stopped_because = "the pool is empty"
-            break
-        stage("score")
-        result.stopped_because = _labelled(cfg, ds, rp)
+        result.stopped_because = _run_stages(cfg, ds, RoundPaths(cfg.run_root, round_idx), STAGES, result)
         if result.stopped_because:
             break
-    else:
-        result.stopped_because = result.stopped_because or f"{cfg.loop.rounds} rounds done"
-
     result.report = report.write_report(cfg.run_root)
     return result
 
 
-def _labelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
-    """Select, export and label (oracle) round `rp`'s images; '' when labelled, else why the loop waits."""
-    try:
-        for name in ("select", "export", "oracle"):
-            run_stage(rp, name, lambda: stages.BY_NAME[name](cfg, ds, rp))
-    except LabelsPending as pending:
-        return str(pending)
+def _run_stages(cfg: Config, ds: Dataset, rp: RoundPaths, names: tuple[str, ...], result: LoopResult) -> str:
+    """Round `rp`'s stages `names`, in order; '' when they all ran, else why the loop stops here."""
+    n_labelled = (storage.read_table(stages.labelled_set(cfg, ds, rp), columns=["image_id"]).num_rows
+                  if rp.round_idx != paths.SEED_ROUND else 0)
+    for name in names:
+        try:
+            summary = run_stage(rp, name, lambda: stages.BY_NAME[name](cfg, ds, rp))
+        except LabelsPending as pending:  # the annotators are not done: a rerun resumes here
+            return str(pending)
+        if name == "evaluate":
+            _record_round(cfg, ds, rp, summary, n_labelled, result)
+            stop = _stop_reason(cfg, result, rp.round_idx)
+            if stop:
+                return stop
+        if name == "unlabelled" and summary["n_images"] == 0:
+            return "the pool is empty"
     return ""
+
+
+def _record_round(cfg: Config, ds: Dataset, rp: RoundPaths, metrics: dict, n_labelled: int,
+                  result: LoopResult) -> None:
+    """An evaluated round: its point on the curve, the report, and the logger's scalars and plots."""
+    tracking.log_round(cfg, rp, ds.class_names, metrics)  # logger=tensorboard|mlflow: the round's curves
+    result.rounds_done = rp.round_idx + 1
+    result.map50.append(metrics["map50"])
+    result.labelled.append(n_labelled)
+    report.write_report(cfg.run_root)
+    tracking.log_report(cfg, paths.report_dir(cfg.run_root))  # logger=mlflow: the report's PNGs
 
 
 def _stop_reason(cfg: Config, result: LoopResult, round_idx: int) -> str:

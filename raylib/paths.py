@@ -58,10 +58,19 @@ def voc_preannotation(image_id: str) -> str:
 SEED_ROUND = -1  # the seed set's "round": labelled before round 0 trains (by annotators, or simulated)
 
 
+def round_name(round_idx: int) -> str:
+    """'seed' or 'round N': how the console and messages name a round."""
+    return "seed" if round_idx == SEED_ROUND else f"round {round_idx}"
+
+
 @dataclass(frozen=True)
 class RoundPaths:
     run_root: str
     round_idx: int  # SEED_ROUND for the seed set, whose files are those of a round's selection and labels
+
+    @property
+    def name(self) -> str:
+        return round_name(self.round_idx)
 
     @property
     def root(self) -> str:

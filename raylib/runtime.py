@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from raylib import console, storage
@@ -24,20 +24,37 @@ log = logging.getLogger(__name__)
 LOCAL_RAY_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
-def in_task(fn: Callable[..., Any], *args: Any, num_cpus: float = 0) -> Any:
-    """`fn(*args)` in one Ray task when Ray is running (here otherwise): a stage's work on the cluster, so
-    that what it reads (a take-all round's millions of rows) never reaches the driver. An error of `fn`
-    is raised as itself (a ConfigError stays one line on the screen), with Ray's traceback as its cause."""
+def in_tasks(fn: Callable[..., Any], calls: list[tuple], num_cpus: float, big_enough: bool = True,
+             shared: tuple = ()) -> Iterator[Any]:
+    """`fn(*args, *shared)` for the `args` of every call, in order: one Ray task each, asking `num_cpus`,
+    when Ray is running and the work is `big_enough` (the caller's rule: a task costs tens of ms to
+    start), else here, lazily. `shared` is put in the object store once for all tasks. An error of `fn` is
+    raised as itself (a ConfigError stays one line on the screen), with Ray's traceback as its cause."""
+    import ray  # here, not at the top: the dataset checks and the jobs' --help import without Ray
+
+    if not (ray.is_initialized() and big_enough):
+        return (fn(*args, *shared) for args in calls)
+    task = ray.remote(num_cpus=num_cpus)(fn)
+    shared_refs = [ray.put(value) for value in shared]
+    return (_result(ref) for ref in [task.remote(*args, *shared_refs) for args in calls])
+
+
+def _result(ref: Any) -> Any:
     import ray
 
-    if not ray.is_initialized():
-        return fn(*args)
     try:
-        return ray.get(ray.remote(num_cpus=num_cpus)(fn).remote(*args))
+        return ray.get(ref)
     except ray.exceptions.RayTaskError as error:
         if isinstance(error.cause, Exception):
             raise error.cause from error
         raise
+
+
+def in_task(fn: Callable[..., Any], *args: Any, num_cpus: float = 0) -> Any:
+    """`fn(*args)` in one Ray task when Ray is running (here otherwise): a stage's work on the cluster, so
+    that what it reads (a take-all round's millions of rows) never reaches the driver. The task takes
+    no CPU by default: it waits on the tasks it fans out, as the driver would."""
+    return next(in_tasks(fn, [args], num_cpus))
 
 
 def cpu_threads(num_cpus: float, torch_threads: int | None) -> int:

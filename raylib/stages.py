@@ -23,20 +23,20 @@ from raylib.oracle import label_selection
 from raylib.export import export_preannotations
 from raylib.paths import RoundPaths
 from raylib.review import write_review
-from raylib.commit import init_weights, scoring_weights, takes_all
+from raylib.commit import STAGES, init_weights, scoring_weights, takes_all
 from raylib.score import score_pool
 from raylib.select import select_round
 from raylib.training.train import train_model
 
 
-def round_labels(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
+def labelled_set(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
     """The labelled set round `rp.round_idx` trains on: the loop's (seed set, then the previous oracle's
     output); outside a loop, every pool image with its labels (raylib/labels.py)."""
     return labels.labels_for_round(rp.run_root, rp.round_idx, ds, cfg.loop.split, cfg.seed)
 
 
 def train(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
-    result = train_model(cfg, round_labels(cfg, ds, rp), ds.pool_manifest, rp.checkpoint, ds.class_names,
+    result = train_model(cfg, labelled_set(cfg, ds, rp), ds.pool_manifest, rp.checkpoint, ds.class_names,
                          init_weights=init_weights(cfg, rp), max_pixels=cfg.data.max_pixels,
                          round_idx=rp.round_idx)
     return {"weights_uri": result.weights_uri, "best_val_map50": result.best_map50, "epochs": result.epochs}
@@ -46,7 +46,7 @@ def evaluate(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """AP50 on the fixed performance test set (the curve) and on the labelled set's `test` split, and
     whether loc_conf is a predicted IoU on its `val` split (ground truth known there): three Ray tasks
     at once (`evaluate.on_device`)."""
-    labels_uri = round_labels(cfg, ds, rp)
+    labels_uri = labelled_set(cfg, ds, rp)
     perf_test = labels.perf_test_labels(rp.run_root, ds)
     model = (cfg.eval, cfg.model, rp.weights)
     perf, test, calib = on_device(cfg.eval, [
@@ -65,7 +65,7 @@ def unlabelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """The pool less the images labelled so far: what this round scores (an anti-join against the
     labels file's image_id column; no id becomes a Python string). In one Ray task: the join's hash of
     the labelled ids is O(labelled), ~0.2 GiB at 10^6, and stays off the driver."""
-    labelled = round_labels(cfg, ds, rp)
+    labelled = labelled_set(cfg, ds, rp)
     return {"n_images": runtime.in_task(pool.write_remaining, ds.pool_manifest, labelled, rp.unlabelled)}
 
 
@@ -76,7 +76,7 @@ def score(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     summary = asdict(score_pool(pool.round_pool(rp, ds.pool_manifest), weights, rp, cfg, ds.class_names))
     if cfg.strategy.name in strategies.DIVERSE:
         labelled = rp.labelled_scoring
-        pool.write_labelled(ds.pool_manifest, round_labels(cfg, ds, rp), labelled.manifest)
+        pool.write_labelled(ds.pool_manifest, labelled_set(cfg, ds, rp), labelled.manifest)
         summary["n_labelled_embedded"] = score_pool(labelled.manifest, weights, labelled, cfg, ds.class_names).n_ok
     return summary
 
@@ -107,12 +107,11 @@ def export(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
 def oracle(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """Labels for the selection (simulated or the annotators'), added to the round's labelled set. Raises
     oracle.LabelsPending while the annotators' delivery is incomplete."""
-    previous = round_labels(cfg, ds, rp) if rp.round_idx != paths.SEED_ROUND else None
+    previous = labelled_set(cfg, ds, rp) if rp.round_idx != paths.SEED_ROUND else None
     return label_selection(rp, ds, cfg.loop, cfg.seed, previous)
 
 
-BY_NAME = {"train": train, "evaluate": evaluate, "unlabelled": unlabelled, "score": score, "select": select,
-           "export": export, "oracle": oracle}
+BY_NAME = {name: globals()[name] for name in STAGES}  # each stage's function has the stage's name
 
 
 def _select_seed(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib import schemas, storage
+from raylib import runtime, schemas, storage
 from raylib.config import LABEL_FORMATS
 from raylib.formats import coco, cvat, labelstudio, voc
 
@@ -224,16 +224,8 @@ def _chunks(values: pa.Array | pa.Table) -> list[pa.Array | pa.Table]:
 
 
 def _in_tasks(fn: Callable, calls: list[tuple], n_images: int, *shared: object) -> Iterator:
-    """`fn(*args, *shared)` for the `args` of every call, in order: in Ray tasks (`shared` put in the
-    object store once) when Ray is running and the round has TASK_MIN_IMAGES images, else here."""
-    import ray  # here, not at the top: the dataset checks import this module without Ray
-
-    if not (ray.is_initialized() and n_images >= TASK_MIN_IMAGES):
-        return (fn(*args, *shared) for args in calls)
-    task = ray.remote(num_cpus=1)(fn)
-    shared_refs = [ray.put(value) for value in shared]
-    refs = [task.remote(*args, *shared_refs) for args in calls]
-    return (ray.get(ref) for ref in refs)
+    """`fn(*args, *shared)` for every call: a Ray task of 1 CPU each from TASK_MIN_IMAGES images."""
+    return runtime.in_tasks(fn, calls, num_cpus=1, big_enough=n_images >= TASK_MIN_IMAGES, shared=shared)
 
 
 def _read_capped(uri: str, max_bytes: int, what: str) -> bytes:
