@@ -255,3 +255,33 @@ def test_out_of_range_class_among_candidates_is_a_clear_error(tmp_path):
     write_detection_parts(detections, str(tmp_path / "d"), parts=1)
     with pytest.raises(ValueError, match="class_id 7 is outside 0..2"):
         select_round(str(tmp_path / "d"), StrategyConfig(), 0, RoundPaths(str(tmp_path / "run"), 0), num_classes=3)
+
+
+def test_a_budget_round_labels_exactly_budget_images_through_the_simulated_oracle(tmp_path):
+    """30 pool images with ground truth, 12 with detections: budget 20 (k=1 selects at most 2) is filled with
+    the other 10 with detections and 8 without; the oracle adds exactly those 20 to the labelled set."""
+    from raylib import oracle
+    from raylib.config import LoopConfig
+    from raylib.dataset import Dataset
+    from raylib.formats import voc
+    from tests.helpers import labels_table, write_manifest
+
+    pool_ids = [f"p{i:02d}" for i in range(30)]
+    for image_id in pool_ids:
+        storage.write_bytes(str(tmp_path / "voc" / "Annotations" / f"{image_id}.xml"), voc.write_voc(
+            voc.VocAnnotation(f"{image_id}.jpg", 64, 48, objects=[voc.VocObject("cat", 1, 2, 30, 40)])))
+    ds = Dataset(write_manifest(str(tmp_path / "pool.parquet"), pool_ids),
+                 write_manifest(str(tmp_path / "test.parquet"), ["t0"]), ["cat", "dog"], voc_root=str(tmp_path / "voc"))
+    rng = np.random.default_rng(0)
+    detections = pd.DataFrame({"image_id": rng.choice(pool_ids[:12], 60), "class_id": rng.integers(0, 2, 60).astype(np.int16),
+                               "score": rng.uniform(0.3, 0.9, 60).astype(np.float32)})
+    rp = RoundPaths(str(tmp_path / "run"), 1)
+    write_detection_parts(detections, rp.detections, parts=2)
+    write_image_status(pool_ids, rp.image_status)
+    select_round(rp.detections, StrategyConfig(k=1, budget=20), 1, rp, num_classes=2)
+    previous = str(tmp_path / "labels_before.parquet")
+    storage.write_table(labels_table([("old", "train", [])]), previous)
+    summary = oracle.label_selection(rp, ds, LoopConfig(oracle="simulate"), 0, previous)
+    labelled = set(storage.read_table(rp.labels).column("image_id").to_pylist())
+    assert len(labelled) == 21 and "old" in labelled and set(pool_ids[:12]) < labelled
+    assert summary == {"n_selected": 20, "n_labelled": 20, "n_missing": 0}
