@@ -30,10 +30,12 @@ labels; v1 had 4), pretraining cut to 500 digit images x 24 epochs (v1: 800 x 30
 reference (one round on all 800 pool images, seed 0) for "labels to reach 90% / 95% / 97% of take-all". entropy,
 `model.iou_aware_obj=true` and `train.init=previous` are options of the same command, not in the default run.
 
-Reported: mAP50 mean and 95% t interval over seeds per round; the difference to `random` paired by seed
-(same seed set, split and label count per round) with its 95% interval and the number of seeds ahead;
-random's seed-to-seed std per round (the noise floor); the area under the mAP50-vs-labels curve relative to
-random (paired by seed); labels to reach 90% / 95% / 97% of the take-all mAP50.
+Reported: mAP50 mean and 95% t interval over seeds per round; then raylib/savings.py's statistics, the same
+as every sweep's comparison.md: per labelled count the difference to `random` paired by seed (same seed set
+and split) with its 95% interval, the seeds ahead and the differences' std (curves interpolated linearly onto
+common counts where runs label different numbers); the area under the mAP50-vs-labels curve relative to
+random (paired by seed); labels to reach 90% / 95% / 97% of the take-all mAP50; seeds to resolve a difference;
+a verdict per strategy with the number of comparisons made.
 
 The pool is `benchmarks/fashion_pool.py`: Fashion-MNIST products pasted onto real photos, 10 confusable
 classes with geometric imbalance (rho**c), empty images, a balanced test set. Every (strategy, seed) is
