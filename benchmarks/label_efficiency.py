@@ -56,6 +56,26 @@ is also appended to a ledger committed beside the results (`<results>_runs.jsonl
 which has no `outputs/`, resumes where the last one stopped instead of rerunning hours of seeds. The tables are printed
 and written (after every seed: a run cut short leaves its partial result) with the machine description to
 benchmarks/results/label_efficiency.md, with the loop's comparison PNG and our own plot beside it.
+
+The trap preset (`--pool trap`, issue 34): the regime in which published detection active learning gains are
+measured (a pretrained detector fine-tuned; CALD, PPAL), on a pool built like a camera trap's
+(`benchmarks/trap_pool.py`: 2,000 images, six classes in a 27x long tail, 82% of the images in bursts of 5-20
+near-identical frames, real photo backgrounds; a fixed 500-image test set, one frame per scene, classes
+uniform). Start: YOLOX-tiny trained on camera-trap images (`scripts/get_pretrained.sh`), class head
+re-initialised. Budgets: 40 seed images, then 60, 100, 200 (40 / 100 / 200 / 400 labelled: 2 / 5 / 10 / 20% of
+the pool), exactly that many for every strategy (`strategy.budget` fills and trims), the loop run once per round
+with that round's budget. What was picked to fit one strategy x seed in about 10-15 min on 2 idle cores, and
+why (measured 2026-12-08 on cpu-2 under load 10-50 from other jobs; seed 0, 40 seed labels, 15 epochs):
+- `train.freeze=backbone`: round-0 test mAP50 0.200 vs 0.146 with `backbone_neck` (the neck frozen learns less
+  from the same 28 training images); `none` would train the backbone's 2.4M parameters too, at more cost per
+  step, for a pretrained start whose features already find objects;
+- input 256 px (objects are 25-55% of the frame's height: 48-140 px at 256); scoring the ~1,900 unlabelled
+  images a round is the other large cost (tiny at 256: ~2.5x nano's FLOPs);
+- 12 epochs (the last 3 without mosaic), lr 0.01 at batch 8 (`basic_lr_per_img` 0.00125, half the
+  from-scratch presets': fine-tuning), one evaluation at the last epoch (the stable preset's reason);
+- `strategy.k` 10 (the first round's budget over 6 classes): the seed's per-class bottom-k, later rounds filled
+  round-robin over the classes' next lowest-scoring images.
+`--full` is the same pool at 416 px on one GPU, every parameter trained, 30 epochs, one seed per call.
 """
 from __future__ import annotations
 
