@@ -182,8 +182,8 @@ def review_part(status_uri: str, detections_uri: str, shown_ids: pa.Array, n_cla
         known = (class_id >= 0) & (class_id < n_classes)
         histogram += np.bincount(class_id[known] * HISTOGRAM_BINS + bins[known], minlength=histogram.size)
         boxes = _boxes_by_image(detections.filter(pc.is_in(detections.column("image_id"), value_set=shown_ids)))
-    jobs = [(row, int(pc.index(shown_ids, row["image_id"]).as_py()), boxes.get(row["image_id"], []))
-            for row in status.to_pylist()]
+    positions = pc.index_in(status.column("image_id"), value_set=shown_ids).to_pylist()
+    jobs = [(row, index, boxes.get(row["image_id"], [])) for row, index in zip(status.to_pylist(), positions)]
     show = lambda job: _show(*job, out_dir, max_pixels)  # noqa: E731
     if storage.is_s3(out_dir):  # S3 PUT latency, not CPU, is the bound (as the export's writes)
         with ThreadPoolExecutor(WRITE_THREADS) as pool:
