@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from hydra_plugins.raylib_launcher.ray_jobs_launcher import _hydra_value, _last_error
+from hydra_plugins.raylib_launcher.ray_jobs_launcher import _hydra_value, _last_error, _wrong_interpreter
 from raylib import paths
 from tests.helpers import local_ray_head
 
@@ -35,6 +35,17 @@ def test_a_job_dir_with_a_comma_or_quote_stays_one_hydra_value():
     assert _hydra_value("/tmp/a b,c'd") == "'/tmp/a b,c\\'d'"
 
 
+def test_a_point_whose_interpreter_lacks_the_project_names_it_and_the_fix():
+    ran = "[ray_jobs] interpreter: /opt/py/bin/python3\nTraceback (most recent call last):\n  File \"jobs/loop.py\"\n" \
+          "ModuleNotFoundError: No module named 'hydra'\n"
+    assert _wrong_interpreter(ran, "python").startswith(
+        "; the point ran /opt/py/bin/python3 (hydra.launcher.python=python), which lacks the project (or a dependency): "
+        f"set hydra.launcher.python to the nodes' interpreter that has it (on this machine: hydra.launcher.python={sys.executable})")
+    assert "ran '/no/python' (not found on the node) (hydra.launcher.python=/no/python)" in _wrong_interpreter("/bin/sh: 1: /no/python: not found\n", "/no/python")
+    # Any other failure, after the interpreter started, is its own error.
+    assert _wrong_interpreter("[ray_jobs] interpreter: /v/bin/python\nFileNotFoundError: No such file or directory: 'x'\n", "python") == ""
+
+
 @pytest.mark.slow
 def test_each_point_is_its_own_ray_job_and_a_failed_point_is_listed(tmp_path):
     from ray.job_submission import JobSubmissionClient
@@ -50,6 +61,13 @@ def test_each_point_is_its_own_ray_job_and_a_failed_point_is_listed(tmp_path):
                  "hydra.launcher.poll_s=0.5", f"hydra.sweep.dir={sweep}", f"run_root={runs}/a,{runs}/b,{runs}/broken"],
                 cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
             jobs = JobSubmissionClient(address).list_jobs()
+            # A cluster whose `python` is another interpreter (here a bare venv: no hydra, no project).
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "foreign")], check=True)
+            foreign = tmp_path / "foreign" / "bin" / "python"
+            wrong = subprocess.run(
+                [sys.executable, "jobs/status.py", "-m", "hydra/launcher=ray_jobs", f"hydra.launcher.address={address}",
+                 f"hydra.launcher.python={foreign}", "hydra.launcher.poll_s=0.5", f"hydra.sweep.dir={tmp_path}/sweep2",
+                 f"run_root={runs}/a"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     out = sweep_run.stdout + sweep_run.stderr
@@ -73,3 +91,12 @@ def test_each_point_is_its_own_ray_job_and_a_failed_point_is_listed(tmp_path):
     assert len(comparison) == 1 and comparison[0].status == "SUCCEEDED", out
     assert comparison[0].start_time >= max(job.end_time for job in points.values())
     assert f"comparison SUCCEEDED: comparison: no finished runs under {runs}" in out, out
+
+    # The wrong interpreter's point: one line naming the interpreter that ran and the setting that fixes it.
+    failed = [line for line in wrong.stdout.splitlines() if line.startswith("[ray_jobs] sweep point")]
+    assert wrong.returncode != 0 and len(failed) == 1, wrong.stdout + wrong.stderr
+    assert failed[0].endswith(
+        f"FAILED: ModuleNotFoundError: No module named 'hydra'; the point ran {foreign} (hydra.launcher.python="
+        f"{foreign}), which lacks the project (or a dependency): set hydra.launcher.python to the nodes' interpreter "
+        f"that has it (on this machine: hydra.launcher.python={sys.executable}), or start the cluster from the "
+        "project's image (infra/Dockerfile)"), failed[0]

@@ -76,6 +76,32 @@ def _hydra_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# A point's job first prints the interpreter its `python` is on that node (INTERPRETER_MARK + sys.executable):
+# when the job's imports fail, the failed point's line names it and the fix (`_wrong_interpreter`).
+INTERPRETER_MARK = "[ray_jobs] interpreter: "
+MISSING_MODULE = re.compile(r"(ModuleNotFoundError|ImportError): No module named")
+MISSING_COMMAND = re.compile(r": (command )?not found|No such file or directory")  # the shell's, for `python`
+
+
+def _interpreter_first(python: str, command: list[str]) -> str:
+    """`command`'s entrypoint, after a line naming the interpreter `python` resolves to on the node."""
+    probe = shlex.join([python, "-c", f"import sys; print({INTERPRETER_MARK!r} + sys.executable, flush=True)"])
+    return f"{probe} && {shlex.join(command)}"
+
+
+def _wrong_interpreter(logs: str, python: str) -> str:
+    """For a point that failed because its interpreter lacks the project (or is not there): which one ran
+    and how to point the launcher at the project's; "" for any other failure."""
+    ran = next((line[len(INTERPRETER_MARK):].strip() for line in logs.splitlines()  # not the echoed entrypoint's
+                if line.startswith(INTERPRETER_MARK)), None)
+    if not (MISSING_MODULE if ran else MISSING_COMMAND).search(_last_error(logs)):
+        return ""
+    ran = ran or f"'{python}' (not found on the node)"
+    return (f"; the point ran {ran} (hydra.launcher.python={python}), which lacks the project (or a dependency): set "
+            f"hydra.launcher.python to the nodes' interpreter that has it (on this machine: "
+            f"hydra.launcher.python={sys.executable}), or start the cluster from the project's image (infra/Dockerfile)")
+
+
 def _last_error(logs: str) -> str:
     """The line of a job's log that says why it failed: the last `error: ...` or `SomeError: ...` line
     (a traceback's last), else the last line; never Hydra's closing HYDRA_FULL_ERROR hint."""
@@ -194,7 +220,7 @@ class RayJobsLauncher(Launcher):
         hydra_overrides = [override for override in self.config.hydra.overrides.hydra
                            if not _key(override).startswith(SWEEP_ONLY)]
         args = [self.python, script, *own, *added, *hydra_overrides, f"hydra.run.dir={_hydra_value(job_dir)}"]
-        return Point(idx, overrides, cfg, shlex.join(args), job_dir)
+        return Point(idx, overrides, cfg, _interpreter_first(self.python, args), job_dir)
 
     def _run_all(self, client: Any, points: list[Point]) -> None:
         waiting, running = list(points), []
@@ -235,7 +261,7 @@ class RayJobsLauncher(Launcher):
         with open(os.path.join(point.job_dir, JOB_LOG_FILE), "w") as handle:
             handle.write(logs)
         if point.status != "SUCCEEDED":
-            why = _last_error(logs) or client.get_job_info(point.job_id).message or "no log"
+            why = (_last_error(logs) or client.get_job_info(point.job_id).message or "no log") + _wrong_interpreter(logs, self.python)
             point.message = f"sweep point [{point.name}] failed: Ray job {point.job_id} {point.status}: {why}"
             print(f"[ray_jobs] {point.message}", flush=True)
 
