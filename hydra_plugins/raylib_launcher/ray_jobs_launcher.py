@@ -188,11 +188,19 @@ class RayJobsLauncher(Launcher):
         # Ray's INFO lines at every submission (which .gitignore files apply, the package is uploaded already)
         for name in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # and at every sweep, that .git/ and .venv/ are not shipped (the runtime env excludes them anyway)
+        logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
+        from ray.exceptions import AuthenticationError
+
         try:
             return JobSubmissionClient(self.address)
         except ConnectionError as error:
             raise SystemExit(f"no Ray dashboard answers at {self.address} ({str(error).splitlines()[0]}): start the "
                              "cluster, or set hydra.launcher.address (or RAY_ADDRESS)") from None
+        except AuthenticationError:  # a head started without RAY_AUTH_MODE=disabled asks for its token
+            raise SystemExit(f"the Ray dashboard at {self.address} asks for its token: export RAY_AUTH_MODE=token "
+                             "(`ray start` wrote it to ~/.ray/auth_token; or RAY_AUTH_TOKEN), or start the head "
+                             "with RAY_AUTH_MODE=disabled") from None
 
     def _script_path(self) -> str:
         """The job script as the cluster's job sees it: relative to the working dir Ray ships."""
