@@ -19,7 +19,7 @@ from omegaconf.errors import ConfigKeyError, InterpolationToMissingValueError, M
 
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random", "cls_iou_diverse", "kcenter")
-ORACLES = ("simulate", "external")
+ORACLES = ("simulate", "external", "labelstudio")
 LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (raylib/formats/deliveries.py)
 SEED_STRATEGIES = ("random", "kcenter", "typical")  # loop.seed_strategy (raylib/stages.py seed_ids)
 LOGGERS = ("none", "tensorboard", "mlflow")  # experiment tracking (raylib/tracking.py)
@@ -248,6 +248,18 @@ class EvalConfig:
 
 
 @dataclass
+class LabelStudioConfig:
+    """loop.oracle=labelstudio: the live project the loop fills and reads (raylib/labelstudio_project.py).
+    The token is LABEL_STUDIO_API_KEY in the environment, never a config value."""
+
+    url: Optional[str] = None  # the server, e.g. http://127.0.0.1:8080
+    project_id: Optional[int] = None  # None: the run's project (recorded in the run root, else found by title)
+    title: Optional[str] = None  # None: a title naming the run root; the project is created if missing
+    wait: bool = False  # poll until the round is complete, instead of stopping to be run again
+    poll_s: float = 60.0  # between polls with wait=true
+
+
+@dataclass
 class LoopConfig:
     rounds: int = 10  # the seed's (6.5): 10 rounds, a seed set of 2,000 images
     seed_size: int = 2000
@@ -263,6 +275,7 @@ class LoopConfig:
     # create <labels_in>/_complete/round=NN; true takes whatever is there (the rest stays in the pool).
     accept_partial_delivery: bool = False
     labelstudio_document_root: Optional[str] = None  # Label Studio's LOCAL_FILES_DOCUMENT_ROOT
+    labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
     last_round_takes_all: bool = True  # seed 6.6
     stop_min_gain: Optional[float] = None  # stop when mAP50 gains less than this ...
     stop_patience: int = 2  # ... over this many rounds
@@ -275,6 +288,8 @@ class LoopConfig:
         _require(abs(sum(self.split) - 1.0) < 1e-6 and min(self.split) >= 0, "loop.split must be 3 fractions summing to 1")
         _require(self.oracle in ORACLES, f"loop.oracle must be one of {ORACLES}, got '{self.oracle}'")
         _require(self.oracle != "external" or bool(self.labels_in), "loop.labels_in is required for the external oracle")
+        _require(self.oracle != "labelstudio" or bool(self.labelstudio.url),
+                 "loop.labelstudio.url is required with loop.oracle=labelstudio: the server, e.g. http://127.0.0.1:8080")
         _require(self.labels_format in LABEL_FORMATS,
                  f"loop.labels_format must be one of {LABEL_FORMATS}, got '{self.labels_format}'")
         self.labels_in = absolute(self.labels_in)
@@ -340,7 +355,7 @@ class Config:
         # working directory a Ray worker happens to run in.
         self.run_root = absolute(self.run_root)
         _require(self.round_idx >= 0, "round_idx must be >= 0")
-        _require(self.loop.oracle == "external" or self.data.kind != "images" or bool(self.data.pool_labels),
+        _require(self.loop.oracle != "simulate" or self.data.kind != "images" or bool(self.data.pool_labels),
                  "loop.oracle=simulate needs the pool's ground truth: with data.kind=images set data.pool_labels="
                  "<COCO JSON or VOC root covering the pool>, or let annotators label (loop.oracle=external)")
 

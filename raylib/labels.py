@@ -131,7 +131,7 @@ def seed_from_annotators(ds: Dataset, loop: LoopConfig) -> bool:
     without data.pool_labels). A dataset with labels (VOC, synthetic, COCO) seeds from them, as before,
     and its annotators start at round 0's selection."""
     has_truth = ds.voc_root is not None or ds.pool_truth is not None or ds.labelled_truth is not None
-    return loop.oracle == "external" and not has_truth
+    return loop.oracle != "simulate" and not has_truth
 
 
 def seed_labels(run_root: str, ds: Dataset, loop: LoopConfig, seed: int,

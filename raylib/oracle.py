@@ -14,12 +14,13 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raylib import pool, runtime, schemas, storage
+from raylib import labelstudio_project, pool, runtime, schemas, storage
 from raylib.config import LoopConfig
 from raylib.dataset import Dataset, ground_truth
 from raylib.formats import deliveries
@@ -34,7 +35,8 @@ class LabelsPending(Exception):
     """The external oracle found no usable label for any selected image: the round waits for them."""
 
 
-def label_selection(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str | None) -> dict:
+def label_selection(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, labels_uri: str | None,
+                    s3: tuple[str | None, str | None] = (None, None)) -> dict:
     """Labels for the selected images added to `labels_uri` (None: the seed round, nothing labelled
     before), written to `rp.labels`.
 
@@ -50,8 +52,21 @@ def label_selection(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, la
 
     The work runs in one Ray task (`_label_selection`; here without Ray): a take-all round's selection, delivery
     and labelled set are millions of rows, and none of them reaches the driver. The task takes no CPU
-    of its own: it waits on the parse tasks it fans out, as the driver did."""
-    answer = runtime.in_task(_label_selection, rp, ds, loop, seed, labels_uri)
+    of its own: it waits on the parse tasks it fans out, as the driver did.
+
+    With `labelstudio`, the round's tasks go to the live project first and its finished ones come back as
+    a Label Studio delivery (raylib/labelstudio_project.py; here, on the driver: the token stays in this
+    process); `loop.labelstudio.wait` polls until the round is complete. `s3`: the endpoint and region
+    Label Studio's S3 storage reads the images with."""
+    while True:
+        if loop.oracle == "labelstudio":
+            labelstudio_project.sync_round(loop.labelstudio, rp, ds.class_names, loop.labelstudio_document_root, *s3)
+        answer = runtime.in_task(_label_selection, rp, ds, loop, seed, labels_uri)
+        if "pending" not in answer or not (loop.oracle == "labelstudio" and loop.labelstudio.wait):
+            break
+        log.info(f"{round_name(rp.round_idx)}: {answer['n_labelled']} of {answer['n_selected']} labelled in Label "
+                 f"Studio; looking again in {loop.labelstudio.poll_s:g} s")
+        time.sleep(loop.labelstudio.poll_s)  # people annotate: polling the server, not waiting on our own work
     if "pending" in answer:
         raise LabelsPending(answer["pending"])
     if "message" in answer:
@@ -70,15 +85,21 @@ def _label_selection(rp: RoundPaths, ds: Dataset, loop: LoopConfig, seed: int, l
         uris = pool.uris_of(pool.round_pool(rp, ds.pool_manifest), selected)
         if storage.exists(rp.image_status):  # scored: boxes are checked against the sizes scoring read
             uris = pool.with_sizes(uris, rp.image_status)
-        delivery = deliveries.import_delivery(loop.labels_format, loop.labels_in, uris, ds.class_names,
-                                               loop.labelstudio_document_root)
+        labels_in, labels_format, where = (loop.labels_in, loop.labels_format, None)
+        if loop.oracle == "labelstudio":  # the project's export of this round, written by sync_round
+            labels_in, labels_format = labelstudio_project.export_dir(rp), "labelstudio"
+            where = f"in Label Studio at {loop.labelstudio.url}"
+        delivery = deliveries.import_delivery(labels_format, labels_in, uris, ds.class_names,
+                                              loop.labelstudio_document_root)
         del uris
         errors = {**dict(delivery.errors), **{image_id: "not delivered yet" for image_id in delivery.missing}}
         storage.write_text(rp.oracle_errors, json.dumps(errors, indent=1))
-        status = check_delivery(delivery, loop.labels_in, rp.round_idx, len(selected),
-                                            accept_partial=loop.accept_partial_delivery)
+        # Label Studio's marker: <labels_in>/_complete/round=NN if given, else under the run root
+        status = check_delivery(delivery, loop.labels_in or rp.run_root, rp.round_idx, len(selected),
+                                accept_partial=loop.accept_partial_delivery, where=where)
         if not status.complete:
-            return {"pending": f"{status.message} (pre-annotations to correct: '{rp.preannotations}'; reasons "
+            return {"n_labelled": status.n_labelled, "n_selected": len(selected),
+                    "pending": f"{status.message} (pre-annotations to correct: '{rp.preannotations}'; reasons "
                                f"per image: '{rp.oracle_errors}'). Run the same command again when they are in."}
         message = status.message
         table = delivery.labels
@@ -119,11 +140,12 @@ class DeliveryStatus:
 
 
 def check_delivery(delivery: Delivery, labels_in: str, round_idx: int, n_selected: int,
-                   accept_partial: bool = False) -> DeliveryStatus:
+                   accept_partial: bool = False, where: str | None = None) -> DeliveryStatus:
     """Is round `round_idx`'s delivery complete? Yes when the annotators created `delivery_marker`,
     when every selected image is labelled, or when `accept_partial` says to take what is there; the
     images not labelled then stay in the pool. Otherwise the message says how many are missing."""
     marker = delivery_marker(labels_in, round_idx)
+    where = where or f"under '{labels_in}'"  # where the rest is delivered
     marked = storage.exists(marker)
     n_labelled, n_missing = delivery.labels.num_rows, len(delivery.missing)
     n_invalid = n_selected - n_labelled - n_missing  # each selected image is in exactly one of the three
@@ -138,6 +160,6 @@ def check_delivery(delivery: Delivery, labels_in: str, round_idx: int, n_selecte
     elif accept_partial:
         message = f"{round_name(round_idx)}: partial delivery accepted: {counts}; the rest stays in the pool"
     else:
-        message = (f"{round_name(round_idx)}: waiting for labels: {counts}. Deliver the rest under '{labels_in}', "
+        message = (f"{round_name(round_idx)}: waiting for labels: {counts}. Deliver the rest {where}, "
                    f"or create '{marker}' to commit what is there (the rest stays in the pool)")
     return DeliveryStatus(complete, marked, n_selected, n_labelled, n_invalid, n_missing, message)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 NOT_COMPARED = ("run_root", "round_idx", "accept_new_values")
 EXECUTION_KEYS = (
-    "cluster.", "storage.", "eval.", "logger.",
+    "cluster.", "storage.", "eval.", "logger.", "loop.labelstudio.",
     "score.batch_size", "score.num_actors", "score.num_cpus_per_actor", "score.num_gpus_per_actor",
     "score.decode_num_cpus", "score.torch_threads", "score.rows_per_file", "score.concurrent_batches",
     "train.cpus_per_worker", "train.num_loader_workers", "train.max_failures", "train.val_batch_size",

@@ -108,7 +108,7 @@ def oracle(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """Labels for the selection (simulated or the annotators'), added to the round's labelled set. Raises
     oracle.LabelsPending while the annotators' delivery is incomplete."""
     previous = labelled_set(cfg, ds, rp) if rp.round_idx != paths.SEED_ROUND else None
-    return label_selection(rp, ds, cfg.loop, cfg.seed, previous)
+    return label_selection(rp, ds, cfg.loop, cfg.seed, previous, (cfg.storage.endpoint_url, cfg.storage.region))
 
 
 BY_NAME = {name: globals()[name] for name in STAGES}  # each stage's function has the stage's name

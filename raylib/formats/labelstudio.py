@@ -96,7 +96,7 @@ def preannotation_tasks(keep: list[int], urls: list[str], image_ids: list[str], 
 # ------------------------------------------------------------------------------------------ import
 
 
-def _local_path(url: str) -> str | None:
+def local_path(url: str) -> str | None:
     """The `d` path of a `/data/local-files/?d=<path>` URL (unquoted), else None."""
     if not url.startswith(LOCAL_FILES_PREFIX.split("?", 1)[0] + "?"):
         return None
@@ -108,7 +108,7 @@ def _same_image(url: str, uri: str, document_root: str | None) -> bool:
     """Is Label Studio's `data.image` URL the image at `uri`? Remote URIs (s3://, https://) must be
     equal, bucket or host included. A local-files URL's `d` is a path under the document root: with
     `document_root` it must be exactly `uri`; without, `uri` must end with that whole path."""
-    local = _local_path(url)
+    local = local_path(url)
     if local is None:
         return url == uri
     if "://" in uri or not local:
@@ -133,7 +133,7 @@ class _UrlIndex:
                 self.tails.setdefault("/".join(parts[start:]), set()).add(image_id)
 
     def find(self, url: str) -> str | None:
-        local = _local_path(url)
+        local = local_path(url)
         if local is None:
             return self.remote.get(url)
         ids = self.tails.get(local, set())
