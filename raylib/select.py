@@ -104,35 +104,66 @@ def round_robin(candidates: pd.DataFrame, taken: set[str], n: int) -> pd.DataFra
     not in `taken`: class 0's first, class 1's first, ..., then each class's second, and so on; a class
     whose next image is already taken (before or by another class's pick) moves on to its following one.
     A loop over picks (at most the shortfall of a budget), not over the pool."""
-    queues = [group.sort_values("rank", kind="stable").index.to_numpy()
+    candidates = candidates.reset_index(drop=True)
+    image_ids = candidates["image_id"].tolist()
+    queues = [group.sort_values("rank", kind="stable").index.tolist()
               for _, group in candidates.groupby("class_id", sort=True)]
     positions = [0] * len(queues)
     taken, picks = set(taken), []
     while len(picks) < n and any(p < len(q) for p, q in zip(positions, queues)):
         for c, queue in enumerate(queues):
-            while positions[c] < len(queue) and candidates.at[queue[positions[c]], "image_id"] in taken:
+            while positions[c] < len(queue) and image_ids[queue[positions[c]]] in taken:
                 positions[c] += 1
             if positions[c] < len(queue) and len(picks) < n:
                 picks.append(queue[positions[c]])
-                taken.add(candidates.at[queue[positions[c]], "image_id"])
+                taken.add(image_ids[queue[positions[c]]])
                 positions[c] += 1
-    return candidates.loc[picks]
+    return candidates.iloc[picks]
 
 
 def next_candidates(detections_uri: str, min_score: float, exclude: list[str], per_class: int) -> pd.DataFrame:
     """Each class's `per_class` lowest-scoring images (an image's lowest score in the class, ties by image
     id) among detections above `min_score` of images not in `exclude`, as a `_rank` frame; streamed, keeping
-    at most classes x per_class rows (an image cut early comes back if a lower row of it comes later)."""
+    at most classes x per_class rows plus a buffer (an image cut early comes back if a lower row of it comes
+    later)."""
     excluded = pa.array(sorted(exclude), pa.string())
-    kept = _rank(pd.DataFrame())
+    kept, pending, n_pending = _rank(pd.DataFrame()), [], 0
+    limits = np.zeros(0, dtype=np.float32)  # per class: the highest score kept once it keeps per_class images
     for batch in storage.iter_parquet_batches(detections_uri, columns=["image_id", "class_id", "score"]):
-        mask = pc.and_(pc.greater(batch.column("score"), min_score),
-                       pc.invert(pc.is_in(batch.column("image_id"), value_set=excluded)))
-        rows = batch.filter(mask)
-        if rows.num_rows:
-            kept = _rank(pd.concat([kept, _rank(rows.to_pandas())], ignore_index=True))
-            kept = kept[kept["rank"] < per_class].reset_index(drop=True)
-    return kept
+        scores = batch.column("score").to_numpy()
+        class_ids = batch.column("class_id").to_numpy().astype(np.int64)
+        # A row above its class's full list can't enter it (an equal score may: ties go by image id).
+        limit = limits[np.clip(class_ids, 0, len(limits) - 1)] if len(limits) else np.full(len(scores), np.inf)
+        in_range = (class_ids >= 0) & (class_ids < len(limits))
+        mask = (scores > min_score) & (scores <= np.where(in_range, limit, np.inf))
+        if not mask.any():
+            continue
+        rows = batch.filter(pa.array(mask))
+        rows = rows.filter(pc.invert(pc.is_in(rows.column("image_id"), value_set=excluded)))
+        pending.append(rows)
+        n_pending += rows.num_rows
+        if n_pending > max(len(kept), ROWS_PER_MERGE):  # merging sorts `kept` again: not once per batch
+            kept, limits = _merge(kept, pending, per_class)
+            pending, n_pending = [], 0
+    return _merge(kept, pending, per_class)[0] if pending else kept
+
+
+ROWS_PER_MERGE = 65536
+
+
+def _merge(kept: pd.DataFrame, pending: list[pa.RecordBatch], per_class: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """`kept` and the `pending` rows as each class's `per_class` lowest images; and per class the highest
+    score kept where a class keeps `per_class` (inf elsewhere): no row above it can enter any more."""
+    rows = pa.Table.from_batches(pending).to_pandas() if pending else kept.iloc[:0]
+    kept = _rank(pd.concat([kept, rows[["image_id", "class_id", "score"]]], ignore_index=True))
+    kept = kept[kept["rank"] < per_class].reset_index(drop=True)
+    if kept.empty:
+        return kept, np.zeros(0, dtype=np.float32)
+    full = kept.groupby("class_id")["score"].agg(["max", "size"])
+    full = full[full["size"] >= per_class]
+    limits = np.full(int(kept["class_id"].max()) + 1, np.inf, dtype=np.float32)
+    limits[full.index.to_numpy(dtype=np.int64)] = full["max"].to_numpy(dtype=np.float32)
+    return kept, limits
 
 
 def images_without_candidates(image_status_uri: str, exclude: list[str], n: int, seed: int) -> pd.DataFrame:

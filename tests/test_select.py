@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raylib import schemas, storage
+from raylib import schemas, select, storage
 from raylib.config import STRATEGIES, StrategyConfig
 from raylib.paths import RoundPaths
 from raylib.select import apply_budget, class_thresholds, select_per_class, select_round
@@ -171,8 +171,10 @@ def write_image_status(image_ids: list[str], uri: str, errors: tuple[str, ...] =
     storage.write_table(table, f"{uri}/part-000.parquet")
 
 
+@pytest.mark.parametrize("rows_per_merge", [65536, 37])  # 37: the fill's candidates merged after every file
 @pytest.mark.parametrize("budget", [1, 5, 40, 60, 10_000])
-def test_streamed_budget_matches_the_reference(tmp_path, budget):
+def test_streamed_budget_matches_the_reference(tmp_path, monkeypatch, budget, rows_per_merge):
+    monkeypatch.setattr(select, "ROWS_PER_MERGE", rows_per_merge)
     detections = random_detections(11, n=2500)
     write_detection_parts(detections, str(tmp_path / "d"), parts=5)
     rp = RoundPaths(str(tmp_path / "run"), 0)
@@ -285,3 +287,17 @@ def test_a_budget_round_labels_exactly_budget_images_through_the_simulated_oracl
     labelled = set(storage.read_table(rp.labels).column("image_id").to_pylist())
     assert len(labelled) == 21 and "old" in labelled and set(pool_ids[:12]) < labelled
     assert summary == {"n_selected": 20, "n_labelled": 20, "n_missing": 0}
+
+
+def test_fill_breaks_ties_by_image_id_across_files(tmp_path, monkeypatch):
+    """Class 0: a at 0.3 (the quota, k=1), then z9 ... z0 all at 0.5, written in that order over 5 files. A
+    budget of 4 fills 3 by (score, image id): z0, z1, z2, the last to arrive, after z9-z7 filled the list."""
+    monkeypatch.setattr(select, "ROWS_PER_MERGE", 1)
+    tied = [f"z{i}" for i in range(9, -1, -1)]
+    detections = pd.DataFrame({"image_id": ["a"] + tied, "class_id": np.zeros(11, np.int16),
+                               "score": np.array([0.3] + [0.5] * 10, np.float32)})
+    rp = RoundPaths(str(tmp_path / "run"), 0)
+    write_detection_parts(detections, rp.detections, parts=5)
+    write_image_status(["a"] + tied, rp.image_status)
+    select_round(rp.detections, StrategyConfig(k=1, budget=4), 0, rp, num_classes=1)
+    assert set(storage.read_table(rp.selection).column("image_id").to_pylist()) == {"a", "z0", "z1", "z2"}
