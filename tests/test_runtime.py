@@ -81,3 +81,32 @@ def _refuse(key: str) -> None:
     from raylib.config import ConfigError
 
     raise ConfigError(f"{key}: refused")
+
+
+@pytest.mark.slow
+def test_the_demos_workers_compute_with_the_pinned_kernels(tmp_path):
+    """experiment=demo's `cluster.env_vars` reach the driver and a Ray worker of the Ray it starts: torch's
+    kernels are AVX2's there whatever the CPU has (on an AVX-512 machine, its own would differ)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = f"""
+import os, ray, torch
+from hydra import compose, initialize_config_dir
+from raylib import runtime
+from raylib.config import to_config
+with initialize_config_dir(config_dir={os.path.join(root, "conf")!r}, version_base="1.3"):
+    cfg = to_config(compose("config", overrides=["experiment=demo", "cluster.num_cpus=1"]))
+runtime.init_ray(cfg)
+@ray.remote(num_cpus=0)
+def probe():
+    import os, torch
+    return torch.backends.cpu.get_cpu_capability(), os.environ["ONEDNN_MAX_CPU_ISA"]
+print("driver", torch.backends.cpu.get_cpu_capability(), "worker", *ray.get(probe.remote()))
+"""
+    env = {name: value for name, value in os.environ.items() if name not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "driver AVX2 worker AVX2 AVX2", done.stdout
