@@ -22,8 +22,9 @@ default strategy) in five bands from red (unsure) to green (sure).
 
 How it scales, like the export: one pass over the selection keeps its rows of rank < cap and counts
 rows per class; then one Ray task per scoring part reads that part's image_status and detections, adds
-its scores to the histograms, and decodes (the one decoder, `images.decode_image`), shrinks and writes
-its shown images' thumbnails. The driver holds O(classes x cap) rows and the histograms, never the pool.
+its scores to the histograms and hands back its shown images' rows and boxes; then a few tasks of
+THUMBNAILS_PER_TASK images decode (the one decoder, `images.decode_image`), shrink and write the
+thumbnails. The driver holds O(classes x cap) rows and the histograms, never the pool.
 An image that can't be shown (unreadable, over `data.max_pixels`, an error row of scoring) is a
 placeholder with the reason; every string from data is HTML-escaped.
 """
@@ -43,10 +44,12 @@ import ray
 from raylib import paths, runtime, storage
 from raylib.export import MIN_IMAGES_FOR_TASKS, WRITE_THREADS
 from raylib.paths import RoundPaths
-from raylib.report import row_count
 
 THUMBNAILS_PER_CLASS = 24  # a page of (classes + 1) x 24 images: one screen per class, ~0.2 MB of JPEG
 THUMBNAIL_SIDE = 256  # px, the longer side (never enlarged)
+# Thumbnails per task: the decoder imports torch, seconds in each new worker process, so the page's images
+# are decoded in a few tasks of this many rather than in every part's task (a 20-class page: 8 tasks).
+THUMBNAILS_PER_TASK = 64
 JPEG_QUALITY = 85
 HISTOGRAM_BINS = 50  # over [0, 1]: every strategy's score is in [0, 1] (strategies.detection_scores)
 NO_CLASS = -1  # the selection's class_id for the take-all round and the seed set (no class quota)
@@ -69,12 +72,20 @@ class ShownImage:
 
 
 @dataclass(frozen=True)
+class ToShow:
+    """A page image as its scoring part knows it: its image_status row and its boxes."""
+    index: int  # its position among the page's images (sorted ids): names its thumbnail
+    row: dict  # image_id, status, error, width, height, uri
+    boxes: list[tuple[int, float, float, float, float, float]]  # class_id, confidence, x1, y1, x2, y2
+
+
+@dataclass(frozen=True)
 class PartReview:
     """What one scoring part adds to the page."""
     histogram: np.ndarray  # (classes, HISTOGRAM_BINS) int64: its detections' scores per class
     n_images: int
     n_errors: int  # image_status rows with status error
-    images: list[ShownImage]
+    to_show: list[ToShow]
 
 
 @dataclass(frozen=True)
@@ -98,17 +109,22 @@ def write_review(rp: RoundPaths, class_names: list[str], max_pixels: int | None 
     """Write round `rp`'s review page and thumbnails under `rp.review` (module docstring), from its
     selection, thresholds, image_status and detections. `max_pixels`: `data.max_pixels` (an image over
     it is a placeholder, as scoring refused it); None: the decoder's default."""
+    from raylib.report import row_count  # matplotlib: the driver's, not every task's
+
     storage.delete(rp.review)  # what an earlier, interrupted export left
     status_files = storage.list_files(rp.image_status, ".parquet")
     in_tasks = ray.is_initialized() and row_count(rp.image_status) >= MIN_IMAGES_FOR_TASKS
     head, counts = (runtime.in_task if in_tasks else _here)(selection_head, rp.selection, per_class)
     shown_ids = pc.unique(head.column("image_id"))
     shown_ids = shown_ids.take(pc.array_sort_indices(shown_ids))
-    calls = [(uri, storage.join(rp.detections, uri.rsplit("/", 1)[-1]), shown_ids, len(class_names), rp.review,
-              max_pixels) for uri in status_files]
+    calls = [(uri, storage.join(rp.detections, uri.rsplit("/", 1)[-1]), shown_ids, len(class_names))
+             for uri in status_files]
     parts = _map(review_part, calls, in_tasks)
     histogram = sum((part.histogram for part in parts), np.zeros((len(class_names), HISTOGRAM_BINS), np.int64))
-    images = {image.image_id: image for part in parts for image in part.images}
+    to_show = sorted((item for part in parts for item in part.to_show), key=lambda item: item.index)
+    chunks = [(to_show[n:n + THUMBNAILS_PER_TASK], rp.review, max_pixels)
+              for n in range(0, len(to_show), THUMBNAILS_PER_TASK)]
+    images = {image.image_id: image for chunk in _map(make_thumbnails, chunks, in_tasks) for image in chunk}
     sections = class_sections(head, counts, _thresholds(rp.thresholds))
     seed = rp.round_idx == paths.SEED_ROUND
     pool = (sum(part.n_images for part in parts), sum(part.n_errors for part in parts))
@@ -163,11 +179,10 @@ def class_sections(head: pa.Table, counts: dict[int, int],
     return [ClassSection(c, counts.get(c, 0), *thresholds.get(c, (None, None)), rows.get(c, [])) for c in ids]
 
 
-def review_part(status_uri: str, detections_uri: str, shown_ids: pa.Array, n_classes: int, out_dir: str,
-                max_pixels: int | None) -> PartReview:
+def review_part(status_uri: str, detections_uri: str, shown_ids: pa.Array, n_classes: int) -> PartReview:
     """One scoring part's share of the page: the histogram of its detections' scores per class, its
-    image counts, and the thumbnails of its images among `shown_ids` (the page's images, sorted:
-    an image's position there names its thumbnail), written under `out_dir`."""
+    image counts, and the status rows and boxes of its images among `shown_ids` (the page's images,
+    sorted: an image's position there names its thumbnail)."""
     status = storage.read_table(status_uri, columns=["image_id", "status", "error", "width", "height", "uri"])
     n_images = status.num_rows
     n_errors = pc.sum(pc.equal(status.column("status"), "error")).as_py() or 0
@@ -183,14 +198,17 @@ def review_part(status_uri: str, detections_uri: str, shown_ids: pa.Array, n_cla
         histogram += np.bincount(class_id[known] * HISTOGRAM_BINS + bins[known], minlength=histogram.size)
         boxes = _boxes_by_image(detections.filter(pc.is_in(detections.column("image_id"), value_set=shown_ids)))
     positions = pc.index_in(status.column("image_id"), value_set=shown_ids).to_pylist()
-    jobs = [(row, index, boxes.get(row["image_id"], [])) for row, index in zip(status.to_pylist(), positions)]
-    show = lambda job: _show(*job, out_dir, max_pixels)  # noqa: E731
-    if storage.is_s3(out_dir):  # S3 PUT latency, not CPU, is the bound (as the export's writes)
+    to_show = [ToShow(index, row, boxes.get(row["image_id"], [])) for row, index in zip(status.to_pylist(), positions)]
+    return PartReview(histogram.reshape(n_classes, HISTOGRAM_BINS), n_images, n_errors, to_show)
+
+
+def make_thumbnails(to_show: list[ToShow], out_dir: str, max_pixels: int | None) -> list[ShownImage]:
+    """Decode, shrink and write the thumbnails of `to_show` under `out_dir`; placeholders where they can't be."""
+    show = lambda item: _show(item, out_dir, max_pixels)  # noqa: E731
+    if storage.is_s3(out_dir):  # S3 GET/PUT latency, not CPU, is the bound (as the export's writes)
         with ThreadPoolExecutor(WRITE_THREADS) as pool:
-            shown = list(pool.map(show, jobs))
-    else:
-        shown = [show(job) for job in jobs]
-    return PartReview(histogram.reshape(n_classes, HISTOGRAM_BINS), n_images, n_errors, shown)
+            return list(pool.map(show, to_show))
+    return [show(item) for item in to_show]
 
 
 def _boxes_by_image(detections: pa.Table) -> dict[str, list]:
@@ -204,10 +222,11 @@ def _boxes_by_image(detections: pa.Table) -> dict[str, list]:
     return {image_id: sorted(rows, key=lambda box: box[1]) for image_id, rows in boxes.items()}
 
 
-def _show(row: dict, index: int, boxes: list, out_dir: str, max_pixels: int | None) -> ShownImage:
-    """The thumbnail of one status row, written to `out_dir`; a placeholder with the reason if it can't be."""
+def _show(item: ToShow, out_dir: str, max_pixels: int | None) -> ShownImage:
+    """The thumbnail of one image, written to `out_dir`; a placeholder with the reason if it can't be."""
     from raylib import images  # torch: loaded by the tasks that decode, not by whoever imports this module
 
+    row, boxes = item.row, item.boxes
     image_id, width, height = row["image_id"], row["width"] or 0, row["height"] or 0
     error = (row["error"] or "scoring could not read it") if row["status"] == "error" else None
     if error is None and not row["uri"]:
@@ -221,7 +240,7 @@ def _show(row: dict, index: int, boxes: list, out_dir: str, max_pixels: int | No
     if error is not None:
         return ShownImage(image_id, None, error, width, height, 0, 0, boxes)
     data, thumb_size = thumbnail_jpeg(pixels)
-    relpath = paths.review_thumbnail(index)
+    relpath = paths.review_thumbnail(item.index)
     storage.write_bytes(storage.join(out_dir, *relpath.split("/")), data)
     return ShownImage(image_id, relpath, None, pixels.shape[1], pixels.shape[0], *thumb_size, boxes)
 

@@ -219,11 +219,12 @@ def test_histogram_bins_every_detection_score_per_class(tmp_path):
     rp = RoundPaths(str(tmp_path / "run"), 0)
     _write_round(rp, images, detections, [("a", 0, 0.01, 0)], parts=1)
     part = review.review_part(paths.part_file(rp.image_status, 0), paths.part_file(rp.detections, 0),
-                              pa.array(["a"]), 2, rp.review, None)
+                              pa.array(["a"]), 2)
     expected = np.zeros((2, review.HISTOGRAM_BINS), np.int64)
     expected[0, 0], expected[1, 25], expected[1, 49] = 1, 1, 2
     assert np.array_equal(part.histogram, expected)
-    assert (part.n_images, part.n_errors, [image.image_id for image in part.images]) == (2, 0, ["a"])
+    assert (part.n_images, part.n_errors, [item.row["image_id"] for item in part.to_show]) == (2, 0, ["a"])
+    assert [box[0] for box in part.to_show[0].boxes] == [0, 1]  # a's two boxes, least confident first; not b's
 
 
 def test_seed_round_without_detections_or_thresholds(tmp_path):
