@@ -21,6 +21,7 @@ MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 STRATEGIES = ("cls_iou", "cls_only", "loc_only", "margin", "entropy", "random", "cls_iou_diverse", "kcenter")
 ORACLES = ("simulate", "external", "labelstudio")
 LABEL_FORMATS = ("voc", "coco", "labelstudio")  # what annotators deliver (raylib/formats/deliveries.py)
+FREEZE_CHOICES = ("none", "backbone", "backbone_neck")  # train.freeze (raylib/training/freeze.py)
 SEED_STRATEGIES = ("random", "kcenter", "typical")  # loop.seed_strategy (raylib/stages.py seed_ids)
 LOGGERS = ("none", "tensorboard", "mlflow")  # experiment tracking (raylib/tracking.py)
 
@@ -220,9 +221,13 @@ class TrainConfig:
     torch_threads: Optional[int] = None  # intra-op threads per CPU worker; None: its CPUs (at least 1)
     # Round r > 0 starts from: transfer = model.weights (as the seed does); previous = round r-1's model.
     init: str = "transfer"
+    # Fine-tuning from model.weights: backbone = CSPDarknet frozen, backbone_neck = the whole YOLOPAFPN
+    # frozen (weights and BatchNorm statistics); the head always trains (raylib/training/freeze.py).
+    freeze: str = "none"
 
     def __post_init__(self) -> None:
         _require(self.init in ("transfer", "previous"), f"train.init must be transfer or previous, got '{self.init}'")
+        _require(self.freeze in FREEZE_CHOICES, f"train.freeze must be one of {FREEZE_CHOICES}, got '{self.freeze}'")
         _require(self.torch_threads is None or self.torch_threads >= 1,
                  f"train.torch_threads must be >= 1 or null, got {self.torch_threads}")
         _require(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")

@@ -43,12 +43,16 @@ LOSS_PARTS = ("iou_loss", "conf_loss", "cls_loss", "l1_loss")
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig, global_batch: int) -> torch.optim.Optimizer:
-    """SGD nesterov with YOLOX's parameter groups, built by the package's own `get_optimizer`."""
+    """SGD nesterov with YOLOX's parameter groups, built by the package's own `get_optimizer`, less the
+    parameters frozen by `raylib.training.freeze`."""
     exp = YoloxConfig(name="raylib")
     exp.model = unwrap(model)
     exp.warmup_epochs, exp.warmup_lr = tc.warmup_epochs, tc.warmup_lr
     exp.basic_lr_per_img, exp.momentum, exp.weight_decay = tc.basic_lr_per_img, tc.momentum, tc.weight_decay
-    return exp.get_optimizer(global_batch)
+    optimizer = exp.get_optimizer(global_batch)
+    for group in optimizer.param_groups:  # the package groups every parameter; frozen ones (train.freeze) stay out
+        group["params"] = [parameter for parameter in group["params"] if parameter.requires_grad]
+    return optimizer
 
 
 def make_scheduler(tc: TrainConfig, global_batch: int, steps_per_epoch: int) -> LRScheduler:

@@ -25,6 +25,7 @@ from raylib import tracking
 from raylib.runtime import cpu_threads
 from raylib.training.checkpoints import report, restore
 from raylib.config import Config
+from raylib.training.freeze import freeze_model
 from raylib.training.iou_aware import make_iou_aware
 from raylib.model import build_model, load_weights
 from raylib.training.data import ImageCache, load_split, make_loader, make_train_dataset
@@ -117,8 +118,9 @@ def train_loop_per_worker(args: WorkerArgs) -> None:
 
 
 def _initial_state(args: WorkerArgs, global_batch: int, steps_per_epoch: int, device: torch.device) -> TrainState:
-    """The model (seeded, maybe IoU-aware, maybe from `init_weights`, DDP-wrapped on `device`) with a fresh
-    optimizer, schedule, EMA and scaler; `restore` then loads a checkpoint's over them."""
+    """The model (seeded, maybe IoU-aware, maybe from `init_weights`, maybe partly frozen: train.freeze,
+    DDP-wrapped on `device`) with a fresh optimizer, schedule, EMA and scaler; `restore` then loads a
+    checkpoint's over them."""
     import ray.train.torch
 
     cfg = args.cfg
@@ -128,6 +130,7 @@ def _initial_state(args: WorkerArgs, global_batch: int, steps_per_epoch: int, de
         make_iou_aware(model)
     if args.init_weights:
         load_weights(model, args.init_weights)
+    freeze_model(model, cfg.train.freeze)  # before DDP and the optimizer: both leave frozen parameters out
     model = ray.train.torch.prepare_model(model)
     return make_state(model, cfg, global_batch, steps_per_epoch, device)
 
