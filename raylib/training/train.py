@@ -109,7 +109,7 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     history = json.loads(read_checkpoint_file(result.checkpoint, paths.TRAIN_HISTORY_FILE))
     storage.write_text(paths.train_history(out_dir), json.dumps(history, indent=2))
     for entry in history:  # the job log's copy of the epochs rank 0 printed (the screen had them from Ray)
-        val = "-" if entry["val_map50"] == NO_VAL_SCORE else f"{entry['val_map50']:.4f}"
+        val = "-" if entry["val_map50"] in (None, NO_VAL_SCORE) else f"{entry['val_map50']:.4f}"
         log.info(f"[train] epoch {entry['epoch']}/{tc.epochs}  loss {entry['loss']:.3f}  lr {entry['lr']:.2e}  "
                  f"{entry['train_images_per_s']:.1f} img/s  val mAP50 {val}", extra=console.JOB_LOG_ONLY)
     best_map50 = best_metrics["val_map50"]
