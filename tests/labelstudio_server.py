@@ -74,7 +74,8 @@ def _wait_for_health(url: str, process: subprocess.Popen, seconds: float, log_pa
 
 
 @contextlib.contextmanager
-def running(data_dir: str, document_root: str, seconds: float = START_S, first: bool = False) -> Iterator[Server]:
+def running(data_dir: str, document_root: str, seconds: float = START_S, first: bool = False,
+            env: dict[str, str] | None = None) -> Iterator[Server]:
     """Label Studio on a free port of 127.0.0.1 over `data_dir`, serving local files under `document_root`;
     killed (its process group, by pid) after. The port is checked to be the one that answers: a busy port
     silently moves Label Studio to the next one."""
@@ -86,7 +87,7 @@ def running(data_dir: str, document_root: str, seconds: float = START_S, first: 
     if first:
         args += ["--username", USER, "--password", PASSWORD, "--user-token", LEGACY_TOKEN]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(args, env=_env(data_dir, document_root), stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(args, env={**_env(data_dir, document_root), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for_health(url, process, seconds, log_path)
@@ -112,9 +113,11 @@ def make_template(folder: str) -> Template:
 
 
 @contextlib.contextmanager
-def server_from(template: Template, folder: str, document_root: str) -> Iterator[Server]:
-    """A server over a copy of the template's data dir in `folder` (the template stays as it is)."""
+def server_from(template: Template, folder: str, document_root: str, env: dict[str, str] | None = None
+                ) -> Iterator[Server]:
+    """A server over a copy of the template's data dir in `folder` (the template stays as it is), with
+    `env` added to its environment."""
     data_dir = os.path.join(folder, "label-studio-data")
     shutil.copytree(template.data_dir, data_dir, symlinks=True)
-    with running(data_dir, document_root) as server:
+    with running(data_dir, document_root, env=env) as server:
         yield server

@@ -10,16 +10,24 @@ sent, in pixels, never read from the code under test.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import threading
+import time
+from dataclasses import replace
 
 import cv2
+import numpy as np
+import pandas as pd
 import pytest
 import requests
 from hydra import compose, initialize_config_dir
 
-from raylib import labelstudio_project, paths, storage, synthetic
+from raylib import labelstudio_project, paths, stages, storage, synthetic
 from raylib.config import LabelStudioConfig, SyntheticConfig, to_config
-from raylib.formats import voc
+from raylib.dataset import ensure_dataset
+from raylib.formats import labelstudio, voc
 from raylib.labelstudio_project import LabelStudioError
 from raylib.loop import run_loop
 from raylib.paths import RoundPaths
@@ -142,6 +150,14 @@ def _committed(labels_uri: str) -> dict[str, list[tuple]]:
                                      round(o["y2"], 2)) for o in row["objects"]) for row in rows}
 
 
+def _wait_for(condition, seconds: float = 300) -> None:
+    """Poll `condition` (what another thread logs) until it holds, at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
 def _of_round(tasks: list[dict], round_idx: int) -> list[dict]:
     return sorted((t for t in tasks if t["data"].get("round") == round_idx), key=lambda t: t["data"]["image_id"])
 
@@ -156,7 +172,7 @@ def test_two_rounds_with_annotators_in_label_studio(template, team, tmp_path, ra
         annotator = Annotator(server.url, labelstudio_server.LEGACY_TOKEN)
 
         first = run_loop(cfg)
-        assert first.stopped_because.startswith(f"seed set: waiting for labels: 0 of {SEED_SIZE}")
+        assert re.match(rf"seed( set)?: waiting for labels: 0 of {SEED_SIZE} ", first.stopped_because)
         project_id = json.loads(storage.read_text(f"{cfg.run_root}/{labelstudio_project.PROJECT_RECORD_FILE}"))["project_id"]
         seed_tasks = _of_round(annotator.tasks(project_id), -1)
         assert len(seed_tasks) == SEED_SIZE and all(annotator.prediction(t)["result"] == [] for t in seed_tasks)
@@ -164,10 +180,18 @@ def test_two_rounds_with_annotators_in_label_studio(template, team, tmp_path, ra
         image = requests.get(server.url + seed_tasks[0]["data"]["image"], headers=annotator.headers, timeout=60)
         assert image.status_code == 200 and image.content == open(f"{root}/{seed_tasks[0]['data']['image_id']}", "rb").read()
 
-        assert run_loop(cfg).stopped_because.startswith("seed set: waiting for labels: 0 of")  # a rerun ...
+        assert re.match("seed( set)?: waiting for labels: 0 of", run_loop(cfg).stopped_because)  # a rerun ...
         assert len(annotator.tasks(project_id)) == SEED_SIZE  # ... imports nothing twice
 
-        # The seed set: six drawn from scratch (one of them empty), one skipped, one left; then "commit what is there".
+        # The seed set, while the oracle stage waits on the project (wait=true): six drawn from scratch (one
+        # of them empty), one skipped, one left; then "commit what is there".
+        caplog.set_level(logging.INFO, logger="raylib")
+        waiting = replace(cfg, loop=replace(cfg.loop, labelstudio=replace(cfg.loop.labelstudio, wait=True, poll_s=0.5)))
+        outcome = []
+        oracle = threading.Thread(target=lambda: outcome.append(stages.oracle(
+            waiting, ensure_dataset(waiting), RoundPaths(cfg.run_root, paths.SEED_ROUND))))
+        oracle.start()
+        _wait_for(lambda: f": 0 of {SEED_SIZE} labelled in Label Studio" in caplog.text)
         expected_seed = {}
         for task in seed_tasks[:6]:
             image_id = task["data"]["image_id"]
@@ -176,7 +200,10 @@ def test_two_rounds_with_annotators_in_label_studio(template, team, tmp_path, ra
             annotator.submit(task, result)
             expected_seed[image_id] = _pixels(result, sizes[image_id])
         annotator.skip(seed_tasks[6])
+        _wait_for(lambda: f": 6 of {SEED_SIZE} labelled in Label Studio" in caplog.text)
         storage.write_text(f"{cfg.run_root}/_complete/seed", "")
+        oracle.join(timeout=300)
+        assert outcome and outcome[0]["n_labelled"] == 6, outcome
 
         second = run_loop(cfg)
         assert _committed(paths.seed_labels(cfg.run_root)) == expected_seed
@@ -246,3 +273,35 @@ def test_each_server_problem_is_one_line_and_commits_nothing(template, team, tmp
         client.request("DELETE", f"/api/projects/{project_id}/")
         with pytest.raises(LabelStudioError, match=rf"^Label Studio project {project_id} \(from '.*' is not on .*deleted\?"):
             labelstudio_project.open_project(client, settings, run_root, CLASSES)
+
+
+@pytest.mark.s3
+def test_images_in_a_private_bucket_are_signed_by_label_studio(template, s3_bucket, tmp_path, monkeypatch):
+    """An s3:// pool: the project gets Label Studio's S3 storage (no key from us: the server's own
+    credentials, here the moto endpoint's), and the task's image comes back through it."""
+    image = cv2.imencode(".jpg", np.full((40, 60, 3), 90, np.uint8))[1].tobytes()
+    uri = f"{s3_bucket}/raw/site/a.jpg"
+    storage.write_bytes(uri, image)
+    rp = RoundPaths(str(tmp_path / "runs" / "s3"), 0)
+    tasks = labelstudio.detections_to_tasks([{"image_id": "site/a.jpg", "uri": uri, "width": 60, "height": 40}],
+                                            pd.DataFrame(columns=["image_id", "class_id", "score", "x1", "y1", "x2", "y2"]),
+                                            CLASSES, "round 0")
+    storage.write_text(storage.join(rp.preannotations, paths.LABELSTUDIO_FILE), json.dumps(tasks))
+    # Label Studio refuses storage endpoints on private addresses unless told (moto listens on 127.0.0.1).
+    with labelstudio_server.server_from(template, str(tmp_path / "ls"), str(tmp_path),
+                                        env={"SSRF_PROTECTION_ENABLED": "false"}) as server:
+        monkeypatch.setenv(labelstudio_project.TOKEN_ENV, template.personal_token)
+        settings = LabelStudioConfig(url=server.url)
+        client = labelstudio_project.connect(settings)
+        project_id = labelstudio_project.open_project(client, settings, rp.run_root, CLASSES)
+        assert labelstudio_project.import_round(client, project_id, rp.preannotations, 0, None,
+                                                os.environ["AWS_ENDPOINT_URL"], "us-east-1") == (1, 0)
+        buckets = client.request("GET", "/api/storages/s3/", params={"project": project_id}).json()
+        assert [b["bucket"] for b in buckets] == [s3_bucket[len("s3://"):]]
+        annotator = Annotator(server.url, labelstudio_server.LEGACY_TOKEN)
+        task = annotator.tasks(project_id)[0]
+        shown = annotator.call("GET", f"/api/tasks/{task['id']}/")["data"]["image"]
+        assert not shown.startswith("s3://"), shown  # resolved by the server, for the browser
+        fetched = requests.get(server.url + shown if shown.startswith("/") else shown, headers=annotator.headers,
+                               timeout=60)
+        assert fetched.status_code == 200 and fetched.content == image
