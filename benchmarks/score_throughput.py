@@ -265,11 +265,12 @@ def timed_scorer(log_path: str) -> type:
 def run_ray(manifest: str, weights: str, root: str, cfg: Config, class_names: list[str]) -> tuple[float, int, dict]:
     """Seconds and detections of score_pool, and its timeline (seconds after the call)."""
     from raylib.score import score_pool
+    from raylib.stages import scoring
 
     os.makedirs(root, exist_ok=True)
     log_path = os.path.join(root, "stamps.txt")
     started = time.time()
-    summary = score_pool(manifest, weights, RoundPaths(os.path.join(root, "run"), 0), cfg, class_names,
+    summary = score_pool(manifest, weights, RoundPaths(os.path.join(root, "run"), 0), scoring(cfg), class_names,
                          scorer_cls=timed_scorer(log_path))
     elapsed = time.time() - started
     stamps = [line.split() for line in open(log_path)] if os.path.exists(log_path) else []

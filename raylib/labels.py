@@ -179,12 +179,6 @@ def selected_ids(selection_uri: str) -> pa.Array:
 # ------------------------------------------------------------------------------------- reading
 
 
-def labelled_ids(labels_uri: str) -> set[str]:
-    """The labelled image ids as a Python set: for small sets and tests. The stages use the labels file's
-    image_id column in Arrow (pool.write_remaining joins against it)."""
-    return set(storage.read_table(labels_uri, columns=["image_id"]).column("image_id").to_pylist())
-
-
 def split_counts(labels_uri: str) -> dict[str, int]:
     counts = storage.read_table(labels_uri, columns=["split"]).column("split").value_counts().to_pylist()
     return {item["values"]: item["counts"] for item in counts}

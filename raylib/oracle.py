@@ -26,7 +26,7 @@ from raylib.dataset import Dataset, ground_truth
 from raylib.formats import deliveries
 from raylib.formats.deliveries import Delivery
 from raylib.labels import assign_splits, selected_ids
-from raylib.paths import RoundPaths
+from raylib.paths import RoundPaths, round_name
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,6 @@ def delivery_marker(labels_in: str, round_idx: int) -> str:
     """The file annotators create when round `round_idx`'s delivery is final (any content);
     `_complete/seed` for the seed set (round_idx -1: labelled before round 0 trains)."""
     return storage.join(labels_in, "_complete", "seed" if round_idx < 0 else f"round={round_idx:02d}")
-
-
-def round_name(round_idx: int) -> str:
-    return "seed set" if round_idx < 0 else f"round {round_idx}"
 
 
 @dataclass

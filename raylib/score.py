@@ -38,8 +38,8 @@ import pyarrow.dataset as pads
 import ray
 import torch
 
-from raylib import images, paths, runtime, schemas, scored, storage, strategies
-from raylib.config import Config
+from raylib import images, paths, runtime, schemas, scored, storage
+from raylib.config import ModelConfig, ScoreConfig, StrategyConfig
 from raylib.model import (BatchDetections, WithEmbedding, decode_batch, letterbox, letterbox_on_device, load_model,
                           to_input)
 from raylib.paths import RoundPaths
@@ -106,6 +106,18 @@ def read_images(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dic
             "ratio": ratios, "height": heights, "width": widths, "error": errors}
 
 
+@dataclass
+class ScoringSetup:
+    """What scoring reads of the config (stages.scoring builds it): its own slice, the model, the
+    strategy (the score rule, min_score), the images' pixel cap, and whether rows carry embeddings
+    (the diversity strategies' features; the seed set's k-center too)."""
+    score: ScoreConfig
+    model: ModelConfig
+    strategy: StrategyConfig
+    max_pixels: int
+    embeddings: bool = False
+
+
 class YoloxScorer:
     """Ray Data callable class: the model is loaded once per actor, then scores batches.
 
@@ -114,9 +126,9 @@ class YoloxScorer:
     that many threads at once; each thread has its own CUDA stream, so one batch's decode, the model on
     another and a third one's Arrow rows overlap."""
 
-    def __init__(self, cfg: Config, weights_uri: str | None, num_classes: int, round_idx: int):
-        self.score, self.strategy, self.side = cfg.score, cfg.strategy, cfg.model.input_size
-        self.max_pixels = cfg.data.max_pixels
+    def __init__(self, setup: ScoringSetup, weights_uri: str | None, num_classes: int, round_idx: int):
+        self.score, self.strategy, self.side = setup.score, setup.strategy, setup.model.input_size
+        self.max_pixels = setup.max_pixels
         wants_gpu = self.score.num_gpus_per_actor > 0
         if wants_gpu and not torch.cuda.is_available():
             log.warning("score.num_gpus_per_actor=%s but this actor sees no CUDA device: scoring on CPU",
@@ -124,8 +136,8 @@ class YoloxScorer:
         self.device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(runtime.cpu_threads(self.score.num_cpus_per_actor, self.score.torch_threads))
-        model = load_model(cfg.model.size, num_classes, weights_uri).eval().to(self.device)
-        self.embeds = self.strategy.name in strategies.DIVERSE
+        model = load_model(setup.model.size, num_classes, weights_uri).eval().to(self.device)
+        self.embeds = setup.embeddings
         if self.embeds:
             model = WithEmbedding(model)
         self.half = self.device.type == "cuda" and self.score.fp16
@@ -283,26 +295,26 @@ def manifest_rows(manifest_uri: str) -> int:
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
 
-def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, cfg: Config,
+def score_pool(manifest_uri: str, weights_uri: str | None, out: RoundPaths, setup: ScoringSetup,
                class_names: list[str], scorer_cls: type = YoloxScorer) -> ScoreSummary:
     """Score every image of `manifest_uri`; write detections/ and image_status/ under `out`.
 
     `scorer_cls` is the actor class (a subclass of YoloxScorer); fault-injection tests pass one."""
     scored_dir = out.scored
-    embeds = cfg.strategy.name in strategies.DIVERSE
+    embeds = setup.embeddings
     for uri in (scored_dir, out.detections, out.image_status, out.embeddings):
         storage.delete(uri)  # a rerun after a crash starts clean: the stage is redone whole
     fs, manifest_path = storage.resolve(manifest_uri)
-    sc = cfg.score
+    sc = setup.score
     dataset = (
         ray.data.read_parquet(manifest_path, filesystem=fs, columns=["image_id", "uri"])
         # A manifest file is read as one block, and a block goes to one actor whole: split it into
         # batch-sized blocks so that every actor gets work and decoding streams into inference.
         .repartition(target_num_rows_per_block=sc.batch_size)
         .map_batches(read_images if sc.device_decode else load_images,
-                     fn_kwargs={"side": cfg.model.input_size, "max_pixels": cfg.data.max_pixels},
+                     fn_kwargs={"side": setup.model.input_size, "max_pixels": setup.max_pixels},
                      batch_size=sc.batch_size, num_cpus=sc.decode_num_cpus, batch_format="numpy")
-        .map_batches(scorer_cls, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
+        .map_batches(scorer_cls, fn_constructor_kwargs={"setup": setup, "weights_uri": weights_uri,
                                                          "num_classes": len(class_names),
                                                          "round_idx": out.round_idx},
                      compute=ray.data.ActorPoolStrategy(

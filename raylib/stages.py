@@ -9,7 +9,7 @@ stage reads, are in raylib/commit.py (no torch or Ray there, for the jobs' check
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,7 @@ from raylib.export import export_preannotations
 from raylib.paths import RoundPaths
 from raylib.review import write_review
 from raylib.commit import STAGES, init_weights, scoring_weights, takes_all
-from raylib.score import score_pool
+from raylib.score import ScoringSetup, score_pool
 from raylib.select import select_round
 from raylib.training.train import train_model
 
@@ -69,15 +69,22 @@ def unlabelled(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     return {"n_images": runtime.in_task(pool.write_remaining, ds.pool_manifest, labelled, rp.unlabelled)}
 
 
+def scoring(cfg: Config, embeddings: bool | None = None) -> ScoringSetup:
+    """Scoring's slices of the config; embeddings by default for the diversity strategies."""
+    embeddings = cfg.strategy.name in strategies.DIVERSE if embeddings is None else embeddings
+    return ScoringSetup(cfg.score, cfg.model, cfg.strategy, cfg.data.max_pixels, embeddings)
+
+
 def score(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
     """The round's pool scored by its model; for a diversity strategy, its labelled images too (their
     embeddings are what k-center counts as covered: selection.spread_out)."""
     weights = scoring_weights(cfg, rp)
-    summary = asdict(score_pool(pool.round_pool(rp, ds.pool_manifest), weights, rp, cfg, ds.class_names))
+    summary = asdict(score_pool(pool.round_pool(rp, ds.pool_manifest), weights, rp, scoring(cfg), ds.class_names))
     if cfg.strategy.name in strategies.DIVERSE:
         labelled = rp.labelled_scoring
         pool.write_labelled(ds.pool_manifest, labelled_set(cfg, ds, rp), labelled.manifest)
-        summary["n_labelled_embedded"] = score_pool(labelled.manifest, weights, labelled, cfg, ds.class_names).n_ok
+        summary["n_labelled_embedded"] = score_pool(labelled.manifest, weights, labelled, scoring(cfg),
+                                                    ds.class_names).n_ok
     return summary
 
 
@@ -154,8 +161,7 @@ def seed_ids(cfg: Config, ds: Dataset) -> list[str]:
     uris = pool.image_uris(ds.pool_manifest, candidates)
     storage.write_table(schemas.check(pa.table({"image_id": candidates, "uri": [uris[i] for i in candidates]}),
                                       schemas.POOL, "pool"), at.manifest)
-    embedding = replace(cfg, strategy=replace(cfg.strategy, name="kcenter"))  # scoring emits embeddings
-    score_pool(at.manifest, cfg.model.weights, at, embedding, ds.class_names)
+    score_pool(at.manifest, cfg.model.weights, at, scoring(cfg, embeddings=True), ds.class_names)
     ok = storage.read_table(at.embeddings, columns=["image_id"]).column("image_id").to_pylist()
     vectors = diversity.read_embeddings(at.embeddings, ok)
     readable = [i for i in candidates if i in vectors]  # sample order: sorted ids

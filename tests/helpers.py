@@ -21,6 +21,11 @@ CLASSES = ["red", "blue"]
 COLOURS = [(0, 0, 255), (255, 0, 0)]  # BGR
 
 
+def labelled_ids(labels_uri: str) -> set[str]:
+    """The image ids of a labels file, as a set (the stages keep them in Arrow)."""
+    return set(storage.read_table(labels_uri, columns=["image_id"]).column("image_id").to_pylist())
+
+
 def obj(class_id: int, x1: float, y1: float, x2: float, y2: float, difficult: bool = False) -> dict:
     """One labelled object (schemas.OBJECT)."""
     return {"class_id": class_id, "x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2),

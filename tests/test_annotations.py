@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from raylib import schemas
-from raylib.formats import deliveries
+from raylib.formats import deliveries, json_deliveries
 from raylib.oracle import check_delivery, delivery_marker
-from raylib.formats.deliveries import (import_coco, import_delivery, import_labelstudio,
+from raylib.formats.json_deliveries import import_coco, import_labelstudio
+from raylib.formats.deliveries import (import_delivery,
                                 import_voc, name_index)
 
 CLASSES = ["cat", "dog"]
@@ -336,7 +337,7 @@ def test_json_deliveries_in_ray_tasks_give_the_same_delivery_as_one_process(ray_
     in_process = import_coco(str(tmp_path / "in"), selected, CLASSES)
     monkeypatch.setattr(deliveries, "TASK_CHUNK", 3)
     monkeypatch.setattr(deliveries, "TASK_MIN_IMAGES", 1)
-    driver, parse, sizes = os.getpid(), deliveries.parse_json_file, deliveries._header_sizes_chunk
+    driver, parse, sizes = os.getpid(), json_deliveries.parse_json_file, json_deliveries._header_sizes_chunk
 
     def elsewhere(fn):  # shipped to the tasks by value; raises if the work is done here
         def run(*args):
@@ -344,8 +345,8 @@ def test_json_deliveries_in_ray_tasks_give_the_same_delivery_as_one_process(ray_
             return fn(*args)
         return run
 
-    monkeypatch.setattr(deliveries, "parse_json_file", elsewhere(parse))
-    monkeypatch.setattr(deliveries, "_header_sizes_chunk", elsewhere(sizes))
+    monkeypatch.setattr(json_deliveries, "parse_json_file", elsewhere(parse))
+    monkeypatch.setattr(json_deliveries, "_header_sizes_chunk", elsewhere(sizes))
     table = pa.table({"image_id": list(selected)[::-1], "uri": list(selected.values())[::-1]})
     in_tasks = import_coco(str(tmp_path / "in"), table, CLASSES)
     monkeypatch.undo()

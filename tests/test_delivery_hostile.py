@@ -17,7 +17,8 @@ from PIL import Image
 
 from raylib import images
 from raylib.formats import deliveries, coco, voc
-from raylib.formats.deliveries import import_coco, import_labelstudio, import_voc
+from raylib.formats.deliveries import import_voc
+from raylib.formats.json_deliveries import import_coco, import_labelstudio
 from tests.test_annotations import CLASSES, SELECTED, box, coco_doc, ls_region, ls_task, voc_xml, write
 
 HUGE = 10**400  # 401 digits: float() of it raises OverflowError

@@ -23,7 +23,8 @@ from raylib import storage
 from raylib.config import Config, ModelConfig, ScoreConfig, StrategyConfig
 from raylib.model import to_input
 from raylib.paths import RoundPaths
-from raylib.score import YoloxScorer, load_images, read_images, score_pool
+from raylib.score import ScoringSetup, YoloxScorer, load_images, read_images, score_pool
+from raylib.stages import scoring
 from tests.bad_images import scene
 from tests.reference_decode import decode_per_image
 from tests.test_model import assert_same_detections, random_outputs
@@ -46,10 +47,11 @@ def _batch(tmp_path, n: int = 6) -> dict[str, np.ndarray]:
                        side=96, max_pixels=2_000_000)
 
 
-def _config(gpu: bool) -> Config:
+def _config(gpu: bool) -> ScoringSetup:
     score = ScoreConfig(batch_size=4, num_actors=1, max_detections=20, num_gpus_per_actor=1.0 if gpu else 0.0,
                         fp16=gpu, channels_last=gpu)
-    return Config(model=ModelConfig(size="nano", input_size=96), score=score, strategy=StrategyConfig(min_score=MIN_SCORE))
+    return scoring(Config(model=ModelConfig(size="nano", input_size=96), score=score,
+                          strategy=StrategyConfig(min_score=MIN_SCORE)))
 
 
 def test_fp16_channels_last_actor_matches_the_fp32_cpu_actor(tmp_path):

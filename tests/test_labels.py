@@ -13,7 +13,7 @@ from raylib.config import Config, DataConfig, LoopConfig
 from raylib.labels import sample_ids, stratified_split
 from raylib.paths import RoundPaths
 from raylib.dataset import Dataset
-from tests.helpers import labels_table, write_manifest
+from tests.helpers import labelled_ids, labels_table, write_manifest
 
 
 def test_stratified_split_keeps_fractions_within_each_stratum():
@@ -211,4 +211,4 @@ def test_read_split_gives_the_split_with_uris_and_names_missing_ids(tmp_path):
     split_labels, items, missing = labels.read_split(uri, manifest, "val")
     assert split_labels.column("image_id").to_pylist() == ["a", "gone"]
     assert items == [("a", "/x/a.jpg")] and missing == ["gone"]
-    assert labels.split_counts(uri) == {"val": 2, "train": 1} and labels.labelled_ids(uri) == {"a", "b", "gone"}
+    assert labels.split_counts(uri) == {"val": 2, "train": 1} and labelled_ids(uri) == {"a", "b", "gone"}

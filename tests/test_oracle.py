@@ -10,10 +10,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from raylib import labels, oracle, schemas, storage
+from raylib import oracle, schemas, storage
 from raylib.config import LoopConfig
 from raylib.paths import RoundPaths
 from raylib.dataset import Dataset
+from tests.helpers import labelled_ids
 
 CLASSES = ["cat", "dog"]
 # Ground truth: image -> [(class name, xmin, ymin, xmax, ymax)] in VOC's 1-based pixels; image c is empty.
@@ -128,7 +129,7 @@ def test_delivery_in_each_format_waits_for_the_missing_image_then_labels_as_the_
     assert summary == {"n_selected": 3, "n_labelled": 2, "n_missing": 1}
     ours = new_labels(rp)
     assert ours == {"a": truth["a"], "c": []}  # b stays in the pool: not in the labelled set
-    assert "b" not in labels.labelled_ids(rp.labels)
+    assert "b" not in labelled_ids(rp.labels)
 
 
 def hostile(fmt: str, labels_in) -> None:
@@ -162,7 +163,7 @@ def test_hostile_entries_cost_their_images_only(round0, tmp_path, fmt):
     loop = LoopConfig(oracle="external", labels_in=str(labels_in), labels_format=fmt)
     oracle.label_selection(rp, ds, loop, 0, labels_uri)
     assert new_labels(rp) == {"a": truth["a"], "c": []}  # the good ones, committed with their labels
-    assert "b" not in labels.labelled_ids(rp.labels)  # the bad one stays in the pool, with its reason
+    assert "b" not in labelled_ids(rp.labels)  # the bad one stays in the pool, with its reason
     errors = json.loads(storage.read_text(rp.oracle_errors))
     assert ("outside the 100x80 image" if fmt == "coco" else "rotation is a list, not a number") in errors["b"]
     assert "hostile.json" in errors["b"]

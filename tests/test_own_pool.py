@@ -100,7 +100,7 @@ def _own_pool_rounds(generated, root: str, labels_in: str, run_root: str):
                   f"loop.seed_size={SEED_SIZE}", "loop.rounds=2", f"run_root={run_root}",
                   "strategy=cls_iou_diverse")  # the loop's diversity wiring, on S3: embeddings of pool and labelled set
     first = run_loop(cfg)
-    assert first.rounds_done == 0 and first.stopped_because.startswith("seed set: waiting for labels: 0 of 16")
+    assert first.rounds_done == 0 and first.stopped_because.startswith("seed: waiting for labels: 0 of 16")
     pool = storage.read_table(paths.pool_manifest(run_root))
     assert sorted(pool.column("image_id").to_pylist()) == sorted(where)  # no test image, no notes.txt
     seed = RoundPaths(run_root, paths.SEED_ROUND)

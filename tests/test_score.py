@@ -16,7 +16,8 @@ import torch
 from raylib import images, model, schemas, storage
 from raylib.config import Config, DataConfig, ModelConfig, ScoreConfig, StrategyConfig
 from raylib.paths import RoundPaths
-from raylib.score import score_pool
+from raylib.score import ScoringSetup, score_pool
+from raylib.stages import scoring
 from tests.bad_images import corpus, scene
 
 CLASSES = ["red", "blue"]
@@ -112,10 +113,10 @@ def write_pool(folder: str, uri_root: str | None = None, manifest_uri: str | Non
     return manifest, expected
 
 
-def config(strategy: str = "cls_iou", **score) -> Config:
+def config(strategy: str = "cls_iou", **score) -> ScoringSetup:
     options = {"batch_size": 4, "num_actors": 1, "max_detections": 20, **score}
-    return Config(data=DataConfig(max_pixels=2_000_000), model=ModelConfig(size="nano", input_size=96),
-                  score=ScoreConfig(**options), strategy=StrategyConfig(name=strategy, min_score=MIN_SCORE))
+    return scoring(Config(data=DataConfig(max_pixels=2_000_000), model=ModelConfig(size="nano", input_size=96),
+                          score=ScoreConfig(**options), strategy=StrategyConfig(name=strategy, min_score=MIN_SCORE)))
 
 
 def check_outputs(rp: RoundPaths, expected: dict[str, str], folder: str | None = None) -> tuple[pa.Table, pa.Table]:

@@ -171,13 +171,27 @@ def coco_to_labels(coco: dict, class_names: list[str], image_ids: Mapping[str, s
             raise ValueError(f"not a COCO dataset: no '{key}' list (an export without boxes still has "
                              f"'annotations': [])")
     class_of_category = _class_of_category(coco, class_names)
-    sizes = sizes or {}
     errors: list[tuple[str, str]] = []
     failed: set[str] = set()
+    owners, others, size_of = _our_images(coco["images"], image_ids, sizes or {}, errors, failed)
+    objects = _our_objects(coco["annotations"], owners, others, size_of, class_of_category, errors, failed)
+    kept = [image_id for image_id in objects if image_id not in failed]
+    table = pa.table(
+        {"image_id": pa.array(kept, pa.string()),
+         "objects": pa.array([objects[k] for k in kept], pa.list_(schemas.OBJECT))},
+        schema=schemas.LABEL_FIELDS,
+    )
+    return table, errors
+
+
+def _our_images(images: list, image_ids: Mapping[str, str] | None, sizes: Mapping[str, tuple[int, int]],
+                errors: list[tuple[str, str]], failed: set[str]) -> tuple[dict, set, dict]:
+    """`coco_to_labels`'s images: (COCO id -> our image ids, COCO ids of images not ours, our image id ->
+    its size); the problems of an image go to `errors` and its id to `failed`."""
     owners: dict = {}  # COCO image id -> [our image ids]
     others: set = set()  # COCO ids of images not ours (other rounds): their annotations are skipped
     size_of: dict[str, tuple[int, int] | None] = {}
-    for n, image in enumerate(coco["images"]):
+    for n, image in enumerate(images):
         if not isinstance(image, dict):
             errors.append((f"<image #{n}>", f"COCO image #{n} is {short(image)}, not an object"))
             continue
@@ -213,8 +227,14 @@ def coco_to_labels(coco: dict, class_names: list[str], image_ids: Mapping[str, s
                                          f"{len(ours) + (coco_id in others)} images in 'images'); its boxes can't "
                                          "be told apart"))
                 failed.add(image_id)
+    return owners, others, size_of
+
+
+def _our_objects(annotations: list, owners: dict, others: set, size_of: dict, class_of_category: dict,
+                 errors: list[tuple[str, str]], failed: set[str]) -> dict[str, list[dict]]:
+    """`coco_to_labels`'s annotations: our image id -> its OBJECT dicts."""
     objects: dict[str, list[dict]] = {image_id: [] for ours in owners.values() for image_id in ours}
-    for n, ann in enumerate(coco["annotations"]):
+    for n, ann in enumerate(annotations):
         ann_id = short(ann.get("id")) if isinstance(ann, dict) else f"#{n}"
         image_key = ann.get("image_id") if isinstance(ann, dict) else None
         if not _is_id(image_key):
@@ -237,13 +257,7 @@ def coco_to_labels(coco: dict, class_names: list[str], image_ids: Mapping[str, s
         except ValueError as exc:
             errors.append((image_id, str(exc)))
             failed.add(image_id)
-    kept = [image_id for image_id in objects if image_id not in failed]
-    table = pa.table(
-        {"image_id": pa.array(kept, pa.string()),
-         "objects": pa.array([objects[k] for k in kept], pa.list_(schemas.OBJECT))},
-        schema=schemas.LABEL_FIELDS,
-    )
-    return table, errors
+    return objects
 
 
 # Pre-annotations (the one COCO writer): a COCO document whose annotations carry `score`, as JSON text written
