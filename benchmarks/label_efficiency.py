@@ -68,8 +68,9 @@ with that round's budget. What was picked to fit one strategy x seed in about 10
 why (measured 2026-12-08 on cpu-2 under load 10-50 from other jobs; seed 0, 40 seed labels, 15 epochs):
 - `train.freeze=none`: round-0 test mAP50 0.284, against 0.200 with `backbone` and 0.146 with `backbone_neck`
   frozen (same seed, same 28 training images, 15 epochs): the camera-trap features need adapting to these
-  objects. Freezing the backbone saves the backward pass through it (about a third of a step's work), under a
-  quarter of a run (scoring and evaluation are forward only); not worth 30% less mAP50;
+  objects. A step with the backbone frozen costs 0.77x one of `none` (backbone_neck 0.55x; best of 4
+  interleaved pairs of steps, batch 8 at 256 px, one process, load 45), and training is under half of a run
+  (scoring and evaluation are forward only): not worth 30% less mAP50;
 - input 256 px (objects are 25-55% of the frame's height: 48-140 px at 256); scoring the ~1,900 unlabelled
   images a round is the other large cost (tiny at 256: ~2.5x nano's FLOPs);
 - 12 epochs (the last 3 without mosaic), lr 0.01 at batch 8 (`basic_lr_per_img` 0.00125, half the
