@@ -22,9 +22,9 @@ default strategy) in five bands from red (unsure) to green (sure).
 
 How it scales, like the export: one pass over the selection keeps its rows of rank < cap and counts
 rows per class; then one Ray task per scoring part reads that part's image_status and detections, adds
-its scores to the histograms and hands back its shown images' rows and boxes; then a few tasks of
-THUMBNAILS_PER_TASK images decode (the one decoder, `images.decode_image`), shrink and write the
-thumbnails. The driver holds O(classes x cap) rows and the histograms, never the pool.
+its scores to the histograms and hands back its shown images' rows and boxes; then tasks of
+THUMBNAILS_PER_TASK images (from THUMBNAILS_IN_TASKS images on; fewer are decoded in the stage's process)
+decode (the one decoder, `images.decode_image`), shrink and write the thumbnails. The driver holds O(classes x cap) rows and the histograms, never the pool.
 An image that can't be shown (unreadable, over `data.max_pixels`, an error row of scoring) is a
 placeholder with the reason; every string from data is HTML-escaped.
 """
@@ -47,9 +47,12 @@ from raylib.paths import RoundPaths
 
 THUMBNAILS_PER_CLASS = 24  # a page of (classes + 1) x 24 images: one screen per class, ~0.2 MB of JPEG
 THUMBNAIL_SIDE = 256  # px, the longer side (never enlarged)
-# Thumbnails per task: the decoder imports torch, seconds in each new worker process, so the page's images
-# are decoded in a few tasks of this many rather than in every part's task (a 20-class page: 8 tasks).
+# Thumbnails per task: the decoder imports torch, seconds in each new worker process (49 s on a loaded
+# cpu-2), so the page's images are decoded in a few tasks of this many, not in every part's task; and a
+# page of fewer than THUMBNAILS_IN_TASKS images (a few classes) is decoded here, where the stage has torch
+# already: 24 thumbnails take ~0.5 s, less than one worker's import.
 THUMBNAILS_PER_TASK = 64
+THUMBNAILS_IN_TASKS = 256
 JPEG_QUALITY = 85
 HISTOGRAM_BINS = 50  # over [0, 1]: every strategy's score is in [0, 1] (strategies.detection_scores)
 NO_CLASS = -1  # the selection's class_id for the take-all round and the seed set (no class quota)
@@ -124,7 +127,8 @@ def write_review(rp: RoundPaths, class_names: list[str], max_pixels: int | None 
     to_show = sorted((item for part in parts for item in part.to_show), key=lambda item: item.index)
     chunks = [(to_show[n:n + THUMBNAILS_PER_TASK], rp.review, max_pixels)
               for n in range(0, len(to_show), THUMBNAILS_PER_TASK)]
-    images = {image.image_id: image for chunk in _map(make_thumbnails, chunks, in_tasks) for image in chunk}
+    decoded = _map(make_thumbnails, chunks, in_tasks and len(to_show) >= THUMBNAILS_IN_TASKS)
+    images = {image.image_id: image for chunk in decoded for image in chunk}
     sections = class_sections(head, counts, _thresholds(rp.thresholds))
     seed = rp.round_idx == paths.SEED_ROUND
     pool = (sum(part.n_images for part in parts), sum(part.n_errors for part in parts))

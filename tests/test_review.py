@@ -241,9 +241,15 @@ def test_seed_round_without_detections_or_thresholds(tmp_path):
 
 @pytest.mark.s3
 def test_parts_run_as_ray_tasks_on_s3(tmp_path, s3_bucket, ray_session, monkeypatch):
-    """Past MIN_IMAGES_FOR_TASKS scored images, the selection pass and each part run in Ray tasks; the
-    run root, the images and the thumbnails are on S3."""
+    """Past MIN_IMAGES_FOR_TASKS scored images, the selection pass and each part run in Ray tasks, and
+    past THUMBNAILS_IN_TASKS shown images the thumbnails too; the run root, the images and the
+    thumbnails are on S3."""
     monkeypatch.setattr(review, "MIN_IMAGES_FOR_TASKS", 1)  # a tiny round takes the large rounds' path
+    monkeypatch.setattr(review, "THUMBNAILS_IN_TASKS", 1)
+    monkeypatch.setattr(review, "THUMBNAILS_PER_TASK", 2)  # 3 images: 2 tasks
+    mapped, real_map = [], review._map
+    monkeypatch.setattr(review, "_map", lambda function, calls, in_tasks: (
+        mapped.append((function.__name__, len(calls), in_tasks)) or real_map(function, calls, in_tasks)))
     images = {}
     for i in ("a", "b", "c"):
         storage.write_bytes(f"{s3_bucket}/images/{i}.png", open(_image(tmp_path, f"{i}.png"), "rb").read())
@@ -255,6 +261,7 @@ def test_parts_run_as_ray_tasks_on_s3(tmp_path, s3_bucket, ray_session, monkeypa
     storage.write_text(f"{rp.review}/stale.txt", "left by an interrupted export")
     summary = review.write_review(rp, CLASSES)
     assert (summary.n_thumbnails, summary.n_placeholders) == (3, 0)
+    assert mapped == [("review_part", 3, True), ("make_thumbnails", 2, True)]
     files = sorted(uri.rsplit("/", 2)[-2] + "/" + uri.rsplit("/", 1)[-1] for uri in storage.list_files(rp.review))
     assert files == ["review/index.html", "thumbs/00000.jpg", "thumbs/00001.jpg", "thumbs/00002.jpg"]
     assert "Pool: 3 image(s) scored, 0 unreadable; 2 detection(s) kept." in storage.read_text(rp.review_page)
