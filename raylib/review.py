@@ -58,6 +58,7 @@ HISTOGRAM_BINS = 50  # over [0, 1]: every strategy's score is in [0, 1] (strateg
 NO_CLASS = -1  # the selection's class_id for the take-all round and the seed set (no class quota)
 # Confidence bands [0, .2), [.2, .4), ... [.8, 1]: red = the model is unsure, green = sure.
 CONFIDENCE_COLOURS = ("#e31a1c", "#ff7f00", "#ffd700", "#7fbc41", "#1a9641")
+OTHER_CLASS_DASH = ' stroke-dasharray="5 4"'  # a box of another class than its section's
 DETECTION_COLUMNS = ["image_id", "class_id", "cls_conf", "loc_conf", "score", "x1", "y1", "x2", "y2"]
 
 
@@ -307,7 +308,10 @@ def histogram_svg(counts: np.ndarray, threshold: float | None, label: str) -> st
             f"{bars}{line}{axis}</svg>")
 
 
-def _figure(image: ShownImage | None, image_id: str, score: float, rank: int, class_names: list[str]) -> str:
+def _figure(image: ShownImage | None, image_id: str, score: float, rank: int, class_names: list[str],
+            section_class: int) -> str:
+    """One selected image: its thumbnail with every box of it (the section's class solid, the others
+    dashed: which boxes made it this class's pick), or a placeholder; its rank, score and id."""
     caption = f"<figcaption>rank {rank} &middot; score {score:.4f}<br>{_e(image_id)}</figcaption>"
     if image is None or image.thumbnail is None:
         reason = image.error if image is not None else "no image_status row for this image"
@@ -316,7 +320,8 @@ def _figure(image: ShownImage | None, image_id: str, score: float, rank: int, cl
     w, h = image.thumb_width, image.thumb_height
     rects = "".join(
         f'<rect x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" height="{y2 - y1:.1f}" fill="none" '
-        f'stroke="{box_colour(conf)}" stroke-width="2" vector-effect="non-scaling-stroke">'
+        f'stroke="{box_colour(conf)}" stroke-width="2" vector-effect="non-scaling-stroke"'
+        f'{"" if class_id == section_class or section_class == NO_CLASS else OTHER_CLASS_DASH}>'
         f"<title>{_e(_class_name(class_names, class_id))} {conf:.3f}</title></rect>"
         for class_id, conf, x1, y1, x2, y2 in image.boxes)
     return (f'<figure class="thumb"><div class="frame" style="width:{w}px;height:{h}px">'
@@ -331,7 +336,7 @@ def _section(section: ClassSection, name: str, histogram: np.ndarray | None, ima
                  if section.threshold is None else f"{section.threshold:.4f}")
     candidates = "" if section.n_candidates is None else f" of {section.n_candidates} candidates"
     shown = min(section.n_selected, per_class)
-    figures = "".join(_figure(images.get(image_id), image_id, score, rank, class_names)
+    figures = "".join(_figure(images.get(image_id), image_id, score, rank, class_names, section.class_id)
                       for image_id, score, rank in section.rows)
     return (f'<section id="class-{section.class_id}"><h2>{_e(name)}</h2>'
             f"<p>{section.n_selected} image(s) selected; threshold (k-th lowest score): {_e(threshold)}{candidates}; "
@@ -358,7 +363,8 @@ def page_html(title: str, class_names: list[str], sections: list[ClassSection], 
             f"<style>{_STYLE}</style></head><body><h1>Review of the selection: {_e(title)}</h1>"
             f"<p>Pool: {pool[0]} image(s) scored, {pool[1]} unreadable; {int(histogram.sum())} detection(s) kept."
             f" Up to {per_class} thumbnails per class, lowest score first.</p>"
-            f'<p class="legend">Box colour: confidence cls_conf &times; loc_conf {legend}</p>'
+            f'<p class="legend">Box colour: confidence cls_conf &times; loc_conf {legend}; solid: the '
+            f"section's class, dashed: other classes</p>"
             f"<h2>Score distribution of the pool's detections</h2>"
             f"{histogram_svg(histogram.sum(axis=0), None, 'scores of every detection')}"
             f"<table><tr><th>class</th><th>selected</th><th>threshold</th><th>candidates</th><th>shown</th></tr>"
