@@ -125,6 +125,10 @@ def test_page_shows_each_class_selection_with_threshold_scores_and_ranks(tmp_pat
     assert len(c_src) == 1 and _Page(text).count("img") == 5
     assert 'viewBox="0 0 200 100"' in cat
     assert cat.count("<rect x=\"5.0\" y=\"5.0\" width=\"95.0\" height=\"85.0\"") == 1
+    # c's dog box is dashed under cat, solid under dog (the section's class); its cat box the other way.
+    dog_box, cat_box = r'<rect x="120.0" y="10.0"[^>]*>', r'<rect x="5.0" y="5.0"[^>]*>'
+    assert "stroke-dasharray" in re.search(dog_box, cat).group() and "stroke-dasharray" not in re.search(cat_box, cat).group()
+    assert "stroke-dasharray" not in re.search(dog_box, dog).group() and "stroke-dasharray" in re.search(cat_box, dog).group()
     # Five images scored, six detections: the page's pool line; e (not selected) counted, not shown.
     assert "Pool: 5 image(s) scored, 0 unreadable; 6 detection(s) kept." in text
     assert ">e<" not in text
