@@ -4,6 +4,8 @@
     python benchmarks/train_throughput.py --input 256 --steps 6 --trainer-epochs 3   # + steps and trainer
     python benchmarks/train_throughput.py --device cuda --size s --input 640 --batch 64 --loader-workers 12 \
         --steps 10 --trainer-epochs 3              # one GPU, < 5 min
+    python benchmarks/train_throughput.py --freeze-sweep --size tiny --input 224 --steps 6 \
+        --weights weights/yolox_tiny_camera_traps.pth   # train.freeze step cost only, ~2 min on 2 cores
 
 Measured, in images/s, in one process and one run:
   loaders         Mosaic + MixUp at `--input` (the package's MosaicDetection/TrainTransform in both), on the
@@ -21,12 +23,16 @@ Measured, in images/s, in one process and one run:
   trainer         (`--trainer-epochs` > 0) end to end through Ray Train's TorchTrainer with 1 worker
                   (`train_model`): start-up (wall time not spent in an epoch's training or validation) and
                   the steady epochs (epochs after the first, training time only, from the run's history).
+  freeze sweep    (`--freeze-sweep`, instead of the above) our_step on the same batches from the same start
+                  (`--weights`, else one fresh initialisation) per `train.freeze` setting: none (the baseline),
+                  backbone, backbone_neck; the ratio is each setting's step time / none's.
 Timings alternate the two sides over several rounds and report the median, so that a noisy neighbour on
 a shared machine hits both. Ratios are ours / yolox.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -41,8 +47,10 @@ import torch
 from raylib import schemas, storage, synthetic
 from raylib.training import train, data as train_data, engine as train_engine
 from raylib.formats import voc
-from raylib.config import Config, ModelConfig, SyntheticConfig, TrainConfig
-from raylib.model import build_model
+from raylib.config import FREEZE_CHOICES, Config, ModelConfig, SyntheticConfig, TrainConfig
+from raylib.model import build_model, load_weights
+from raylib.training.freeze import freeze_model
+from raylib.stages import training
 
 CLASSES = ["circle", "square", "triangle", "star"]
 
@@ -134,9 +142,9 @@ def compare_loaders(root: str, cfg: Config, args: argparse.Namespace) -> None:
     samples = make_voc(root, max(args.loader_images, args.batch * (batches + 1)))  # one epoch holds a round
     loaders = {
         "package": package_loader(root, cfg, args.batch, workers),
-        "ours": train_data.make_loader(train_data.make_train_dataset(samples, cfg, resized_dir=os.path.join(root, "resized")),
+        "ours": train_data.make_loader(train_data.make_train_dataset(samples, cfg.train, cfg.model.input_size, resized_dir=os.path.join(root, "resized")),
                                   args.batch, batches + 1, seed=0, num_workers=workers),
-        "ours_decoding": train_data.make_loader(train_data.make_train_dataset(samples, cfg), args.batch, batches + 1, seed=0,
+        "ours_decoding": train_data.make_loader(train_data.make_train_dataset(samples, cfg.train, cfg.model.input_size), args.batch, batches + 1, seed=0,
                                            num_workers=workers),
     }
     print(f"loaders: Mosaic + MixUp (prob {cfg.train.mosaic_prob}, {cfg.train.mixup_prob}) at input "
@@ -223,6 +231,9 @@ def main() -> None:
                         help="generated VOC images for the loaders (at least batch x (loader-batches + 1))")
     parser.add_argument("--loader-batches", type=int, default=4, help="timed batches per round, after the first")
     parser.add_argument("--trainer-epochs", type=int, default=0, help="0 skips the TorchTrainer run")
+    parser.add_argument("--freeze-sweep", action="store_true",
+                        help="time our step per train.freeze setting (baseline none) instead of the comparisons")
+    parser.add_argument("--weights", default=None, help="start weights for --freeze-sweep (e.g. the pretrained tiny)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -238,10 +249,12 @@ def main() -> None:
                                        use_gpu=device.type == "cuda", cpus_per_worker=float(os.cpu_count() or 1),
                                        warmup_epochs=0, no_aug_epochs=0, eval_interval=1,
                                        num_loader_workers=args.loader_workers, max_failures=0))
-        compare_loaders(os.path.join(root, "voc"), cfg, args)
-
         labels, manifest = make_images(root, n_images)
         samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(os.path.join(root, "cache")))
+        if args.freeze_sweep:
+            freeze_sweep(samples, cfg, args, device)
+            return
+        compare_loaders(os.path.join(root, "voc"), cfg, args)
         yolox_rate = compare_steps(samples, cfg, args, device) if args.steps > 0 else None
         if args.trainer_epochs > 0:
             run_trainer(cfg, labels, manifest, root, device, len(samples), yolox_rate)
@@ -249,7 +262,7 @@ def main() -> None:
 
 def compare_steps(samples: list[train_data.Sample], cfg: Config, args: argparse.Namespace, device: torch.device) -> float:
     """Prints yolox_step, our_step and our_step_data; returns yolox_step's images/s."""
-    dataset = train_data.make_train_dataset(samples, cfg)
+    dataset = train_data.make_train_dataset(samples, cfg.train, cfg.model.input_size)
     n_steps = args.steps + 1
     fixed = list(train_data.make_loader(dataset, args.batch, n_steps, seed=0))  # same batches for both steps
     print(f"steps: {len(samples)} generated 320x240 images, median of {args.rounds} rounds x {args.steps} steps")
@@ -257,7 +270,7 @@ def compare_steps(samples: list[train_data.Sample], cfg: Config, args: argparse.
     ours_model = build_model(args.size, len(CLASSES)).to(device)
     yolox_model = build_model(args.size, len(CLASSES)).to(device)
     yolox_model.load_state_dict(ours_model.state_dict())
-    state = train_engine.make_state(ours_model, cfg, args.batch, n_steps, device)
+    state = train_engine.make_state(ours_model, cfg.train, args.batch, n_steps, device)
     state.step = 1  # past the first step's special-cased lr, as in the middle of training
     def ours(images: torch.Tensor, targets: torch.Tensor) -> None:
         train_engine.train_step(state, images, targets)
@@ -267,7 +280,7 @@ def compare_steps(samples: list[train_data.Sample], cfg: Config, args: argparse.
         step(*fixed[0])
 
     # Our data path as train_loop_per_worker builds it: resized images kept next to the copied ones.
-    cached = train_data.make_train_dataset(samples, cfg, resized_dir=os.path.join(os.path.dirname(samples[0].path), "resized"))
+    cached = train_data.make_train_dataset(samples, cfg.train, cfg.model.input_size, resized_dir=os.path.join(os.path.dirname(samples[0].path), "resized"))
     loader = train_data.make_loader(cached, args.batch, args.steps, seed=1, num_workers=args.loader_workers,
                                pin_memory=device.type == "cuda")
     start_up = time_epoch(ours, loader, 0, device)  # worker processes start here, and persist
@@ -284,6 +297,38 @@ def compare_steps(samples: list[train_data.Sample], cfg: Config, args: argparse.
     print(f"  ratio our_step / yolox_step      = {rates['our_step'] / rates['yolox_step']:.3f}")
     print(f"  ratio our_step_data / yolox_step = {rates['our_step_data'] / rates['yolox_step']:.3f}")
     return rates["yolox_step"]
+
+
+def freeze_sweep(samples: list[train_data.Sample], cfg: Config, args: argparse.Namespace, device: torch.device) -> None:
+    """Seconds per step of our_step for each train.freeze setting, from one start, on the same batches;
+    the settings alternate within each round. Prints images/s and the step time relative to `none`."""
+    dataset = train_data.make_train_dataset(samples, cfg.train, cfg.model.input_size)
+    fixed = list(train_data.make_loader(dataset, args.batch, args.steps + 1, seed=0))
+    start = build_model(args.size, len(CLASSES))
+    if args.weights:
+        load_weights(start, args.weights)  # a checkpoint with another class count: the class head stays fresh
+    steps = {}
+    for freeze in FREEZE_CHOICES:
+        model = build_model(args.size, len(CLASSES))
+        model.load_state_dict(start.state_dict())
+        frozen = freeze_model(model, freeze)
+        state = train_engine.make_state(model.to(device), cfg.train, args.batch, args.steps + 1, device)
+        state.step = 1  # past the first step's special-cased lr, as in the middle of training
+        steps[freeze] = functools.partial(train_engine.train_step, state)
+        steps[freeze](*fixed[0])  # warm-up (allocator, first-call overheads)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"  {freeze:14s} {frozen / 1e6:5.2f}M of {total / 1e6:5.2f}M parameters frozen")
+    times: dict[str, list[float]] = {freeze: [] for freeze in steps}
+    for _ in range(args.rounds):
+        for freeze, step in steps.items():
+            times[freeze].append(time_steps(step, fixed[1:], device))
+    print(f"freeze sweep: yolox_{args.size} at {cfg.model.input_size}, batch {args.batch}, start "
+          f"{args.weights or 'fresh initialisation'}; median of {args.rounds} rounds x {args.steps} steps")
+    baseline = statistics.median(times["none"])
+    for freeze, values in times.items():
+        seconds = statistics.median(values)
+        print(f"  {freeze:14s} {args.batch / seconds:8.2f} images/s  {1000 * seconds:8.1f} ms/step  "
+              f"ratio step time / none = {seconds / baseline:.3f}")
 
 
 def time_epoch(step, loader: torch.utils.data.DataLoader, epoch: int, device: torch.device) -> float:
@@ -304,7 +349,7 @@ def run_trainer(cfg: Config, labels: str, manifest: str, root: str, device: torc
     ray.init(address="local", include_dashboard=False, log_to_driver=False,
              num_cpus=os.cpu_count(), num_gpus=1 if device.type == "cuda" else 0)
     started = time.perf_counter()
-    result = train.train_model(cfg, labels, manifest, os.path.join(root, "out"), CLASSES)
+    result = train.train_model(training(cfg), labels, manifest, os.path.join(root, "out"), CLASSES)
     wall = time.perf_counter() - started
     ray.shutdown()
     batch = cfg.train.batch_size
