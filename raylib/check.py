@@ -166,7 +166,7 @@ def plan(cfg: Config) -> str:
     per_round = (f"up to {cfg.strategy.k} detections x {classes} of images" if n_classes else
                  f"up to {cfg.strategy.k} detections per class of images")
     if cfg.strategy.budget:
-        per_round += f", at most {cfg.strategy.budget} images"
+        per_round += f", exactly {cfg.strategy.budget} images (strategy.budget: trimmed or filled)"
     last = "; the last selection takes every image left" if cfg.loop.last_round_takes_all else ""
     data = (f"synthetic pool of {cfg.data.synthetic.num_pool} images (+{cfg.data.synthetic.num_test} test), generated"
             if cfg.data.kind == "synthetic" else

@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow as pa
 
-from raylib import diversity, labels, paths, pool, runtime, schemas, storage, strategies
+from raylib import diversity, labels, paths, pool, runtime, schemas, storage, strategies, tracking
 from raylib.calibration import calibrate_split
 from raylib.config import Config, ConfigError
 from raylib.dataset import Dataset
@@ -27,6 +27,7 @@ from raylib.commit import STAGES, init_weights, scoring_weights, takes_all
 from raylib.score import ScoringSetup, score_pool
 from raylib.select import select_round
 from raylib.training.train import train_model
+from raylib.training.worker import TrainingSetup
 
 
 def labelled_set(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
@@ -35,8 +36,14 @@ def labelled_set(cfg: Config, ds: Dataset, rp: RoundPaths) -> str:
     return labels.labels_for_round(rp.run_root, rp.round_idx, ds, cfg.loop.split, cfg.seed)
 
 
+def training(cfg: Config) -> TrainingSetup:
+    """Training's slices of the config; the logger's destination resolved here, on the driver."""
+    tracking.require_tracking(cfg)
+    return TrainingSetup(cfg.train, cfg.model, cfg.seed, tracking.epoch_log(cfg))
+
+
 def train(cfg: Config, ds: Dataset, rp: RoundPaths) -> dict:
-    result = train_model(cfg, labelled_set(cfg, ds, rp), ds.pool_manifest, rp.checkpoint, ds.class_names,
+    result = train_model(training(cfg), labelled_set(cfg, ds, rp), ds.pool_manifest, rp.checkpoint, ds.class_names,
                          init_weights=init_weights(cfg, rp), max_pixels=cfg.data.max_pixels,
                          round_idx=rp.round_idx)
     return {"weights_uri": result.weights_uri, "best_val_map50": result.best_map50, "epochs": result.epochs}

@@ -38,6 +38,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from raylib import paths, storage
@@ -71,17 +72,36 @@ def log_dir(cfg: Config) -> str:
     return cfg.logger.log_dir or storage.join(cfg.run_root, "tensorboard")
 
 
-def open_writer(cfg: Config, run: str, first_step: int):
+@dataclass(frozen=True)
+class EpochLog:
+    """Where scalars go (`logger.kind`), resolved from the config on the driver (`epoch_log`): a training
+    worker opens its writer from this, without the run's Config."""
+    kind: str  # none | tensorboard | mlflow
+    log_dir: str = ""  # tensorboard: runs under <log_dir>/<run>
+    tracking_uri: str = ""  # mlflow: the store and the run root's run in it
+    run_id: str = ""
+
+
+def epoch_log(cfg: Config) -> EpochLog:
+    """The run's EpochLog; with `logger=mlflow` its MLflow run is found (or created) here."""
+    if cfg.logger.kind == "mlflow":
+        return EpochLog("mlflow", tracking_uri=mlflow_tracking_uri(cfg), run_id=mlflow_run_id(cfg))
+    if cfg.logger.kind == "tensorboard":
+        return EpochLog("tensorboard", log_dir=log_dir(cfg))
+    return EpochLog("none")
+
+
+def open_writer(log: EpochLog, run: str, first_step: int):
     """A SummaryWriter on `<log_dir>/<run>` whose points from `first_step` on replace earlier ones
     (TensorBoard's purge step); with `logger=mlflow`, an MlflowWriter on the run's MLflow run; None
     with `logger=none`."""
-    if cfg.logger.kind == "mlflow":
-        return MlflowWriter(cfg)
-    if cfg.logger.kind != "tensorboard":
+    if log.kind == "mlflow":
+        return MlflowWriter(log)
+    if log.kind != "tensorboard":
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(storage.join(log_dir(cfg), run), purge_step=first_step)
+    return SummaryWriter(storage.join(log.log_dir, run), purge_step=first_step)
 
 
 def epoch_step(round_idx: int, epochs: int, epoch: int) -> int:
@@ -122,7 +142,7 @@ def round_scalars(rp: RoundPaths, class_names: list[str], summary: dict[str, Any
 def log_round(cfg: Config, rp: RoundPaths, class_names: list[str],
               summary: dict[str, Any]) -> dict[str, float]:
     """Write `round_scalars` at step `rp.round_idx` (nothing with `logger=none`); returns them."""
-    writer = open_writer(cfg, ROUND_RUN, rp.round_idx)
+    writer = open_writer(epoch_log(cfg), ROUND_RUN, rp.round_idx)
     if writer is None:
         return {}
     scalars = round_scalars(rp, class_names, summary)
@@ -164,9 +184,9 @@ class MlflowWriter:
     MLflow run (`mlflow_run_id`). Points go out in one `log_batch` per flush. A point at a step the run
     already has for that tag is dropped: MLflow has no purge step, and a rerun's epochs would be doubled."""
 
-    def __init__(self, cfg: Config):
-        self.client = _mlflow_client(cfg)
-        self.run_id = mlflow_run_id(cfg, self.client)
+    def __init__(self, log: EpochLog):
+        self.client = _client_at(log.tracking_uri)
+        self.run_id = log.run_id
         self.pending: list = []
         self.steps: dict[str, set[int]] = {}  # tag -> steps the run has, read once per tag
 
@@ -239,13 +259,16 @@ def end_run(cfg: Config, status: str = "FINISHED") -> None:
 
 
 def _mlflow_client(cfg: Config):
+    return _client_at(mlflow_tracking_uri(cfg))
+
+
+def _client_at(uri: str):
     from mlflow import MlflowClient
 
     # MLflow (which sets its level when imported) and Alembic log each database migration at INFO.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    uri = mlflow_tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
     return MlflowClient(uri)

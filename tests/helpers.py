@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from raylib import schemas, storage
 from raylib.formats import coco
-from raylib.config import Config, ModelConfig, TrainConfig
+from raylib.config import ModelConfig, TrainConfig
 
 CLASSES = ["red", "blue"]
 COLOURS = [(0, 0, 255), (255, 0, 0)]  # BGR
@@ -71,11 +71,14 @@ def make_dataset(root, n_train: int = 8, n_val: int = 3, size: int = 64, seed: i
     return labels, manifest
 
 
-def tiny_config(**train_overrides) -> Config:
-    """Nano at input 64, one epoch, two workers: seconds of compute for Ray Train plumbing tests."""
+def tiny_config(**train_overrides):
+    """Nano at input 64, one epoch, two workers: seconds of compute for Ray Train plumbing tests (a
+    TrainingSetup, as stages.training makes one from a Config)."""
+    from raylib.training.worker import TrainingSetup
+
     train_cfg = {"epochs": 1, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 1.0, "warmup_epochs": 0,
                  "no_aug_epochs": 0, "eval_interval": 1, "max_failures": 0, **train_overrides}
-    return Config(model=ModelConfig(size="nano", input_size=64), train=TrainConfig(**train_cfg))
+    return TrainingSetup(TrainConfig(**train_cfg), ModelConfig(size="nano", input_size=64))
 
 
 def labels_to_coco(

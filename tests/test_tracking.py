@@ -102,7 +102,7 @@ def test_log_round_to_mlflow_reads_back_with_mlflows_client_and_a_rerun_adds_no_
 
     # Another run of the sweep: its own MLflow run in the same experiment.
     other = Config(run_root=str(tmp_path / "sweep" / "random_seed3"), logger=LoggerConfig(kind="mlflow"))
-    writer = tracking.open_writer(other, tracking.TRAIN_RUN, 1)
+    writer = tracking.open_writer(tracking.epoch_log(other), tracking.TRAIN_RUN, 1)
     tracking.log_epoch(writer, 1, {"total_loss": 2.5, "iou_loss": 1.0}, 0.01, 30.0)
     writer.close()
     runs = mlflow.search_runs(experiment_names=["sweep"], output_format="list")

@@ -96,7 +96,7 @@ def test_train_dataset_uses_yolox_augmentations_and_closes_them(tmp_path):
     labels, manifest = make_dataset(tmp_path / "data")
     samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")))
     cfg = tiny_config()
-    dataset = train_data.make_train_dataset(samples, cfg)
+    dataset = train_data.make_train_dataset(samples, cfg.train, cfg.model.input_size)
     model = build_model("nano", len(CLASSES))
     loader = train_data.make_loader(dataset, batch_size=4, steps=2, seed=0)
     batches = list(loader)
@@ -140,7 +140,7 @@ def run_epochs(loader, model, epochs: range, no_aug_from: int) -> dict[int, list
 def test_loader_batches_depend_on_epoch_only_and_mosaic_closes_in_persistent_workers(tmp_path):
     labels, manifest = make_dataset(tmp_path / "data")
     samples, _ = train_data.load_split(labels, manifest, "train", 0, 1, train_data.ImageCache(str(tmp_path / "c")))
-    dataset = train_data.make_train_dataset(samples, tiny_config())
+    dataset = train_data.make_train_dataset(samples, tiny_config().train, 64)
     model = build_model("nano", len(CLASSES))
     inline = run_epochs(train_data.make_loader(dataset, 4, 2, seed=7), model, range(3), no_aug_from=2)
     workers_loader = train_data.make_loader(dataset, 4, 2, seed=7, num_workers=2)
@@ -202,7 +202,7 @@ def overfit_one_batch(device: torch.device, steps: int) -> tuple[list[float], in
     # lr 0.01 (batch 4): high enough that one batch is visibly fitted in a dozen steps.
     cfg = Config(model=ModelConfig(size="nano", input_size=96),
                  train=TrainConfig(batch_size=4, warmup_epochs=0, basic_lr_per_img=0.0025, ema=False))
-    state = train_engine.make_state(net, cfg, global_batch=4, steps_per_epoch=steps, device=device)
+    state = train_engine.make_state(net, cfg.train, global_batch=4, steps_per_epoch=steps, device=device)
     state.amp, state.scaler = True, train_engine.make_scaler(device, enabled=True)  # make_state enables AMP on CUDA only
     images = torch.rand(4, 3, 96, 96) * 255
     targets = torch.zeros(4, train_data.MAX_LABELS, 5)

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from raylib import paths
-from raylib.config import Config
 from raylib.model import save_weights, unwrap
 from raylib.training.engine import TrainState
 
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 NO_VAL_SCORE = -1.0  # reported as val_map50 when val has no ground truth (no selection signal)
 
 
-def report(state: TrainState, history: list[dict], cfg: Config, class_names: list[str], rank: int,
+def report(state: TrainState, history: list[dict], model_size: str, class_names: list[str], rank: int,
            progress: dict | None = None) -> None:
     """`ray.train.report` from every rank; rank 0 attaches the checkpoint directory."""
     import ray.train
@@ -44,7 +43,7 @@ def report(state: TrainState, history: list[dict], cfg: Config, class_names: lis
         return
     with tempfile.TemporaryDirectory(prefix="raylib-ckpt-") as directory:
         weights_model = state.ema.ema if state.ema is not None else state.model
-        save_weights(weights_model, os.path.join(directory, paths.WEIGHTS_FILE), cfg.model.size, class_names)
+        save_weights(weights_model, os.path.join(directory, paths.WEIGHTS_FILE), model_size, class_names)
         torch.save(state_dict(state, last["epoch"]), os.path.join(directory, paths.TRAIN_STATE_FILE))
         with open(os.path.join(directory, paths.TRAIN_HISTORY_FILE), "w") as handle:
             json.dump(history, handle, indent=2)

@@ -2,7 +2,7 @@
 served through the YOLOX package's augmentations by a seeded, resumable loader.
 
     samples, split_labels = load_split(labels_uri, manifest_uri, "train", rank, world_size, ImageCache(tmp))
-    dataset = make_train_dataset(samples, cfg, max_pixels, resized_dir=f"{tmp}/resized")
+    dataset = make_train_dataset(samples, tc, input_size, max_pixels, resized_dir=f"{tmp}/resized")
     loader = make_loader(dataset, local_batch, steps_per_epoch, seed, num_workers=tc.num_loader_workers)
     loader.batch_sampler.set_epoch(epoch)   # before iterating each epoch
     for images, targets in loader: ...      # uint8 [b, 3, s, s], float32 [b, MAX_LABELS, 5] (class, cx, cy, w, h)
@@ -43,7 +43,7 @@ from yolox.data import MosaicDetection, TrainTransform, YoloBatchSampler
 from yolox.data.datasets import Dataset as YoloxDataset
 
 from raylib import detect, images, labels, storage
-from raylib.config import Config
+from raylib.config import TrainConfig
 from raylib.images import ImageError
 from raylib.model import PAD_VALUE
 
@@ -241,11 +241,10 @@ def _save_array(path: str, array: np.ndarray) -> None:
         log.warning("resized image not cached at %s: %s", path, exc)
 
 
-def make_train_dataset(samples: list[Sample], cfg: Config, max_pixels: int | None = None,
+def make_train_dataset(samples: list[Sample], tc: TrainConfig, size: int, max_pixels: int | None = None,
                        resized_dir: str | None = None) -> MosaicDetection:
     """The package's augmentation stack over our samples (as `YoloxConfig.get_data_loader` builds it);
-    `resized_dir`: where to keep decoded, resized images (see `LabelledImages`)."""
-    tc, size = cfg.train, cfg.model.input_size
+    `size`: the model's input side; `resized_dir`: where to keep decoded, resized images (`LabelledImages`)."""
     return MosaicDetection(
         LabelledImages(samples, size, max_pixels, resized_dir),
         img_size=(size, size),

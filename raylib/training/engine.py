@@ -1,9 +1,9 @@
 """One worker's training steps, without Ray: YOLOX's solver, `train_one_epoch` and `validate`, as plain
 functions over a `TrainState` (the shape of torchvision's references/detection/engine.py).
 
-    state = make_state(model, cfg, global_batch, steps_per_epoch, device)  # model on device, maybe DDP
+    state = make_state(model, tc, global_batch, steps_per_epoch, device)  # model on device, maybe DDP
     losses = train_one_epoch(state, loader, epoch, no_aug=epoch >= tc.epochs - tc.no_aug_epochs)
-    map50 = validate(state, val_samples, val_labels, cfg, num_classes, max_pixels)
+    map50 = validate(state, val_samples, val_labels, input_size, tc.val_batch_size, num_classes, max_pixels)
 
 Per YOLOX (yolox/core/trainer.py, yolox/config.py):
   * solver: SGD nesterov with YOLOX's parameter groups (`YoloxConfig.get_optimizer`: no decay on BN
@@ -26,7 +26,7 @@ from yolox.config import YoloxConfig
 from yolox.utils import LRScheduler, ModelEMA
 
 from raylib import detect, metrics
-from raylib.config import Config, TrainConfig
+from raylib.config import TrainConfig
 from raylib.console import eta_text
 from raylib.model import unwrap
 from raylib.training.data import Sample
@@ -80,10 +80,9 @@ class TrainState:
         return self.initial_lr if self.step == 0 else self.scheduler.update_lr(self.step)
 
 
-def make_state(model: torch.nn.Module, cfg: Config, global_batch: int, steps_per_epoch: int,
+def make_state(model: torch.nn.Module, tc: TrainConfig, global_batch: int, steps_per_epoch: int,
                device: torch.device) -> TrainState:
     """Optimizer, schedule, EMA and AMP scaler for `model` (already on `device`, maybe DDP-wrapped)."""
-    tc = cfg.train
     optimizer = make_optimizer(model, tc, global_batch)
     amp = tc.amp and device.type == "cuda"
     return TrainState(
@@ -146,15 +145,14 @@ def train_one_epoch(state: TrainState, loader: torch.utils.data.DataLoader, epoc
     return {"total_loss": float(loss_sum) / len(loader), **dict(zip(LOSS_PARTS, parts))}
 
 
-def validate(state: TrainState, val_samples: list[Sample], val_labels: pa.Table, cfg: Config,
-             num_classes: int, max_pixels: int | None = None) -> float | None:
+def validate(state: TrainState, val_samples: list[Sample], val_labels: pa.Table, input_size: int,
+             batch_size: int, num_classes: int, max_pixels: int | None = None) -> float | None:
     """AP50 of the EMA model on val: each rank detects on its shard; detections are all-gathered."""
     import torch.distributed as dist
 
     eval_model = state.ema.ema if state.ema is not None else unwrap(state.model)
     items = [(sample.image_id, sample.path) for sample in val_samples]
-    detections, failed = detect.detect_images(eval_model, items, cfg.model.input_size, max_pixels,
-                                              cfg.train.val_batch_size, state.device)
+    detections, failed = detect.detect_images(eval_model, items, input_size, max_pixels, batch_size, state.device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (detections, failed))

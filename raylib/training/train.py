@@ -1,10 +1,10 @@
 """Train YOLOX on the labelled set with Ray Train (DDP), following YOLOX's recipe (seed 6.3).
 
-    result = train_model(cfg, labels_uri, manifest_uri, out_dir, class_names, init_weights=None,
-                         max_pixels=cfg.data.max_pixels)
+    result = train_model(setup, labels_uri, manifest_uri, out_dir, class_names, init_weights=None,
+                         max_pixels=max_pixels)   # setup: stages.training(cfg)
     result.weights_uri  # <out_dir>/model.pt: EMA weights of the epoch with the best val mAP50
 
-Reads `cfg.train`, `cfg.model` and `cfg.seed` only. Here: the driver (`TorchTrainer` set-up, the best
+Reads a `TrainingSetup` (train and model slices, the seed, the epoch log). Here: the driver (`TorchTrainer` set-up, the best
 checkpoint's weights copied out). Elsewhere, each a set of plain functions:
   * `raylib.training.data`    the DataLoader: a rank's shard copied and checked, YOLOX's augmentations,
                            seeded batches that are the same with any loader worker count and after a resume;
@@ -29,10 +29,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raylib import console, labels, paths, storage, tracking
+from raylib import console, labels, paths, storage
 from raylib.training.checkpoints import NO_VAL_SCORE, read_checkpoint_file
-from raylib.config import Config
-from raylib.training.worker import WorkerArgs, train_loop_per_worker
+from raylib.training.worker import TrainingSetup, WorkerArgs, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class TrainResult:
     run_path: str = ""  # Ray Train's experiment directory (checkpoints)
 
 
-def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, class_names: list[str],
+def train_model(setup: TrainingSetup, labels_uri: str, manifest_uri: str, out_dir: str, class_names: list[str],
                 init_weights: str | None = None, max_pixels: int | None = None,
                 on_step: Callable[[int, int, int], None] | None = None, round_idx: int = 0) -> TrainResult:
     """Train on the `train` split of `labels_uri` (images from `manifest_uri`), select on `val`.
@@ -58,7 +57,7 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     `<out_dir>/model.pt`. Calling again with the same `out_dir` resumes from the latest checkpoint.
     `max_pixels`: larger images are left out (None: the decoder's default). `on_step(epoch, rank,
     world_size)` runs in each worker after every optimizer step (tests inject failures with it).
-    `round_idx`: the loop's round, for the tracking step of each epoch (`cfg.logger`, raylib/tracking.py).
+    `round_idx`: the loop's round, for the tracking step of each epoch (`setup.epoch_log`, raylib/tracking.py).
     """
     from ray.train import CheckpointConfig, ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -66,9 +65,8 @@ def train_model(cfg: Config, labels_uri: str, manifest_uri: str, out_dir: str, c
     if labels.split_counts(labels_uri).get("train", 0) == 0:
         raise ValueError(f"labels '{labels_uri}' have no rows with split == 'train': nothing to train on; "
                          "label some images (or check the split column) first")
-    tracking.require_tracking(cfg)
-    tc = cfg.train
-    args = WorkerArgs(cfg=cfg, labels_uri=labels_uri, manifest_uri=manifest_uri,
+    tc = setup.train
+    args = WorkerArgs(setup=setup, labels_uri=labels_uri, manifest_uri=manifest_uri,
                       class_names=tuple(class_names), init_weights=init_weights, max_pixels=max_pixels,
                       on_step=on_step, round_idx=round_idx)
 

@@ -24,7 +24,7 @@ import torch
 from raylib import tracking
 from raylib.runtime import cpu_threads
 from raylib.training.checkpoints import report, restore
-from raylib.config import Config
+from raylib.config import ModelConfig, TrainConfig
 from raylib.training.freeze import freeze_model
 from raylib.training.iou_aware import make_iou_aware
 from raylib.model import build_model, load_weights
@@ -34,10 +34,20 @@ from raylib.training.engine import (TrainState, epoch_progress, make_state, prog
 
 
 @dataclass(frozen=True)
+class TrainingSetup:
+    """What training reads of the config (stages.training builds it): its own slice, the model, the
+    run's seed, and where rank 0 logs its epochs (`logger`, resolved on the driver)."""
+    train: TrainConfig
+    model: ModelConfig
+    seed: int = 0
+    epoch_log: tracking.EpochLog = tracking.EpochLog("none")
+
+
+@dataclass(frozen=True)
 class WorkerArgs:
     """What `train_model` hands every worker (pickled by Ray once per worker)."""
 
-    cfg: Config  # reads cfg.train, cfg.model and cfg.seed
+    setup: TrainingSetup
     labels_uri: str
     manifest_uri: str
     class_names: tuple[str, ...]
@@ -53,7 +63,7 @@ def train_loop_per_worker(args: WorkerArgs) -> None:
     import ray.train.torch
 
     _quiet_logs()
-    cfg, tc = args.cfg, args.cfg.train
+    setup, tc = args.setup, args.setup.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -76,14 +86,14 @@ def train_loop_per_worker(args: WorkerArgs) -> None:
 
         state = _initial_state(args, global_batch, steps_per_epoch, device)
         start_epoch, history = restore(state, ray.train.get_checkpoint())
-        dataset = make_train_dataset(train_samples, cfg, args.max_pixels,
+        dataset = make_train_dataset(train_samples, tc, setup.model.input_size, args.max_pixels,
                                      resized_dir=os.path.join(cache_dir, "resized"))
         loader = make_loader(dataset, local_batch, steps_per_epoch,
-                             seed=cfg.seed * 100_003 + rank, num_workers=tc.num_loader_workers,
+                             seed=setup.seed * 100_003 + rank, num_workers=tc.num_loader_workers,
                              pin_memory=device.type == "cuda")
 
         # Rank 0 logs the epochs (logger=tensorboard); a resumed attempt replaces its points from here on.
-        writer = (tracking.open_writer(cfg, tracking.TRAIN_RUN,
+        writer = (tracking.open_writer(setup.epoch_log, tracking.TRAIN_RUN,
                                        tracking.epoch_step(args.round_idx, tc.epochs, start_epoch + 1))
                   if rank == 0 and start_epoch < tc.epochs else None)
         attempt_started = time.time()
@@ -105,14 +115,15 @@ def train_loop_per_worker(args: WorkerArgs) -> None:
             if (epoch + 1) % tc.eval_interval and epoch + 1 < tc.epochs:
                 ray.train.report(progress, checkpoint=None)  # every rank reports, as Ray Train requires
                 continue
-            map50 = validate(state, val_samples, val_labels, cfg, num_classes, args.max_pixels)
+            map50 = validate(state, val_samples, val_labels, setup.model.input_size, tc.val_batch_size, num_classes,
+                             args.max_pixels)
             history.append({
                 "epoch": epoch + 1, "val_map50": map50, "loss": loss,
                 "lr": state.lr(), "no_aug": not loader.batch_sampler.mosaic, "attempt_start_epoch": start_epoch,
                 "train_seconds": round(train_seconds, 2), "eval_seconds": round(time.time() - started - train_seconds, 2),
                 "train_images_per_s": round(images_per_s, 2),
             })
-            report(state, history, cfg, list(args.class_names), rank, progress)
+            report(state, history, setup.model.size, list(args.class_names), rank, progress)
         if writer is not None:
             writer.close()
 
@@ -123,16 +134,16 @@ def _initial_state(args: WorkerArgs, global_batch: int, steps_per_epoch: int, de
     checkpoint's over them."""
     import ray.train.torch
 
-    cfg = args.cfg
-    torch.manual_seed(cfg.seed)  # same initial weights on every run of the same config (resume = rerun)
-    model = build_model(cfg.model.size, len(args.class_names))
-    if cfg.model.iou_aware_obj:  # objectness trained towards the assigned prediction's IoU (raylib.training.iou_aware)
+    setup = args.setup
+    torch.manual_seed(setup.seed)  # same initial weights on every run of the same config (resume = rerun)
+    model = build_model(setup.model.size, len(args.class_names))
+    if setup.model.iou_aware_obj:  # objectness trained towards the assigned prediction's IoU (raylib.training.iou_aware)
         make_iou_aware(model)
     if args.init_weights:
         load_weights(model, args.init_weights)
-    freeze_model(model, cfg.train.freeze)  # before DDP and the optimizer: both leave frozen parameters out
+    freeze_model(model, setup.train.freeze)  # before DDP and the optimizer: both leave frozen parameters out
     model = ray.train.torch.prepare_model(model)
-    return make_state(model, cfg, global_batch, steps_per_epoch, device)
+    return make_state(model, setup.train, global_batch, steps_per_epoch, device)
 
 
 def _quiet_logs() -> None:
