@@ -49,7 +49,9 @@ def read_weights(uri: str) -> dict:
     try:
         payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"weights '{uri}' not found") from exc
+        hint = ("; scripts/get_pretrained.sh installs the pretrained YOLOX-tiny there"
+                if uri.endswith("yolox_tiny_camera_traps.pth") else "")
+        raise FileNotFoundError(f"weights '{uri}' not found (model.weights){hint}") from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ValueError(f"weights '{uri}' could not be loaded safely: {type(exc).__name__}") from exc
     if isinstance(payload, dict) and "model" in payload:

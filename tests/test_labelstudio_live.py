@@ -19,7 +19,6 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 import requests
 from hydra import compose, initialize_config_dir
@@ -271,7 +270,7 @@ def test_each_server_problem_is_one_line_and_commits_nothing(template, team, tmp
         with pytest.raises(LabelStudioError, match=r"labelling config was changed: .* \(found \['circle', 'dog'\]\)"):
             labelstudio_project.open_project(client, settings, run_root, CLASSES)
         client.request("DELETE", f"/api/projects/{project_id}/")
-        with pytest.raises(LabelStudioError, match=rf"^Label Studio project {project_id} \(from '.*' is not on .*deleted\?"):
+        with pytest.raises(LabelStudioError, match=rf"^Label Studio project {project_id} \(from '.*'\) is not on .*deleted\?"):
             labelstudio_project.open_project(client, settings, run_root, CLASSES)
 
 
@@ -283,10 +282,9 @@ def test_images_in_a_private_bucket_are_signed_by_label_studio(template, s3_buck
     uri = f"{s3_bucket}/raw/site/a.jpg"
     storage.write_bytes(uri, image)
     rp = RoundPaths(str(tmp_path / "runs" / "s3"), 0)
-    tasks = labelstudio.detections_to_tasks([{"image_id": "site/a.jpg", "uri": uri, "width": 60, "height": 40}],
-                                            pd.DataFrame(columns=["image_id", "class_id", "score", "x1", "y1", "x2", "y2"]),
-                                            CLASSES, "round 0")
-    storage.write_text(storage.join(rp.preannotations, paths.LABELSTUDIO_FILE), json.dumps(tasks))
+    tasks = labelstudio.preannotation_tasks([0], [uri], ["site/a.jpg"], np.array([60]), np.array([40]), np.array([0, 0]),
+                                            np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0), CLASSES, "round 0")
+    storage.write_bytes(storage.join(rp.preannotations, paths.LABELSTUDIO_FILE), b"[" + tasks + b"]")
     # Label Studio refuses storage endpoints on private addresses unless told (moto listens on 127.0.0.1).
     with labelstudio_server.server_from(template, str(tmp_path / "ls"), str(tmp_path),
                                         env={"SSRF_PROTECTION_ENABLED": "false"}) as server:
