@@ -232,6 +232,19 @@ def _image_rng(kind: str, seed: int, split: int, index: int) -> np.random.Genera
     return np.random.default_rng(np.random.SeedSequence([KINDS[kind], seed, split, index]))
 
 
+def write_image(root: str, image_id: str, image: np.ndarray, boxes: list, classes: list[str], per_class: np.ndarray,
+                quality: int) -> None:
+    """One pool image in the VOC layout: JPEGImages/<id>.jpg and Annotations/<id>.xml; its boxes
+    (class, x1, y1, x2, y2) counted into `per_class`."""
+    cv2.imwrite(os.path.join(root, "JPEGImages", f"{image_id}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ann = VocAnnotation(filename=f"{image_id}.jpg", width=image.shape[1], height=image.shape[0], objects=[
+        VocObject(classes[c], x1, y1, x2, y2) for c, x1, y1, x2, y2 in boxes])
+    with open(os.path.join(root, "Annotations", f"{image_id}.xml"), "wb") as f:
+        f.write(write_voc(ann))
+    for c, *_ in boxes:
+        per_class[c] += 1
+
+
 def _write_split(root: str, kind: str, spec: PoolSpec, photos: list[np.ndarray], split: int, prefix: str, count: int,
                  items: np.ndarray, labels: np.ndarray, classes: list[str], weights: np.ndarray,
                  empty_fraction: float) -> tuple[list[str], np.ndarray]:
@@ -244,13 +257,7 @@ def _write_split(root: str, kind: str, spec: PoolSpec, photos: list[np.ndarray],
         item_ids = [int(rng.choice(by_class[c])) for c in class_ids]
         image, boxes = draw_image(rng, spec, photos, items, item_ids, class_ids)
         image_id = f"{prefix}{index:05d}"
-        cv2.imwrite(os.path.join(root, "JPEGImages", f"{image_id}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        ann = VocAnnotation(filename=f"{image_id}.jpg", width=image.shape[1], height=image.shape[0], objects=[
-            VocObject(classes[c], x1, y1, x2, y2) for c, x1, y1, x2, y2 in boxes])
-        with open(os.path.join(root, "Annotations", f"{image_id}.xml"), "wb") as f:
-            f.write(write_voc(ann))
-        for c, *_ in boxes:
-            per_class[c] += 1
+        write_image(root, image_id, image, boxes, classes, per_class, quality=92)
         ids.append(image_id)
     return ids, per_class
 

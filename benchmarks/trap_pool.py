@@ -39,10 +39,8 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 
-from raylib.formats.voc import VocAnnotation, VocObject, write_voc
 
 import fashion_pool  # beside this script (benchmarks/ is on sys.path when it runs)
 
@@ -156,13 +154,7 @@ def _write_split(root: str, spec: TrapSpec, split: int, count: int, photos: list
         for frame in range(min(scene.frames, count - len(ids))):
             image, boxes = _render(rng, spec, scene, frame)
             image_id = f"{prefix}{len(ids):05d}"
-            cv2.imwrite(os.path.join(root, "JPEGImages", f"{image_id}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-            ann = VocAnnotation(filename=f"{image_id}.jpg", width=image.shape[1], height=image.shape[0], objects=[
-                VocObject(CLASSES[c], x1, y1, x2, y2) for c, x1, y1, x2, y2 in boxes])
-            with open(os.path.join(root, "Annotations", f"{image_id}.xml"), "wb") as f:
-                f.write(write_voc(ann))
-            for c, *_ in boxes:
-                per_class[c] += 1
+            fashion_pool.write_image(root, image_id, image, boxes, CLASSES, per_class, quality=90)
             ids.append(image_id)
             scenes.append(scene_index)
         scene_index += 1
